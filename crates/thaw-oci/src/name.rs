@@ -1,0 +1,286 @@
+//! Repository names, tags and image references.
+//!
+//! Repository names follow the distribution spec: path components of lowercase alphanumerics
+//! separated by `.`, `_`, `__` or runs of `-`, joined by `/`. References follow the docker/skopeo
+//! convention `[registry/]repository[:tag][@digest]`, where the first component is a registry when
+//! it contains `.` or `:` or is `localhost`, and Docker Hub's `library/` prefix is implied for
+//! one-component names on Docker Hub.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::digest::{clip, Digest, DigestError};
+
+/// The longest repository name accepted (the distribution registry's own limit).
+pub const MAX_REPO_LEN: usize = 255;
+/// Docker Hub's registry host as references name it.
+pub const DOCKER_HUB: &str = "docker.io";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("repository name is empty")]
+    Empty,
+    #[error("repository name is longer than {MAX_REPO_LEN} characters")]
+    TooLong,
+    #[error("repository name {0:?} is invalid: components are lowercase letters and digits, separated by '.', '_', '__' or '-', joined by '/'")]
+    BadRepo(String),
+    #[error("tag {0:?} is invalid: up to 128 characters of letters, digits, '_', '.' and '-', not starting with '.' or '-'")]
+    BadTag(String),
+    #[error("reference {0:?} has a bad digest: {1}")]
+    BadDigest(String, DigestError),
+    #[error("reference {0:?} has an invalid registry host")]
+    BadRegistry(String),
+}
+
+/// A validated repository name, e.g. `library/alpine`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first path component (the "namespace" analyses map to service categories).
+    pub fn namespace(&self) -> &str {
+        self.0.split('/').next().unwrap_or("")
+    }
+
+    /// Adds Docker Hub's implied `library/` prefix to a one-component name.
+    pub fn with_library_prefix(&self) -> RepoName {
+        if self.0.contains('/') {
+            self.clone()
+        } else {
+            RepoName(format!("library/{}", self.0))
+        }
+    }
+}
+
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if is_alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // a separator: '.', '_', '__' or a run of '-', always followed by an alphanumeric
+        let start = i;
+        match b[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < b.len() && b[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < b.len() && b[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        if i == start || i >= b.len() || !is_alnum(b[i]) {
+            return false;
+        }
+    }
+    true
+}
+
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+impl FromStr for RepoName {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if s.len() > MAX_REPO_LEN {
+            return Err(NameError::TooLong);
+        }
+        if !s.split('/').all(valid_component) {
+            return Err(NameError::BadRepo(clip(s)));
+        }
+        Ok(RepoName(s.to_string()))
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Tag {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Tag(s.to_string()))
+        } else {
+            Err(NameError::BadTag(clip(s)))
+        }
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An image reference: registry, repository, and a tag and/or digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reference {
+    /// The registry host (with port), `docker.io` when none was written.
+    pub registry: String,
+    pub repo: RepoName,
+    pub tag: Option<Tag>,
+    pub digest: Option<Digest>,
+}
+
+impl Reference {
+    /// What to ask the registry for: the digest when there is one, else the tag (`latest` when
+    /// neither was written).
+    pub fn object(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.to_string(),
+            (None, None) => "latest".into(),
+        }
+    }
+}
+
+fn valid_registry(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+impl FromStr for Reference {
+    type Err = NameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => {
+                (r, Some(d.parse::<Digest>().map_err(|e| NameError::BadDigest(clip(s), e))?))
+            }
+            None => (s, None),
+        };
+        // The tag is after the last ':' that follows the last '/', so "host:5000/repo" keeps its port.
+        let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => {
+                let i = last_slash + i;
+                (&rest[..i], Some(rest[i + 1..].parse::<Tag>()?))
+            }
+            None => (rest, None),
+        };
+        let (registry, path) = match name.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                if !valid_registry(first) {
+                    return Err(NameError::BadRegistry(clip(s)));
+                }
+                (first.to_string(), path)
+            }
+            _ => (DOCKER_HUB.to_string(), name),
+        };
+        let mut repo: RepoName = path.parse()?;
+        if registry == DOCKER_HUB || registry == "index.docker.io" || registry == "registry-1.docker.io" {
+            repo = repo.with_library_prefix();
+        }
+        let registry = if registry == "index.docker.io" { DOCKER_HUB.to_string() } else { registry };
+        Ok(Reference { registry, repo, tag, digest })
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repo)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn repo_names() {
+        for ok in ["a", "library/alpine", "a.b_c__d---e/f", "x/y/z", "0"] {
+            assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
+        }
+        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", "a/../b", "a b", "a:b"] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad}");
+        }
+        assert!("a".repeat(256).parse::<RepoName>().is_err());
+    }
+
+    #[test]
+    fn references() {
+        let r: Reference = "alpine".parse().unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/alpine");
+        assert_eq!(r.object(), "latest");
+        let r: Reference = "localhost:5000/team/app:v1.2".parse().unwrap();
+        assert_eq!((r.registry.as_str(), r.repo.as_str(), r.tag.unwrap().as_str()), ("localhost:5000", "team/app", "v1.2"));
+        let d = format!("sha256:{}", "c".repeat(64));
+        let r: Reference = format!("quay.io/a/b:t@{d}").parse().unwrap();
+        assert_eq!(r.object(), d);
+        let r: Reference = "127.0.0.1:5000/x".parse().unwrap();
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert!("Alpine".parse::<Reference>().is_err());
+        assert!("alpine:".parse::<Reference>().is_err());
+        assert!("alpine@sha256:zz".parse::<Reference>().is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,300}") {
+            let _ = s.parse::<Reference>();
+            let _ = s.parse::<RepoName>();
+            let _ = s.parse::<Tag>();
+        }
+
+        #[test]
+        fn generated_names_parse_and_round_trip(
+            comps in proptest::collection::vec("[a-z0-9]{1,5}([._-][a-z0-9]{1,5}){0,2}", 1..4),
+            tag in "[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}",
+        ) {
+            let repo = comps.join("/");
+            let s = format!("registry.example:5000/{repo}:{tag}");
+            let r: Reference = s.parse().unwrap();
+            prop_assert_eq!(r.to_string(), s);
+        }
+    }
+}

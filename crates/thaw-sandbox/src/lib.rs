@@ -1,0 +1,1 @@
+//! Sandboxes from pre-created parts: rootfs assembly, namespaces, cgroups, seccomp, capabilities, pools, templates.

@@ -1,0 +1,1 @@
+//! Content-addressed blob and layer store: atomic verified commits, redb metadata, policy-driven eviction, pins.
