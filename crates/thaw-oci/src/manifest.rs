@@ -103,10 +103,8 @@ struct RawManifest {
     schema_version: Option<u64>,
     media_type: Option<String>,
     config: Option<RawDescriptor>,
-    #[serde(default)]
-    layers: Vec<RawDescriptor>,
-    #[serde(default)]
-    manifests: Vec<RawDescriptor>,
+    layers: Option<Vec<RawDescriptor>>,
+    manifests: Option<Vec<RawDescriptor>>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +149,9 @@ impl Manifest {
             return Err(ManifestError::TooLarge { size: bytes.len() });
         }
         let raw: RawManifest = serde_json::from_slice(bytes)?;
+        let manifests_present = raw.manifests.is_some();
+        let layers = raw.layers.unwrap_or_default();
+        let manifests = raw.manifests.unwrap_or_default();
         if let Some(v) = raw.schema_version {
             if v != 2 {
                 return Err(ManifestError::SchemaVersion(v));
@@ -160,11 +161,13 @@ impl Manifest {
             (Some(m), _) => MediaType::parse(m).ok_or_else(|| ManifestError::UnknownMediaType(m.into()))?,
             (None, Some(ct)) => MediaType::parse(ct).ok_or_else(|| ManifestError::UnknownMediaType(ct.into()))?,
             // An OCI body without mediaType: tell manifest from index by shape.
-            (None, None) if !raw.manifests.is_empty() => MediaType::OciIndex,
+            (None, None) if !manifests.is_empty() => MediaType::OciIndex,
             (None, None) if raw.config.is_some() => MediaType::OciManifest,
+            // `{"schemaVersion":2,"manifests":[]}` is a valid, empty OCI index.
+            (None, None) if manifests_present && layers.is_empty() => MediaType::OciIndex,
             (None, None) => return Err(ManifestError::NoMediaType),
         };
-        if raw.layers.len() + raw.manifests.len() > MAX_DESCRIPTORS {
+        if layers.len() + manifests.len() > MAX_DESCRIPTORS {
             return Err(ManifestError::TooManyDescriptors);
         }
         let config = raw.config.map(RawDescriptor::convert).transpose()?;
@@ -174,8 +177,8 @@ impl Manifest {
         Ok(Manifest {
             media_type,
             config,
-            layers: raw.layers.into_iter().map(RawDescriptor::convert).collect::<Result<_, _>>()?,
-            manifests: raw.manifests.into_iter().map(RawDescriptor::convert).collect::<Result<_, _>>()?,
+            layers: layers.into_iter().map(RawDescriptor::convert).collect::<Result<_, _>>()?,
+            manifests: manifests.into_iter().map(RawDescriptor::convert).collect::<Result<_, _>>()?,
         })
     }
 
@@ -230,10 +233,62 @@ mod tests {
         assert!(matches!(Manifest::parse(bad.as_bytes(), None), Err(ManifestError::BadDigest(_))));
     }
 
+    #[test]
+    fn empty_index_and_docker_manifest() {
+        let m = Manifest::parse(br#"{"schemaVersion":2,"manifests":[]}"#, None).unwrap();
+        assert_eq!(m.media_type, MediaType::OciIndex);
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"{}"}},"layers":[]}}"#,
+            d('e')
+        );
+        let m = Manifest::parse(body.as_bytes(), Some("application/vnd.oci.image.manifest.v1+json")).unwrap();
+        assert_eq!(m.media_type, MediaType::DockerManifest, "the body's mediaType wins over the header");
+        assert_eq!(MediaType::parse("Application/VND.oci.image.index.v1+json; charset=utf-8"), Some(MediaType::OciIndex));
+        assert!(matches!(Manifest::parse(b"{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}", None), Err(ManifestError::NoConfig)));
+    }
+
+    #[test]
+    fn descriptor_cap() {
+        let one = format!(r#"{{"mediaType":"x","digest":"{}","size":1}}"#, d('f'));
+        let body = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+            vec![one.as_str(); MAX_DESCRIPTORS + 1].join(",")
+        );
+        assert!(matches!(Manifest::parse(body.as_bytes(), None), Err(ManifestError::TooManyDescriptors)));
+    }
+
+    fn hex64() -> impl Strategy<Value = String> {
+        proptest::collection::vec(any::<u8>(), 32).prop_map(|b| format!("sha256:{}", hex::encode(b)))
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Manifest::parse(&bytes, None);
+        }
+
+        /// A manifest written from random descriptors parses back to exactly those descriptors,
+        /// in order, whatever the field order and extra fields.
+        #[test]
+        fn generated_manifests_parse(
+            config in hex64(),
+            layers in proptest::collection::vec((hex64(), 0u64..u64::MAX), 0..20),
+            extra in "[a-z]{1,8}",
+            config_last in any::<bool>(),
+        ) {
+            let ls: Vec<String> = layers.iter().map(|(dg, size)| format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{dg}","size":{size},"annotations":{{"{extra}":"v"}}}}"#)).collect();
+            let cfg = format!(r#""config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":3}}"#);
+            let lay = format!(r#""layers":[{}]"#, ls.join(","));
+            let (a, b) = if config_last { (lay, cfg) } else { (cfg, lay) };
+            let body = format!(r#"{{"schemaVersion":2,"{extra}":[1,{{}}],{a},{b}}}"#);
+            let m = Manifest::parse(body.as_bytes(), Some("application/vnd.oci.image.manifest.v1+json")).unwrap();
+            prop_assert_eq!(m.config.unwrap().digest.to_string(), config);
+            prop_assert_eq!(m.layers.len(), layers.len());
+            for (got, (dg, size)) in m.layers.iter().zip(&layers) {
+                prop_assert_eq!(&got.digest.to_string(), dg);
+                prop_assert_eq!(got.size, *size);
+            }
         }
     }
 }

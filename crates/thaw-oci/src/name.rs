@@ -173,10 +173,46 @@ impl Reference {
     }
 }
 
+/// A registry host as distribution's reference grammar writes it: a domain name (labels of
+/// letters, digits and inner hyphens, joined by dots) or a bracketed IPv6 literal, then an
+/// optional `:port` of decimal digits.
 fn valid_registry(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    if h.is_empty() || h.len() > 255 {
+        return false;
+    }
+    let (host, port) = if let Some(rest) = h.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else { return false };
+        let v6_ok = !v6.is_empty()
+            && v6.len() <= 45
+            && v6.contains(':')
+            && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if !v6_ok {
+            return false;
+        }
+        match after {
+            "" => return true,
+            a => match a.strip_prefix(':') {
+                Some(p) => ("", p),
+                None => return false,
+            },
+        }
+    } else {
+        match h.split_once(':') {
+            Some((host, port)) => (host, port),
+            None => (h, ""),
+        }
+    };
+    let port_ok = (port.is_empty() && !h.ends_with(':'))
+        || (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty());
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+    };
+    port_ok && (h.starts_with('[') || host.split('.').all(label_ok))
 }
 
 impl FromStr for Reference {
@@ -199,8 +235,13 @@ impl FromStr for Reference {
             None => (rest, None),
         };
         let (registry, path) = match name.split_once('/') {
+            // As docker decides it: a first component with a dot, a port, uppercase letters
+            // (never valid in a repository name) or the word localhost names a registry.
             Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.bytes().any(|b| b.is_ascii_uppercase()) =>
             {
                 if !valid_registry(first) {
                     return Err(NameError::BadRegistry(clip(s)));
@@ -262,6 +303,29 @@ mod tests {
         assert!("Alpine".parse::<Reference>().is_err());
         assert!("alpine:".parse::<Reference>().is_err());
         assert!("alpine@sha256:zz".parse::<Reference>().is_err());
+        let r: Reference = "[::1]:5000/a/b".parse().unwrap();
+        assert_eq!(r.registry, "[::1]:5000");
+        let r: Reference = "Registry.Example/a".parse().unwrap();
+        assert_eq!(r.registry, "Registry.Example");
+        let r: Reference = "MyHost/app".parse().unwrap();
+        assert_eq!(r.registry, "MyHost");
+        let r: Reference = "index.docker.io/busybox:1".parse().unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/busybox:1");
+        for bad in ["a..b/c", "-a.b/c", "a.b:/c", "a.b:x/c", "a.b:123456/c", "[zz:1]/c", "[::1/c", "a_b.c/d", ":5000/a"] {
+            assert!(matches!(bad.parse::<Reference>(), Err(NameError::BadRegistry(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tags() {
+        assert!("a".repeat(128).parse::<Tag>().is_ok());
+        assert!("a".repeat(129).parse::<Tag>().is_err());
+        for ok in ["latest", "_x", "V1.2-rc_3", "0"] {
+            assert!(ok.parse::<Tag>().is_ok(), "{ok}");
+        }
+        for bad in ["", ".x", "-x", "a:b", "a/b", "a b", "é"] {
+            assert!(bad.parse::<Tag>().is_err(), "{bad}");
+        }
     }
 
     proptest! {
@@ -281,6 +345,38 @@ mod tests {
             let s = format!("registry.example:5000/{repo}:{tag}");
             let r: Reference = s.parse().unwrap();
             prop_assert_eq!(r.to_string(), s);
+        }
+
+        /// Whatever parses prints as a reference that parses back to the same value.
+        #[test]
+        fn display_round_trips(s in "([a-zA-Z0-9.:_/@-]{0,40})(:[a-z0-9]{1,5})?(@sha256:[a-f0-9]{64})?") {
+            if let Ok(r) = s.parse::<Reference>() {
+                let again: Reference = r.to_string().parse().unwrap();
+                prop_assert_eq!(again, r);
+            }
+        }
+
+        /// The repository grammar from the distribution spec, written as a regex for proptest to
+        /// generate from: everything it generates is accepted (up to the length limit).
+        #[test]
+        fn spec_grammar_accepted(s in "[a-z0-9]{1,6}((\\.|_|__|-{1,3})[a-z0-9]{1,6}){0,3}(/[a-z0-9]{1,6}((\\.|_|__|-{1,3})[a-z0-9]{1,6}){0,3}){0,3}") {
+            prop_assume!(s.len() <= MAX_REPO_LEN);
+            let r = s.parse::<RepoName>().unwrap();
+            prop_assert_eq!(r.as_str(), s.as_str());
+        }
+
+        /// Accepted names contain only the grammar's characters, never start or end a component
+        /// with a separator, and never contain three underscores or a dot next to a separator.
+        #[test]
+        fn accepted_names_are_in_grammar(s in "[a-z0-9._/-]{1,40}") {
+            if let Ok(r) = s.parse::<RepoName>() {
+                for c in r.as_str().split('/') {
+                    prop_assert!(!c.is_empty());
+                    prop_assert!(c.as_bytes()[0].is_ascii_alphanumeric());
+                    prop_assert!(c.as_bytes()[c.len() - 1].is_ascii_alphanumeric());
+                    prop_assert!(!c.contains("___") && !c.contains("..") && !c.contains(".-") && !c.contains("-.") && !c.contains("._") && !c.contains("_.") && !c.contains("-_") && !c.contains("_-"));
+                }
+            }
         }
     }
 }

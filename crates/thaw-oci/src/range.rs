@@ -30,6 +30,12 @@ impl ByteRange {
     }
 }
 
+/// Why a `Range` header was not turned into a range.
+///
+/// RFC 9110 §14.2 lets a server ignore a `Range` header it cannot use, so for every variant except
+/// [`RangeError::NotSatisfiable`] the right answer is the whole body with `200`; only an
+/// unsatisfiable but well-formed range is answered `416` with
+/// [`RangeError::unsatisfied_content_range`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RangeError {
     #[error("Range header is malformed; expected 'bytes=START-END', 'bytes=START-' or 'bytes=-SUFFIX'")]
@@ -71,11 +77,14 @@ impl RangeSpec {
             return Err(RangeError::MultipleRanges);
         }
         let (a, b) = set.trim().split_once('-').ok_or(RangeError::Malformed)?;
+        // RFC 9110 puts no bound on the digits of a position. A number that does not fit in u64
+        // saturates: a first-pos that large is past any body (416), and a last-pos or suffix
+        // that large simply means "to the end" once clipped to the body's length.
         let num = |s: &str| -> Result<u64, RangeError> {
-            if s.is_empty() || s.len() > 19 || !s.bytes().all(|c| c.is_ascii_digit()) {
+            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
                 return Err(RangeError::Malformed);
             }
-            s.parse().map_err(|_| RangeError::Malformed)
+            Ok(s.bytes().fold(0u64, |n, c| n.saturating_mul(10).saturating_add(u64::from(c - b'0'))))
         };
         match (a.trim(), b.trim()) {
             ("", suffix) => Ok(RangeSpec::Suffix(num(suffix)?)),
@@ -140,7 +149,13 @@ mod tests {
         assert_eq!(ByteRange::parse("bytes=100-", 100), Err(RangeError::NotSatisfiable { total: 100 }));
         assert_eq!(ByteRange::parse("bytes=0-1,5-6", 100), Err(RangeError::MultipleRanges));
         assert_eq!(ByteRange::parse("items=0-1", 100), Err(RangeError::Unit));
-        for bad in ["", "bytes", "bytes=", "bytes=-", "bytes=5-1", "bytes=a-b", "bytes=+1-2", "bytes=99999999999999999999-"] {
+        assert_eq!(ByteRange::parse("bytes=99999999999999999999-", 100), Err(RangeError::NotSatisfiable { total: 100 }));
+        assert_eq!(ByteRange::parse("bytes=10-99999999999999999999999", 100).unwrap(), ByteRange { start: 10, end: 99, total: 100 });
+        assert_eq!(ByteRange::parse("bytes=-99999999999999999999999", 100).unwrap(), ByteRange { start: 0, end: 99, total: 100 });
+        assert_eq!(ByteRange::parse("BYTES=1-1", 100).unwrap().len(), 1);
+        assert_eq!(ByteRange::parse("bytes=-0", 100), Err(RangeError::NotSatisfiable { total: 100 }));
+        assert_eq!(ByteRange::parse("bytes=0-", 0), Err(RangeError::NotSatisfiable { total: 0 }));
+        for bad in ["", "bytes", "bytes=", "bytes=-", "bytes=5-1", "bytes=a-b", "bytes=+1-2", "bytes=1--2", "bytes=1-2-3", "bytes=0x1-2"] {
             assert_eq!(ByteRange::parse(bad, 100), Err(RangeError::Malformed), "{bad}");
         }
     }
@@ -151,6 +166,23 @@ mod tests {
             if let Ok(r) = ByteRange::parse(&h, total) {
                 prop_assert!(r.start <= r.end && r.end < total);
             }
+        }
+
+        #[test]
+        fn written_ranges_round_trip(start in 0u64..10_000, len in 1u64..10_000, total in 1u64..30_000) {
+            // The Display form of a resolved range is what thaw sends upstream; parsing it back
+            // against the same body must give the same range.
+            if let Ok(r) = ByteRange::parse(&format!("bytes={}-{}", start, start + len - 1), total) {
+                prop_assert_eq!(ByteRange::parse(&r.to_string(), total).unwrap(), r);
+                prop_assert_eq!(r.len(), r.end - r.start + 1);
+            }
+        }
+
+        #[test]
+        fn suffix_is_the_tail(n in 1u64..5000, total in 1u64..5000) {
+            let r = ByteRange::parse(&format!("bytes=-{n}"), total).unwrap();
+            prop_assert_eq!(r.end, total - 1);
+            prop_assert_eq!(r.len(), n.min(total));
         }
 
         #[test]
