@@ -1,0 +1,184 @@
+//! thaw's own request trace: JSON lines of `thaw_record::Record`.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use thaw_record::{ObjectKind, Record, RequestRecord};
+
+use super::lines::{Line, LineReader};
+use super::{EventSource, Position, ReadOptions, ReadStats, Tally, TraceError};
+use crate::event::{image_id, key_of_digest, stable_hash, Event, Method};
+
+/// Reads a thaw trace (plain or zstd-compressed).
+pub struct ThawReader {
+    lines: LineReader<Box<dyn BufRead + Send>>,
+    buf: Vec<u8>,
+    tally: Tally,
+}
+
+impl ThawReader {
+    pub fn open(path: &Path, opts: ReadOptions) -> Result<ThawReader, TraceError> {
+        let tally = Tally::new(path, opts);
+        let input = super::open_text(path).map_err(|e| tally.io(e))?;
+        Ok(Self::from_reader(input, tally))
+    }
+
+    /// Reads from any buffered reader; `name` is used in error positions.
+    pub fn from_bufread(input: Box<dyn BufRead + Send>, name: &Path, opts: ReadOptions) -> ThawReader {
+        Self::from_reader(input, Tally::new(name, opts))
+    }
+
+    fn from_reader(input: Box<dyn BufRead + Send>, tally: Tally) -> ThawReader {
+        ThawReader { lines: LineReader::new(input), buf: Vec::new(), tally }
+    }
+}
+
+/// Converts one thaw request record into an event.
+pub fn request_to_event(r: &RequestRecord) -> Event {
+    let reference = r.tag.clone().or_else(|| r.digest.clone());
+    let key = match (r.kind, &r.digest, &r.repo, &reference) {
+        (_, Some(d), _, _) => key_of_digest(d),
+        (_, None, Some(repo), Some(rf)) => stable_hash(&[repo, rf]),
+        (_, None, Some(repo), None) => stable_hash(&[repo]),
+        _ => 0,
+    };
+    let image = match (r.kind, &r.repo, &reference) {
+        (ObjectKind::Manifest, Some(repo), Some(rf)) => Some(image_id(repo, rf)),
+        _ => None,
+    };
+    Event {
+        time_us: r.ts_us,
+        client: r.client.clone().or_else(|| r.principal.clone()),
+        repo: r.repo.clone(),
+        kind: r.kind,
+        key,
+        reference,
+        size: r.size.unwrap_or(r.bytes_sent),
+        method: Method::parse(&r.method),
+        status: r.status,
+        image,
+        cache_access: r.is_cache_access(),
+        layers: r.layers.iter().map(|l| (key_of_digest(&l.digest), l.size)).collect(),
+    }
+}
+
+impl EventSource for ThawReader {
+    fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
+        loop {
+            let line = match self.lines.next_line(&mut self.buf) {
+                Ok(Some(l)) => l,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.tally.io(e)),
+            };
+            self.tally.stats.records += 1;
+            let pos = Position::Line(self.lines.line_no);
+            if line == Line::TooLong {
+                self.tally.malformed(pos, format!("line longer than {} bytes", super::MAX_LINE_BYTES))?;
+                continue;
+            }
+            if self.buf.iter().all(u8::is_ascii_whitespace) {
+                self.tally.stats.skipped += 1;
+                continue;
+            }
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(t) => t,
+                Err(_) => {
+                    self.tally.malformed(pos, "line is not utf-8")?;
+                    continue;
+                }
+            };
+            match Record::from_line(text) {
+                Ok(Record::Request(r)) => {
+                    self.tally.stats.events += 1;
+                    return Ok(Some(request_to_event(&r)));
+                }
+                Ok(Record::File(_)) => self.tally.stats.skipped += 1,
+                Err(e) => self.tally.malformed(pos, e.to_string())?,
+            }
+        }
+    }
+
+    fn stats(&self) -> ReadStats {
+        self.tally.stats.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+    use thaw_record::{CacheOutcome, LayerRef, SCHEMA_VERSION};
+
+    pub(crate) fn rec(ts: u64, kind: ObjectKind, digest: &str) -> RequestRecord {
+        RequestRecord {
+            v: SCHEMA_VERSION,
+            ts_us: ts,
+            client: Some("10.0.0.1".into()),
+            principal: None,
+            user_agent: None,
+            upstream: None,
+            repo: Some("web/app".into()),
+            tag: if kind == ObjectKind::Manifest { Some("v1".into()) } else { None },
+            digest: Some(digest.into()),
+            kind,
+            size: Some(100),
+            bytes_sent: 100,
+            method: "GET".into(),
+            status: 200,
+            duration_us: 5,
+            outcome: CacheOutcome::Hit,
+            range: None,
+            layers: if kind == ObjectKind::Manifest {
+                vec![LayerRef { digest: format!("sha256:{}", "c".repeat(64)), size: 7 }]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    fn read_all(text: &str, strict: bool) -> (Vec<Event>, ReadStats, Option<TraceError>) {
+        let input: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        let mut r = ThawReader::from_bufread(input, &PathBuf::from("t.jsonl"), ReadOptions { strict });
+        let mut out = Vec::new();
+        loop {
+            match r.next_event() {
+                Ok(Some(e)) => out.push(e),
+                Ok(None) => return (out, r.stats(), None),
+                Err(e) => return (out, r.stats(), Some(e)),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_requests_and_counts_garbage() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let m = Record::Request(rec(1, ObjectKind::Manifest, &d)).to_line();
+        let b = Record::Request(rec(2, ObjectKind::Blob, &d)).to_line();
+        let text = format!("{m}not json\n\n{b}{{\"type\":\"request\"}}\n");
+        let (evs, stats, err) = read_all(&text, false);
+        assert!(err.is_none());
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].image, Some(image_id("web/app", "v1")));
+        assert_eq!(evs[0].layers.len(), 1);
+        assert_eq!(evs[1].key, key_of_digest(&d));
+        assert!(evs[1].cache_access);
+        assert_eq!(stats.malformed, 2);
+        assert_eq!(stats.samples[0].position, Position::Line(2));
+        assert_eq!(stats.samples[1].position, Position::Line(5));
+        assert_eq!(stats.skipped, 1);
+        let (_, _, err) = read_all(&text, true);
+        assert!(matches!(err, Some(TraceError::Malformed(m)) if m.position == Position::Line(2)));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let input: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(data));
+            let mut r = ThawReader::from_bufread(input, &PathBuf::from("x"), ReadOptions::default());
+            while let Ok(Some(_)) = r.next_event() {}
+            let s = r.stats();
+            prop_assert_eq!(s.records, s.events + s.skipped + s.malformed);
+        }
+    }
+}
