@@ -1,0 +1,1 @@
+//! Conformance suite for [`StoreFs`] implementations (filled in below).

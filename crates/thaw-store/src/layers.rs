@@ -1,0 +1,1 @@
+//! The unpacked-layer store.
