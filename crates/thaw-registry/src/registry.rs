@@ -1,0 +1,1246 @@
+//! The registry: shared state and the request handlers of the distribution API.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use thaw_oci::range::RangeSpec;
+use thaw_oci::{Digest, Manifest, MediaType, RepoName, Tag, MAX_MANIFEST_BYTES};
+use thaw_record::{CacheOutcome, LayerRef, ObjectKind, RequestRecord, SCHEMA_VERSION};
+use thaw_store::{BlobStore, Committed, TagEntry, UploadId};
+
+use crate::auth::{self, Grants, Identity};
+use crate::config::RegistryConfig;
+use crate::error::{ApiError, Code};
+use crate::flight::{self, FetchJob, Flight, Outcome};
+use crate::metrics::Metrics;
+use crate::route::{self, Endpoint};
+use crate::trace::{PrincipalHasher, TraceWriter};
+use crate::upstream::{Credential, Upstream};
+
+/// The store's upstream key for repositories thaw holds itself (pushed to it).
+pub const LOCAL: &str = "";
+
+/// Header set on answers served from the cache while the upstream could not be asked.
+pub const STALE_HEADER: &str = "x-thaw-stale";
+/// Header telling how the cache answered (hit, miss, coalesced, stale, pass-through).
+pub const CACHE_HEADER: &str = "x-thaw-cache";
+
+/// The registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: RegistryConfig,
+    store: BlobStore,
+    upstreams: Vec<Arc<Upstream>>,
+    default_upstream: Option<Arc<Upstream>>,
+    flights: Mutex<HashMap<Digest, Arc<Flight>>>,
+    metrics: Arc<Metrics>,
+    trace: Option<TraceWriter>,
+    principals: PrincipalHasher,
+    grants: Grants,
+}
+
+/// Where a repository name leads.
+#[derive(Clone)]
+pub struct Target {
+    /// `None` for a local repository.
+    pub upstream: Option<Arc<Upstream>>,
+    /// The repository as the upstream (or the local store) names it.
+    pub repo: String,
+}
+
+impl Target {
+    fn key(&self) -> &str {
+        self.upstream.as_ref().map_or(LOCAL, |u| u.name())
+    }
+}
+
+/// What the trace record of a request is filled with as the request is answered.
+struct Ctx {
+    started: Instant,
+    rec: RequestRecord,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn now_secs() -> u64 {
+    now_us() / 1_000_000
+}
+
+/// Builds the upstream HTTP client: rustls with ring, the webpki and system roots plus any extra CA.
+pub fn http_client(cfg: &RegistryConfig) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(cfg.upstream_timeout)
+        .read_timeout(cfg.upstream_timeout)
+        .user_agent(concat!("thaw/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::limited(5));
+    if let Some(ca) = &cfg.upstream_ca {
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read upstream CA {}: {e}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("bad upstream CA {}: {e}", ca.display()))? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build().map_err(|e| format!("cannot build the upstream HTTP client: {e}"))
+}
+
+impl Registry {
+    /// Builds a registry over `store`. `principals` keys the trace's principal hashes.
+    pub fn new(cfg: RegistryConfig, store: BlobStore, principals: PrincipalHasher) -> Result<Registry, String> {
+        cfg.validate()?;
+        let http = http_client(&cfg)?;
+        let upstreams: Vec<Arc<Upstream>> =
+            cfg.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone(), http.clone()))).collect();
+        let default_upstream = upstreams.iter().find(|u| u.config.default).cloned();
+        let trace = match &cfg.trace {
+            Some(t) => Some(TraceWriter::start(t).map_err(|e| format!("cannot write the request trace in {}: {e}", t.dir.display()))?),
+            None => None,
+        };
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                cfg,
+                store,
+                upstreams,
+                default_upstream,
+                flights: Mutex::new(HashMap::new()),
+                metrics: Arc::new(Metrics::new()),
+                trace,
+                principals,
+                grants: Grants::default(),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.inner.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.cfg
+    }
+
+    /// The Prometheus text for `/metrics`, with store gauges refreshed.
+    pub fn render_metrics(&self) -> String {
+        let m = &self.inner.metrics;
+        let s = self.inner.store.stats();
+        m.store_bytes.set(s.bytes as i64);
+        m.store_blobs.set(s.blobs as i64);
+        m.store_pinned_bytes.set(s.pinned_bytes as i64);
+        m.evictions.set(s.evictions as i64);
+        if let Some(t) = &self.inner.trace {
+            m.trace_dropped.set(t.dropped.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        }
+        m.encode()
+    }
+
+    /// Chooses the upstream for a repository name: containerd's `ns` parameter, then a path prefix
+    /// naming a configured upstream, then the default upstream; otherwise the repository is local.
+    pub fn resolve(&self, name: &str, ns: Option<&str>) -> Result<Target, ApiError> {
+        let invalid = |e: thaw_oci::NameError| ApiError::bad_request(Code::NameInvalid, e.to_string());
+        if let Some(ns) = ns {
+            let up = self.upstream_named(ns).ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, Code::NameUnknown, format!("upstream {ns:?} (from the ns parameter) is not configured; add it under [[registry.upstreams]]"))
+            })?;
+            let repo: RepoName = name.parse().map_err(invalid)?;
+            return Ok(Target { repo: up.upstream_repo(repo.as_str()), upstream: Some(up) });
+        }
+        if let Some((first, rest)) = name.split_once('/') {
+            if let Some(up) = self.upstream_named(first) {
+                let repo: RepoName = rest.parse().map_err(invalid)?;
+                return Ok(Target { repo: up.upstream_repo(repo.as_str()), upstream: Some(up) });
+            }
+        }
+        let repo: RepoName = name.parse().map_err(invalid)?;
+        match &self.inner.default_upstream {
+            Some(up) => Ok(Target { repo: up.upstream_repo(repo.as_str()), upstream: Some(up.clone()) }),
+            None => Ok(Target { repo: repo.to_string(), upstream: None }),
+        }
+    }
+
+    fn upstream_named(&self, name: &str) -> Option<Arc<Upstream>> {
+        let alias = match name {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io",
+            n => n,
+        };
+        self.inner.upstreams.iter().find(|u| u.name() == alias).cloned()
+    }
+
+    /// Answers one HTTP request below `/v2/`.
+    pub async fn handle(&self, req: Request<Body>) -> Response {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        let path = parts.uri.path().to_string();
+        let query = parts.uri.query().unwrap_or("").to_string();
+        let rest = path.strip_prefix("/v2/").or_else(|| (path == "/v2").then_some("")).unwrap_or("");
+        let endpoint = route::parse(rest);
+        let api = match &endpoint {
+            Some(Endpoint::Version) => "version",
+            Some(Endpoint::Manifest { .. }) => "manifest",
+            Some(Endpoint::Blob { .. }) => "blob",
+            Some(Endpoint::UploadStart { .. } | Endpoint::Upload { .. }) => "upload",
+            Some(Endpoint::Tags { .. }) => "tags",
+            None => "other",
+        };
+        let kind = match api {
+            "version" => ObjectKind::Version,
+            "manifest" => ObjectKind::Manifest,
+            "blob" => ObjectKind::Blob,
+            "upload" => ObjectKind::Upload,
+            "tags" => ObjectKind::Tags,
+            _ => ObjectKind::Other,
+        };
+        let accounts = &self.inner.cfg.accounts;
+        let ident = auth::identify(&parts.headers, accounts);
+        let mut ctx = Ctx {
+            started,
+            rec: RequestRecord {
+                v: SCHEMA_VERSION,
+                ts_us: now_us(),
+                client,
+                principal: ident.as_ref().ok().and_then(|i| auth::identity_key(i, accounts)).map(|k| self.inner.principals.hash(&k)),
+                user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(256).collect()),
+                upstream: None,
+                repo: None,
+                tag: None,
+                digest: None,
+                kind,
+                size: None,
+                bytes_sent: 0,
+                method: parts.method.as_str().to_string(),
+                status: 0,
+                duration_us: 0,
+                outcome: CacheOutcome::None,
+                range: None,
+                layers: Vec::new(),
+            },
+        };
+        let result = match ident {
+            Err(f) => Err(self.unauthorized(None, match f {
+                auth::AuthFailure::BadAccount => "user name or password is wrong",
+                auth::AuthFailure::Malformed => "the Authorization header is malformed; use Basic or Bearer",
+            })),
+            Ok(ident) => {
+                let ns = query_param(&query, "ns");
+                match endpoint {
+                    None => Err(ApiError::new(StatusCode::NOT_FOUND, Code::Unsupported, format!("{path} is not a registry API endpoint"))),
+                    Some(Endpoint::Version) => Ok(version_response()),
+                    Some(Endpoint::Manifest { name, reference }) => {
+                        self.manifest(&mut ctx, &parts.method, &parts.headers, &name, &reference, ns.as_deref(), &ident, body).await
+                    }
+                    Some(Endpoint::Blob { name, digest }) => {
+                        self.blob(&mut ctx, &parts.method, &parts.headers, &name, &digest, ns.as_deref(), &ident).await
+                    }
+                    Some(Endpoint::Tags { name }) => self.tags(&mut ctx, &parts.method, &name, &query, ns.as_deref(), &ident).await,
+                    Some(Endpoint::UploadStart { name }) => self.upload_start(&mut ctx, &parts.method, &parts.headers, &name, &query, ns.as_deref(), body).await,
+                    Some(Endpoint::Upload { name, id }) => self.upload(&mut ctx, &parts.method, &parts.headers, &name, &id, &query, ns.as_deref(), body).await,
+                }
+            }
+        };
+        let resp = result.unwrap_or_else(|e| e.into_response());
+        self.finish(ctx, api, resp)
+    }
+
+    /// Counts the request and arranges for its trace record to be written when the body ends.
+    fn finish(&self, mut ctx: Ctx, api: &str, resp: Response) -> Response {
+        let status = resp.status().as_u16();
+        ctx.rec.status = status;
+        self.inner.metrics.requests.get_or_create(&crate::metrics::RequestLabels {
+            api: api.to_string(),
+            method: ctx.rec.method.clone(),
+            status,
+        }).inc();
+        if ctx.rec.outcome != CacheOutcome::None {
+            if let Ok(v) = HeaderValue::from_str(outcome_name(ctx.rec.outcome)) {
+                let mut resp = resp;
+                resp.headers_mut().insert(CACHE_HEADER, v);
+                return self.wrap_body(ctx, resp);
+            }
+        }
+        self.wrap_body(ctx, resp)
+    }
+
+    fn wrap_body(&self, ctx: Ctx, resp: Response) -> Response {
+        let (parts, body) = resp.into_parts();
+        let reg = self.clone();
+        let counted = Counted { ctx: Some(ctx), sent: 0, reg };
+        let stream = futures::stream::unfold((body.into_data_stream(), counted), |(mut s, mut c)| async move {
+            match s.next().await {
+                Some(Ok(b)) => {
+                    c.sent += b.len() as u64;
+                    Some((Ok::<Bytes, axum::Error>(b), (s, c)))
+                }
+                Some(Err(e)) => {
+                    c.failed();
+                    Some((Err(e), (s, c)))
+                }
+                None => None,
+            }
+        });
+        Response::from_parts(parts, Body::from_stream(stream))
+    }
+
+    fn write_trace(&self, mut ctx: Ctx, sent: u64) {
+        self.inner.metrics.bytes_served.inc_by(sent);
+        if matches!(ctx.rec.outcome, CacheOutcome::Hit) {
+            self.inner.metrics.bytes_saved.inc_by(sent);
+        }
+        if let Some(t) = &self.inner.trace {
+            ctx.rec.bytes_sent = sent;
+            ctx.rec.duration_us = ctx.started.elapsed().as_micros() as u64;
+            t.record(ctx.rec);
+        }
+    }
+
+    /// A 401 with a challenge: Basic when thaw has accounts, else the upstream's own challenge
+    /// relayed (so the client fetches a token from the upstream's token service).
+    fn unauthorized(&self, upstream_challenge: Option<&str>, why: &str) -> ApiError {
+        let e = ApiError::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, format!("authentication required: {why}"));
+        if !self.inner.cfg.accounts.is_empty() {
+            e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"thaw\"")
+        } else if let Some(c) = upstream_challenge {
+            e.with_header(header::WWW_AUTHENTICATE, c)
+        } else {
+            e
+        }
+    }
+
+    /// Applies the tenant rule (see [`crate::auth`]) for `object` (`manifests/<ref>` or
+    /// `blobs/<digest>`) of `t`. Returns the credential to use upstream, and whether the upstream
+    /// confirmed the object itself (a HEAD with the client's credential answered 200).
+    async fn authorize(&self, t: &Target, ident: &Identity, object: &str) -> Result<(Credential, bool), ApiError> {
+        let Some(up) = &t.upstream else { return Ok((Credential::Anonymous, false)) };
+        let accounts = &self.inner.cfg.accounts;
+        let cred = auth::credential_for(ident, up, accounts);
+        let default = up.default_credential();
+        let private = self.blocking_store(|s, (u, r)| s.is_private(&u, &r), (up.name().to_string(), t.repo.clone())).await?;
+        if private == Some(false) {
+            return Ok((cred, false));
+        }
+        let who = if cred == default {
+            None
+        } else {
+            Some(auth::identity_key(ident, accounts).unwrap_or_default())
+        };
+        if let Some(who) = &who {
+            if self.inner.grants.allowed(up.name(), &t.repo, who) {
+                return Ok((cred, false));
+            }
+        }
+        if cred == default && private == Some(true) {
+            return Err(self.unauthorized(self.challenge_hint(up, &t.repo).await.as_deref(), &format!("{} is private on {}; present credentials the upstream accepts", t.repo, up.name())));
+        }
+        // Ask the upstream about this very object with the client's credential.
+        let resp = up
+            .send(Method::HEAD, &t.repo, object, &cred, accept_headers())
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot check access to {} with {}: {e}; private content is not served while the upstream cannot be asked", t.repo, up.name())))?;
+        let status = resp.status();
+        let challenge = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        match status.as_u16() {
+            200 => {
+                if cred == default {
+                    self.blocking_store(|s, (u, r)| s.set_private(&u, &r, false), (up.name().to_string(), t.repo.clone())).await?;
+                } else if let Some(who) = who {
+                    self.inner.grants.grant(up.name(), &t.repo, &who, auth::grant_lifetime(&cred, self.inner.cfg.auth_ttl));
+                }
+                Ok((cred, true))
+            }
+            401 | 403 => {
+                if cred == default {
+                    self.blocking_store(|s, (u, r)| s.set_private(&u, &r, true), (up.name().to_string(), t.repo.clone())).await?;
+                }
+                Err(self.unauthorized(challenge.as_deref(), &format!("{} refused access to {}", up.name(), t.repo)))
+            }
+            404 => Err(ApiError::not_found(if object.starts_with("blobs/") { Code::BlobUnknown } else { Code::ManifestUnknown }, format!("{}/{}", t.repo, object))),
+            429 => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name()))),
+            _ => Err(ApiError::unavailable(format!("{} answered {status} when asked about {}; private content is not served while the upstream cannot confirm access", up.name(), t.repo))),
+        }
+    }
+
+    /// The challenge an anonymous client should follow for `repo` (an anonymous HEAD of the
+    /// version endpoint is not enough: the challenge must carry the repository scope).
+    async fn challenge_hint(&self, up: &Upstream, repo: &str) -> Option<String> {
+        let resp = up.send(Method::HEAD, repo, "tags/list", &Credential::Bearer(String::new()), HeaderMap::new()).await.ok()?;
+        resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+
+    /// Runs a store call on the blocking pool.
+    pub(crate) async fn blocking_store<A: Send + 'static, R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&BlobStore, A) -> Result<R, thaw_store::StoreError> + Send + 'static,
+        arg: A,
+    ) -> Result<R, ApiError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store, arg)).await.map_err(ApiError::internal)?.map_err(ApiError::from)
+    }
+
+    // ---------------------------------------------------------------- manifests
+
+    #[allow(clippy::too_many_arguments)]
+    async fn manifest(
+        &self,
+        ctx: &mut Ctx,
+        method: &Method,
+        headers: &HeaderMap,
+        name: &str,
+        reference: &str,
+        ns: Option<&str>,
+        ident: &Identity,
+        body: Body,
+    ) -> Result<Response, ApiError> {
+        let t = self.resolve(name, ns)?;
+        ctx.rec.upstream = t.upstream.as_ref().map(|u| u.name().to_string());
+        ctx.rec.repo = Some(t.repo.clone());
+        let by_digest = reference.contains(':');
+        let digest = if by_digest {
+            Some(reference.parse::<Digest>().map_err(|e| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?)
+        } else {
+            reference.parse::<Tag>().map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
+            ctx.rec.tag = Some(reference.to_string());
+            None
+        };
+        match *method {
+            Method::GET | Method::HEAD => {}
+            Method::PUT => return self.put_manifest(ctx, &t, headers, reference, digest, body).await,
+            Method::DELETE => {
+                return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "deleting manifests is not supported by thaw"))
+            }
+            _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{method} is not allowed on manifests"))),
+        }
+        let head = *method == Method::HEAD;
+        let object = format!("manifests/{reference}");
+        let Some(up) = t.upstream.clone() else {
+            // Local repository.
+            let d = match digest {
+                Some(d) => d,
+                None => {
+                    let entry = self.blocking_store(|s, (r, tag)| s.get_tag(LOCAL, &r, &tag), (t.repo.clone(), reference.to_string())).await?;
+                    entry.ok_or_else(|| ApiError::not_found(Code::ManifestUnknown, format!("{}:{reference}", t.repo)))?.digest
+                }
+            };
+            let linked = self.blocking_store(|s, (r, d)| s.is_linked(LOCAL, &r, &d), (t.repo.clone(), d.clone())).await?;
+            if !linked {
+                return Err(ApiError::not_found(Code::ManifestUnknown, format!("{}@{d}", t.repo)));
+            }
+            return self.serve_stored_manifest(ctx, &d, head, CacheOutcome::None).await;
+        };
+
+        let (cred, _) = self.authorize(&t, ident, &object).await?;
+        let key = up.name().to_string();
+        if let Some(d) = digest {
+            // Content by digest is immutable: never revalidated.
+            let linked = self.blocking_store(|s, (u, r, d)| s.is_linked(&u, &r, &d), (key.clone(), t.repo.clone(), d.clone())).await?;
+            let have = self.blocking_store(|s, d| s.stat(&d), d.clone()).await?.is_some();
+            if have && (linked || self.confirm(&up, &t.repo, &object, &cred).await?) {
+                self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
+                return self.serve_stored_manifest(ctx, &d, head, CacheOutcome::Hit).await;
+            }
+            if head {
+                return self.relay_head(ctx, &up, &t.repo, &object, &cred).await;
+            }
+            self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
+            let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None).await?;
+            return self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss);
+        }
+
+        // By tag.
+        let tag = reference.to_string();
+        let entry = self.blocking_store(|s, (u, r, tag)| s.get_tag(&u, &r, &tag), (key.clone(), t.repo.clone(), tag.clone())).await?;
+        if let Some(entry) = entry {
+            let age = now_secs().saturating_sub(entry.fetched_at_unix);
+            if age < self.inner.cfg.tag_ttl.as_secs() {
+                self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
+                return self.serve_stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await;
+            }
+            // Revalidate with a HEAD (registries do not count HEADs against pull limits).
+            match up.send(Method::HEAD, &t.repo, &object, &cred, accept_headers()).await {
+                Ok(r) if r.status() == StatusCode::OK => {
+                    let upstream_digest = r.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Digest>().ok());
+                    if upstream_digest.as_ref() == Some(&entry.digest) {
+                        let mut fresh = entry.clone();
+                        fresh.fetched_at_unix = now_secs();
+                        self.blocking_store(move |s, (u, r, tag)| s.put_tag(&u, &r, &tag, &fresh), (key.clone(), t.repo.clone(), tag.clone())).await?;
+                        self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
+                        return self.serve_stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await;
+                    }
+                    // The tag moved (or the upstream gave no digest): fetch it anew below.
+                }
+                Ok(r) if r.status() == StatusCode::NOT_FOUND => {
+                    let _ = self.blocking_store(|s, (u, r, tag)| s.delete_tag(&u, &r, &tag), (key.clone(), t.repo.clone(), tag.clone())).await;
+                    return Err(ApiError::not_found(Code::ManifestUnknown, format!("{}:{tag}", t.repo)));
+                }
+                Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                    return Err(self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo)));
+                }
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
+                    return self.serve_stale(ctx, &up, &t.repo, &tag, &entry.digest, head, &format!("upstream answered {}", r.status())).await;
+                }
+                Ok(r) => {
+                    return Err(ApiError::unavailable(format!("{} answered {} when revalidating {}:{tag}", up.name(), r.status(), t.repo)));
+                }
+                Err(e) => {
+                    return self.serve_stale(ctx, &up, &t.repo, &tag, &entry.digest, head, &e.to_string()).await;
+                }
+            }
+        }
+        if head {
+            return self.relay_head(ctx, &up, &t.repo, &object, &cred).await;
+        }
+        self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
+        let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag)).await?;
+        self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_stale(&self, ctx: &mut Ctx, up: &Upstream, repo: &str, tag: &str, d: &Digest, head: bool, why: &str) -> Result<Response, ApiError> {
+        tracing::warn!(upstream = up.name(), repo, tag, reason = why, "serving a stale tag: the upstream could not revalidate it");
+        self.inner.metrics.stale.inc();
+        let mut resp = self.serve_stored_manifest(ctx, d, head, CacheOutcome::Stale).await?;
+        resp.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 thaw \"Response is Stale\""));
+        Ok(resp)
+    }
+
+    /// Asks the upstream whether `object` exists in `repo` for `cred`; on yes, links it.
+    async fn confirm(&self, up: &Upstream, repo: &str, object: &str, cred: &Credential) -> Result<bool, ApiError> {
+        let resp = up
+            .send(Method::HEAD, repo, object, cred, accept_headers())
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot confirm {object} belongs to {repo} on {}: {e}", up.name())))?;
+        if resp.status() != StatusCode::OK {
+            return Ok(false);
+        }
+        if let Some(d) = object.split_once('/').and_then(|(_, r)| r.parse::<Digest>().ok()) {
+            self.blocking_store(|s, (u, r, d)| s.link(&u, &r, &d), (up.name().to_string(), repo.to_string(), d)).await?;
+        }
+        Ok(true)
+    }
+
+    async fn relay_head(&self, ctx: &mut Ctx, up: &Upstream, repo: &str, object: &str, cred: &Credential) -> Result<Response, ApiError> {
+        let r = up
+            .send(Method::HEAD, repo, object, cred, accept_headers())
+            .await
+            .map_err(|e| ApiError::unavailable(format!("{} cannot be reached: {e}", up.name())))?;
+        let status = r.status();
+        if status == StatusCode::NOT_FOUND {
+            let code = if object.starts_with("blobs/") { Code::BlobUnknown } else { Code::ManifestUnknown };
+            return Err(ApiError::not_found(code, format!("{repo}/{object}")));
+        }
+        if !status.is_success() {
+            return Err(ApiError::unavailable(format!("{} answered {status} to HEAD {object}", up.name())));
+        }
+        let mut resp = StatusCode::OK.into_response();
+        for h in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+            if let Some(v) = r.headers().get(&h) {
+                resp.headers_mut().insert(h, v.clone());
+            }
+        }
+        if let Some(v) = r.headers().get("docker-content-digest") {
+            resp.headers_mut().insert("docker-content-digest", v.clone());
+            ctx.rec.digest = v.to_str().ok().map(str::to_string);
+        }
+        ctx.rec.size = r.content_length();
+        Ok(resp)
+    }
+
+    /// GETs a manifest from the upstream, verifies and stores it, links it and its blobs to the
+    /// repository, and records the tag.
+    pub(crate) async fn fetch_manifest(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        reference: &str,
+        cred: &Credential,
+        want: Option<&Digest>,
+        tag: Option<&str>,
+    ) -> Result<FetchedManifest, ApiError> {
+        let object = format!("manifests/{reference}");
+        let t0 = Instant::now();
+        let resp = up
+            .send(Method::GET, repo, &object, cred, accept_headers())
+            .await
+            .map_err(|e| ApiError::unavailable(format!("{} cannot be reached: {e}", up.name())))?;
+        self.inner.metrics.upstream_latency.get_or_create(&Metrics::upstream(up.name())).observe(t0.elapsed().as_secs_f64());
+        match resp.status().as_u16() {
+            200 => {}
+            404 => return Err(ApiError::not_found(Code::ManifestUnknown, format!("{repo}:{reference}"))),
+            401 | 403 => {
+                let c = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                return Err(self.unauthorized(c.as_deref(), &format!("{} refused access to {repo}", up.name())));
+            }
+            429 => return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name()))),
+            s => return Err(ApiError::unavailable(format!("{} answered {s} for {repo}:{reference}", up.name()))),
+        }
+        let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if resp.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
+            return Err(ApiError::bad_request(Code::ManifestInvalid, format!("manifest {repo}:{reference} is larger than {MAX_MANIFEST_BYTES} bytes")));
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::unavailable(format!("{} broke off sending {repo}:{reference}: {e}", up.name())))?;
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(ApiError::bad_request(Code::ManifestInvalid, format!("manifest {repo}:{reference} is larger than {MAX_MANIFEST_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        self.inner.metrics.bytes_fetched.get_or_create(&Metrics::upstream(up.name())).inc_by(body.len() as u64);
+        let digest = match want {
+            Some(d) => {
+                if !d.verify(&body) {
+                    self.inner.metrics.digest_mismatches.inc();
+                    return Err(ApiError::new(StatusCode::BAD_GATEWAY, Code::DigestInvalid, format!("{} sent a manifest that does not match {d}; nothing was cached", up.name())));
+                }
+                d.clone()
+            }
+            None => Digest::sha256_of(&body),
+        };
+        let manifest = Manifest::parse(&body, content_type.as_deref())
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, Code::ManifestInvalid, format!("{} sent an unusable manifest for {repo}:{reference}: {e}", up.name())))?;
+        let media_type = manifest.media_type.as_str().to_string();
+        let layers: Vec<LayerRef> = manifest.blobs().map(|d| LayerRef { digest: d.digest.to_string(), size: d.size }).collect();
+        let links: Vec<Digest> = manifest.blobs().chain(manifest.manifests.iter()).map(|d| d.digest.clone()).collect();
+        let key = up.name().to_string();
+        let stored = {
+            let (body, digest, media_type, repo, tag) = (body.clone(), digest.clone(), media_type.clone(), repo.to_string(), tag.map(str::to_string));
+            self.blocking_store(
+                move |s, ()| {
+                    store_bytes(s, &digest, &body)?;
+                    s.put_manifest_type(&digest, &media_type)?;
+                    s.link(&key, &repo, &digest)?;
+                    for d in &links {
+                        s.link(&key, &repo, d)?;
+                    }
+                    if let Some(tag) = tag {
+                        s.put_tag(&key, &repo, &tag, &TagEntry { digest: digest.clone(), media_type: media_type.clone(), fetched_at_unix: now_secs() })?;
+                    }
+                    Ok(())
+                },
+                (),
+            )
+            .await
+        };
+        if let Err(e) = stored {
+            tracing::warn!(error = ?e.message, "manifest not cached; serving it anyway");
+        }
+        Ok(FetchedManifest { body: Bytes::from(body), digest, media_type, layers })
+    }
+
+    fn answer_manifest(&self, ctx: &mut Ctx, m: FetchedManifest, head: bool, outcome: CacheOutcome) -> Result<Response, ApiError> {
+        ctx.rec.digest = Some(m.digest.to_string());
+        ctx.rec.size = Some(m.body.len() as u64);
+        ctx.rec.layers = m.layers;
+        ctx.rec.outcome = outcome;
+        let mut resp = if head { Response::new(Body::empty()) } else { Response::new(Body::from(m.body.clone())) };
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&m.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len() as u64));
+        h.insert("docker-content-digest", HeaderValue::from_str(&m.digest.to_string()).expect("digest is ascii"));
+        h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{}\"", m.digest)).expect("ascii"));
+        Ok(resp)
+    }
+
+    async fn serve_stored_manifest(&self, ctx: &mut Ctx, d: &Digest, head: bool, outcome: CacheOutcome) -> Result<Response, ApiError> {
+        let loaded = self
+            .blocking_store(
+                |s, d| {
+                    let media_type = s.manifest_type(&d)?;
+                    let Some(handle) = s.get(&d)? else { return Ok(None) };
+                    let mut body = vec![0u8; handle.size as usize];
+                    use std::os::unix::fs::FileExt;
+                    handle.file().read_exact_at(&mut body, 0).map_err(|source| thaw_store::StoreError::Io { op: "read", path: s.blob_path(&d), source })?;
+                    Ok(Some((body, media_type)))
+                },
+                d.clone(),
+            )
+            .await?;
+        let Some((body, media_type)) = loaded else {
+            return Err(ApiError::not_found(Code::ManifestUnknown, d));
+        };
+        let parsed = Manifest::parse(&body, media_type.as_deref()).ok();
+        let media_type = media_type
+            .or_else(|| parsed.as_ref().map(|m| m.media_type.as_str().to_string()))
+            .unwrap_or_else(|| MediaType::OciManifest.as_str().to_string());
+        let layers = parsed.map(|m| m.blobs().map(|d| LayerRef { digest: d.digest.to_string(), size: d.size }).collect()).unwrap_or_default();
+        self.answer_manifest(ctx, FetchedManifest { body: Bytes::from(body), digest: d.clone(), media_type, layers }, head, outcome)
+    }
+
+    async fn put_manifest(&self, ctx: &mut Ctx, t: &Target, headers: &HeaderMap, reference: &str, digest: Option<Digest>, body: Body) -> Result<Response, ApiError> {
+        if t.upstream.is_some() {
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{} is mirrored from an upstream; push to the upstream instead", t.repo)));
+        }
+        let body = read_limited(body, MAX_MANIFEST_BYTES).await?;
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let manifest = Manifest::parse(&body, content_type).map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
+        let computed = match &digest {
+            Some(d) => {
+                if !d.verify(&body) {
+                    return Err(ApiError::bad_request(Code::DigestInvalid, format!("manifest body does not match {d}")));
+                }
+                d.clone()
+            }
+            None => Digest::sha256_of(&body),
+        };
+        let media_type = manifest.media_type.as_str().to_string();
+        let referenced: Vec<Digest> = manifest.blobs().chain(manifest.manifests.iter()).map(|d| d.digest.clone()).collect();
+        let repo = t.repo.clone();
+        let tag = digest.is_none().then(|| reference.to_string());
+        let d2 = computed.clone();
+        let bodyv = body.to_vec();
+        self.blocking_store(
+            move |s, ()| {
+                for d in &referenced {
+                    if s.stat(d)?.is_none() {
+                        return Ok(Err(d.clone()));
+                    }
+                }
+                store_bytes(s, &d2, &bodyv)?;
+                s.put_manifest_type(&d2, &media_type)?;
+                s.link(LOCAL, &repo, &d2)?;
+                for d in &referenced {
+                    s.link(LOCAL, &repo, d)?;
+                }
+                if let Some(tag) = tag {
+                    s.put_tag(LOCAL, &repo, &tag, &TagEntry { digest: d2.clone(), media_type: media_type.clone(), fetched_at_unix: now_secs() })?;
+                }
+                Ok(Ok(()))
+            },
+            (),
+        )
+        .await?
+        .map_err(|missing| ApiError::bad_request(Code::ManifestBlobUnknown, format!("manifest references {missing}, which has not been pushed; push its blobs first")))?;
+        ctx.rec.digest = Some(computed.to_string());
+        ctx.rec.size = Some(body.len() as u64);
+        let mut resp = StatusCode::CREATED.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::LOCATION, HeaderValue::from_str(&format!("/v2/{}/manifests/{computed}", t.repo)).expect("ascii"));
+        h.insert("docker-content-digest", HeaderValue::from_str(&computed.to_string()).expect("ascii"));
+        Ok(resp)
+    }
+
+    // ---------------------------------------------------------------- blobs
+
+    #[allow(clippy::too_many_arguments)]
+    async fn blob(&self, ctx: &mut Ctx, method: &Method, headers: &HeaderMap, name: &str, digest: &str, ns: Option<&str>, ident: &Identity) -> Result<Response, ApiError> {
+        let t = self.resolve(name, ns)?;
+        ctx.rec.upstream = t.upstream.as_ref().map(|u| u.name().to_string());
+        ctx.rec.repo = Some(t.repo.clone());
+        let d: Digest = digest.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
+        ctx.rec.digest = Some(d.to_string());
+        let head = match *method {
+            Method::GET => false,
+            Method::HEAD => true,
+            Method::DELETE => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "deleting blobs is not supported by thaw")),
+            _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{method} is not allowed on blobs"))),
+        };
+        let range = match headers.get(header::RANGE) {
+            Some(v) => Some(RangeSpec::parse(v.to_str().unwrap_or("")).map_err(|e| ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::RangeInvalid, e.to_string()))?),
+            None => None,
+        };
+        let object = format!("blobs/{d}");
+        let key = t.key().to_string();
+        let (cred, confirmed) = match &t.upstream {
+            Some(_) => self.authorize(&t, ident, &object).await?,
+            None => (Credential::Anonymous, false),
+        };
+        let linked = confirmed || self.blocking_store(|s, (u, r, d)| s.is_linked(&u, &r, &d), (key.clone(), t.repo.clone(), d.clone())).await?;
+        let have = self.blocking_store(|s, d| s.stat(&d), d.clone()).await?;
+        if let Some(size) = have {
+            let allowed = linked || match &t.upstream {
+                Some(up) => self.confirm(up, &t.repo, &object, &cred).await?,
+                None => false,
+            };
+            if allowed {
+                if head {
+                    ctx.rec.size = Some(size);
+                    return Ok(blob_head(&d, size));
+                }
+                if let Some(resp) = self.serve_stored_blob(ctx, &d, range).await? {
+                    self.inner.metrics.hits.get_or_create(&Metrics::kind("blob")).inc();
+                    return Ok(resp);
+                }
+                // Evicted between stat and get: fall through to the miss path.
+            } else if t.upstream.is_none() {
+                return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
+            }
+        }
+        let Some(up) = t.upstream.clone() else {
+            return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
+        };
+        if head {
+            return self.relay_head(ctx, &up, &t.repo, &object, &cred).await;
+        }
+        // A miss: join or start the flight for this digest.
+        let (fl, started) = self.join_or_start(&up, &t.repo, &cred, &d).await?;
+        if !started && (fl.upstream != up.name() || fl.repo != t.repo) && !linked && !self.confirm(&up, &t.repo, &object, &cred).await? {
+            return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
+        }
+        if started {
+            self.inner.metrics.misses.get_or_create(&Metrics::kind("blob")).inc();
+            ctx.rec.outcome = CacheOutcome::Miss;
+        } else {
+            self.inner.metrics.coalesced.inc();
+            ctx.rec.outcome = CacheOutcome::Coalesced;
+        }
+        let st = fl.wait_started().await;
+        if let Some(Outcome::Failed { status, reason }) = &st.outcome {
+            if st.written == 0 {
+                return Err(match status {
+                    Some(404) => ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)),
+                    Some(401 | 403) => self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo)),
+                    Some(429) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name())),
+                    _ => ApiError::unavailable(format!("fetching {d} from {} failed: {reason}", up.name())),
+                });
+            }
+        }
+        if let Some(Outcome::NotCached) = &st.outcome {
+            ctx.rec.outcome = CacheOutcome::PassThrough;
+        }
+        let total = st.total.or_else(|| (st.outcome.is_some()).then_some(st.written));
+        let Some(total) = total else {
+            return Err(ApiError::unavailable(format!("{} did not say how large {d} is", up.name())));
+        };
+        ctx.rec.size = Some(total);
+        let (status, start, end) = match range {
+            Some(spec) => {
+                let r = spec.resolve(total).map_err(|e| range_error(e, total))?;
+                ctx.rec.range = Some((r.start, r.end));
+                (StatusCode::PARTIAL_CONTENT, r.start, r.end + 1)
+            }
+            None => (StatusCode::OK, 0, total),
+        };
+        let reg = self.clone();
+        let fl2 = fl.clone();
+        tokio::spawn(async move {
+            if fl2.wait_done().await == Outcome::NotCached {
+                reg.inner.metrics.pass_through.inc();
+            }
+        });
+        let mut resp = Response::new(Body::from_stream(fl.stream(start, end)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if status == StatusCode::PARTIAL_CONTENT {
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)).expect("ascii"));
+        }
+        Ok(resp)
+    }
+
+    /// Returns the flight for `d`, starting it when there is none. `true` when this call started it.
+    pub(crate) async fn join_or_start(&self, up: &Arc<Upstream>, repo: &str, cred: &Credential, d: &Digest) -> Result<(Arc<Flight>, bool), ApiError> {
+        if let Some(f) = self.inner.flights.lock().get(d) {
+            return Ok((f.clone(), false));
+        }
+        // Create the temp file off the async threads, then re-check under the lock: another request
+        // may have started the same flight meanwhile.
+        let writer = self.blocking_store(|s, d| s.begin(&d, None), d.clone()).await?;
+        let mut flights = self.inner.flights.lock();
+        if let Some(f) = flights.get(d) {
+            drop(writer);
+            return Ok((f.clone(), false));
+        }
+        let reg = self.clone();
+        let key = d.clone();
+        let link = (up.name().to_string(), repo.to_string(), d.clone(), self.inner.store.clone());
+        let job = FetchJob {
+            upstream: up.clone(),
+            repo: repo.to_string(),
+            cred: cred.clone(),
+            digest: d.clone(),
+            retries: self.inner.cfg.fetch_retries,
+            metrics: self.inner.metrics.clone(),
+        };
+        let fl = flight::start(job, writer, move |outcome| {
+            reg.inner.flights.lock().remove(&key);
+            if *outcome == Outcome::Stored {
+                let (u, r, d, store) = link;
+                // Recorded after the commit so a crash never leaves a link to a blob never stored.
+                std::thread::spawn(move || {
+                    if let Err(e) = store.link(&u, &r, &d) {
+                        tracing::warn!(error = %e, "could not record repository membership");
+                    }
+                });
+            }
+        })
+        .map_err(ApiError::from)?;
+        flights.insert(d.clone(), fl.clone());
+        Ok((fl, true))
+    }
+
+    async fn serve_stored_blob(&self, ctx: &mut Ctx, d: &Digest, range: Option<RangeSpec>) -> Result<Option<Response>, ApiError> {
+        let Some(handle) = self.blocking_store(|s, d| s.get(&d), d.clone()).await? else { return Ok(None) };
+        let total = handle.size;
+        let file = Arc::new(handle.try_clone_file().map_err(|e| ApiError::internal(e))?);
+        ctx.rec.outcome = CacheOutcome::Hit;
+        ctx.rec.size = Some(total);
+        let (status, start, end) = match range {
+            Some(spec) => {
+                let r = spec.resolve(total).map_err(|e| range_error(e, total))?;
+                ctx.rec.range = Some((r.start, r.end));
+                (StatusCode::PARTIAL_CONTENT, r.start, r.end + 1)
+            }
+            None => (StatusCode::OK, 0, total),
+        };
+        let mut resp = Response::new(Body::from_stream(flight::file_stream(file, start, end, handle)));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{d}\"")).expect("ascii"));
+        if status == StatusCode::PARTIAL_CONTENT {
+            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)).expect("ascii"));
+        }
+        Ok(Some(resp))
+    }
+
+    // ---------------------------------------------------------------- tags
+
+    async fn tags(&self, ctx: &mut Ctx, method: &Method, name: &str, query: &str, ns: Option<&str>, ident: &Identity) -> Result<Response, ApiError> {
+        if *method != Method::GET && *method != Method::HEAD {
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "tags are listed with GET"));
+        }
+        let t = self.resolve(name, ns)?;
+        ctx.rec.upstream = t.upstream.as_ref().map(|u| u.name().to_string());
+        ctx.rec.repo = Some(t.repo.clone());
+        if let Some(up) = &t.upstream {
+            let cred = auth::credential_for(ident, up, &self.inner.cfg.accounts);
+            let suffix = if query.is_empty() { "tags/list".to_string() } else { format!("tags/list?{query}") };
+            let r = up.send(Method::GET, &t.repo, &suffix, &cred, HeaderMap::new()).await.map_err(|e| ApiError::unavailable(format!("{} cannot be reached: {e}", up.name())))?;
+            let status = r.status();
+            let challenge = r.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let link = r.headers().get(header::LINK).cloned();
+            if matches!(status.as_u16(), 401 | 403) {
+                return Err(self.unauthorized(challenge.as_deref(), &format!("{} refused to list tags of {}", up.name(), t.repo)));
+            }
+            let body = r.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(l) = link {
+                // The upstream's Link points at its own host; clients follow it relative to us.
+                if let Ok(s) = l.to_str() {
+                    if let Some(i) = s.find("/v2/") {
+                        if let Ok(v) = HeaderValue::from_str(&format!("<{}", &s[i..])) {
+                            resp.headers_mut().insert(header::LINK, v);
+                        }
+                    }
+                }
+            }
+            return Ok(resp);
+        }
+        let mut tags = self.blocking_store(|s, r| s.list_tags(LOCAL, &r), t.repo.clone()).await?;
+        if tags.is_empty() {
+            return Err(ApiError::not_found(Code::NameUnknown, &t.repo));
+        }
+        let n = query_param(query, "n").map(|n| n.parse::<usize>().map_err(|_| ApiError::bad_request(Code::Unsupported, "n must be a number"))).transpose()?;
+        if let Some(last) = query_param(query, "last") {
+            tags.retain(|t| t.as_str() > last.as_str());
+        }
+        let mut link = None;
+        if let Some(n) = n {
+            if tags.len() > n {
+                tags.truncate(n);
+                if let Some(l) = tags.last() {
+                    link = Some(format!("</v2/{name}/tags/list?n={n}&last={l}>; rel=\"next\""));
+                }
+            }
+        }
+        let body = serde_json::json!({ "name": name, "tags": tags });
+        let mut resp = axum::Json(body).into_response();
+        if let Some(l) = link {
+            if let Ok(v) = HeaderValue::from_str(&l) {
+                resp.headers_mut().insert(header::LINK, v);
+            }
+        }
+        Ok(resp)
+    }
+
+    // ---------------------------------------------------------------- uploads (push)
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_start(&self, ctx: &mut Ctx, method: &Method, headers: &HeaderMap, name: &str, query: &str, ns: Option<&str>, body: Body) -> Result<Response, ApiError> {
+        if *method != Method::POST {
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "uploads start with POST"));
+        }
+        let t = self.local_target(name, ns)?;
+        ctx.rec.repo = Some(t.repo.clone());
+        // Cross-repository mount.
+        if let (Some(mount), Some(from)) = (query_param(query, "mount"), query_param(query, "from")) {
+            let d: Digest = mount.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
+            let ok = self.blocking_store(|s, (from, to, d)| {
+                if s.is_linked(LOCAL, &from, &d)? && s.stat(&d)?.is_some() {
+                    s.link(LOCAL, &to, &d)?;
+                    Ok(true)
+                } else {
+                    Ok(false)
+                }
+            }, (from.clone(), t.repo.clone(), d.clone())).await?;
+            if ok {
+                ctx.rec.digest = Some(d.to_string());
+                return Ok(created_blob(&t.repo, &d));
+            }
+            // Not mountable: fall back to a normal upload session, as the spec says.
+        }
+        // Monolithic upload in the POST.
+        if let Some(dq) = query_param(query, "digest") {
+            let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
+            let data = read_limited(body, usize::MAX).await?;
+            let repo = t.repo.clone();
+            let d2 = d.clone();
+            self.blocking_store(move |s, ()| {
+                let c = store_bytes(s, &d2, &data);
+                if c.is_ok() {
+                    s.link(LOCAL, &repo, &d2)?;
+                }
+                c
+            }, ()).await.map_err(|e| if e.message.contains("mismatch") { ApiError::bad_request(Code::DigestInvalid, e.message) } else { e })?;
+            ctx.rec.digest = Some(d.to_string());
+            return Ok(created_blob(&t.repo, &d));
+        }
+        let _ = headers;
+        let id = self.blocking_store(|s, ()| s.upload_start(), ()).await?;
+        Ok(upload_accepted(&t.repo, &id, 0, StatusCode::ACCEPTED))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(&self, ctx: &mut Ctx, method: &Method, headers: &HeaderMap, name: &str, id: &str, query: &str, ns: Option<&str>, body: Body) -> Result<Response, ApiError> {
+        let t = self.local_target(name, ns)?;
+        ctx.rec.repo = Some(t.repo.clone());
+        let id: UploadId = id.parse().map_err(|_| ApiError::not_found(Code::BlobUploadUnknown, format!("upload {id}")))?;
+        let unknown = |e: thaw_store::StoreError| match e {
+            thaw_store::StoreError::UnknownUpload { .. } => ApiError::not_found(Code::BlobUploadUnknown, "the upload session"),
+            thaw_store::StoreError::UploadOffset { .. } => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::BlobUploadInvalid, e.to_string()),
+            thaw_store::StoreError::DigestMismatch { .. } => ApiError::bad_request(Code::DigestInvalid, e.to_string()),
+            e => ApiError::from(e),
+        };
+        let store = self.inner.store.clone();
+        let run = |f: Box<dyn FnOnce(&BlobStore) -> Result<u64, thaw_store::StoreError> + Send>| {
+            let store = store.clone();
+            async move { tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal) }
+        };
+        match *method {
+            Method::GET => {
+                let id2 = id.clone();
+                let size = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                Ok(upload_accepted(&t.repo, &id, size, StatusCode::NO_CONTENT))
+            }
+            Method::DELETE => {
+                let id2 = id.clone();
+                run(Box::new(move |s| s.upload_cancel(&id2).map(|_| 0))).await?.map_err(unknown)?;
+                Ok(StatusCode::NO_CONTENT.into_response())
+            }
+            Method::PATCH => {
+                let id2 = id.clone();
+                let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                if let Some(cr) = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()) {
+                    let start = cr.trim_start_matches("bytes ").split('-').next().and_then(|s| s.trim().parse::<u64>().ok());
+                    if start != Some(current) {
+                        return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::BlobUploadInvalid, format!("chunk starts at {start:?} but the upload has {current} bytes; resume from {current}")));
+                    }
+                }
+                let size = self.append_stream(&id, current, body).await?.map_err(unknown)?;
+                Ok(upload_accepted(&t.repo, &id, size, StatusCode::ACCEPTED))
+            }
+            Method::PUT => {
+                let dq = query_param(query, "digest").ok_or_else(|| ApiError::bad_request(Code::DigestInvalid, "PUT to an upload needs ?digest="))?;
+                let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
+                let id2 = id.clone();
+                let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                self.append_stream(&id, current, body).await?.map_err(unknown)?;
+                let (id2, d2, repo) = (id.clone(), d.clone(), t.repo.clone());
+                run(Box::new(move |s| {
+                    s.upload_finish(&id2, &d2)?;
+                    s.link(LOCAL, &repo, &d2)?;
+                    Ok(0)
+                }))
+                .await?
+                .map_err(unknown)?;
+                ctx.rec.digest = Some(d.to_string());
+                Ok(created_blob(&t.repo, &d))
+            }
+            _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{method} is not allowed on uploads"))),
+        }
+    }
+
+    /// Appends a request body to an upload as it arrives.
+    /// The outer error is the client's body breaking off; the inner one the store's answer.
+    async fn append_stream(&self, id: &UploadId, mut offset: u64, body: Body) -> Result<Result<u64, thaw_store::StoreError>, ApiError> {
+        let mut stream = body.into_data_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let next = stream.next().await;
+            let done = next.is_none();
+            if let Some(chunk) = next {
+                let chunk = chunk.map_err(|e| ApiError::bad_request(Code::BlobUploadInvalid, format!("upload body broke off: {e}")))?;
+                pending.extend_from_slice(&chunk);
+            }
+            if !pending.is_empty() && (done || pending.len() >= flight::CHUNK) {
+                let data = std::mem::take(&mut pending);
+                let store = self.inner.store.clone();
+                let id = id.clone();
+                offset = match tokio::task::spawn_blocking(move || store.upload_append(&id, offset, &data)).await.map_err(ApiError::internal)? {
+                    Ok(o) => o,
+                    Err(e) => return Ok(Err(e)),
+                };
+            }
+            if done {
+                return Ok(Ok(offset));
+            }
+        }
+    }
+
+    fn local_target(&self, name: &str, ns: Option<&str>) -> Result<Target, ApiError> {
+        let t = self.resolve(name, ns)?;
+        if t.upstream.is_some() {
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{name} is mirrored from an upstream; push to the upstream instead")));
+        }
+        Ok(t)
+    }
+}
+
+pub(crate) struct FetchedManifest {
+    pub body: Bytes,
+    pub digest: Digest,
+    pub media_type: String,
+    layers: Vec<LayerRef>,
+}
+
+/// Counts body bytes and writes the request's trace record when the body is finished or dropped.
+struct Counted {
+    ctx: Option<Ctx>,
+    sent: u64,
+    reg: Registry,
+}
+
+impl Counted {
+    fn failed(&mut self) {
+        if let Some(ctx) = &mut self.ctx {
+            // The body was cut (e.g. a blob that failed verification): the client got less than
+            // the status promised. Record it as a 502 so traces do not count it as served.
+            ctx.rec.status = 502;
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.take() {
+            self.reg.write_trace(ctx, self.sent);
+        }
+    }
+}
+
+/// Stores a small in-memory blob (manifests, monolithic pushes).
+fn store_bytes(s: &BlobStore, d: &Digest, data: &[u8]) -> Result<(), thaw_store::StoreError> {
+    if s.stat(d)?.is_some() {
+        return Ok(());
+    }
+    let mut w = s.begin(d, Some(data.len() as u64))?;
+    w.write(data)?;
+    match w.commit()? {
+        Committed::Stored | Committed::AlreadyPresent | Committed::NotCached => Ok(()),
+    }
+}
+
+fn outcome_name(o: CacheOutcome) -> &'static str {
+    match o {
+        CacheOutcome::Hit => "hit",
+        CacheOutcome::Miss => "miss",
+        CacheOutcome::Coalesced => "coalesced",
+        CacheOutcome::Stale => "stale",
+        CacheOutcome::PassThrough => "pass-through",
+        CacheOutcome::None => "none",
+    }
+}
+
+fn range_error(e: thaw_oci::RangeError, total: u64) -> ApiError {
+    ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::RangeInvalid, e.to_string())
+        .with_header(header::CONTENT_RANGE, &thaw_oci::RangeError::unsatisfied_content_range(total))
+}
+
+fn accept_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::ACCEPT, HeaderValue::from_str(&MediaType::accept_all()).expect("ascii"));
+    h
+}
+
+fn version_response() -> Response {
+    let mut resp = axum::Json(serde_json::json!({})).into_response();
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+fn blob_head(d: &Digest, size: u64) -> Response {
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    resp
+}
+
+fn created_blob(repo: &str, d: &Digest) -> Response {
+    let mut resp = StatusCode::CREATED.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_str(&format!("/v2/{repo}/blobs/{d}")).expect("ascii"));
+    h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
+    resp
+}
+
+fn upload_accepted(repo: &str, id: &UploadId, size: u64, status: StatusCode) -> Response {
+    let mut resp = status.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_str(&format!("/v2/{repo}/blobs/uploads/{id}")).expect("ascii"));
+    h.insert(header::RANGE, HeaderValue::from_str(&format!("0-{}", size.saturating_sub(1))).expect("ascii"));
+    h.insert("docker-upload-uuid", HeaderValue::from_str(&id.to_string()).expect("ascii"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Code::SizeInvalid, format!("request body is too large (limit {limit} bytes) or broken: {e}"))),
+    }
+}
+
+/// The value of a query parameter, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+impl Registry {
+    /// The request timeout the server applies to upstream answers (exposed for the daemon).
+    pub fn upstream_timeout(&self) -> Duration {
+        self.inner.cfg.upstream_timeout
+    }
+}
