@@ -1,0 +1,210 @@
+//! Pools of pre-created parts.
+//!
+//! A pool is made for a [`Profile`] (the image-independent parts: cgroup with its limits, network,
+//! UTS, IPC and cgroup namespaces, and a parked process already inside all of them) and,
+//! optionally, a root filesystem (the per-image part: a mount namespace holding the overlay root,
+//! with the future PID 1 forked into a new PID namespace and the root switched). A background
+//! thread keeps `depth` parts ready. Each part is used by exactly one sandbox; when it ends, the
+//! runtime's reaper tears it down off the critical path.
+//!
+//! A request takes a ready part and only sends it the process config: the critical path is one
+//! message to the parked process, seccomp and capability setup in PID 1, and exec. When the pool
+//! is empty the part is built on demand, the same way a cold start builds it. Nothing on the
+//! critical path of a pooled start writes `cgroup.procs`.
+
+use crate::error::Result;
+use crate::runtime::{Output, Part, Runtime, Sandbox, StdioFds};
+use crate::spec::{ProcessConfig, Profile, RootfsConfig};
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a pool holds.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Image-independent parts.
+    pub profile: Profile,
+    /// Per-image part; `None` pools only shells and builds the root on demand.
+    pub rootfs: Option<RootfsConfig>,
+    /// How many ready parts to keep.
+    pub depth: usize,
+}
+
+/// Counters of a pool.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Starts served by a ready part.
+    pub hits: AtomicU64,
+    /// Starts that found the pool empty and built their part on demand.
+    pub misses: AtomicU64,
+    /// Parts built in the background.
+    pub built: AtomicU64,
+    /// Background builds that failed.
+    pub build_failures: AtomicU64,
+    /// Wall-clock microseconds the background thread spent building parts.
+    pub build_wall_us: AtomicU64,
+}
+
+struct State {
+    ready: VecDeque<Part>,
+    stop: bool,
+}
+
+struct Shared {
+    rt: Runtime,
+    cfg: PoolConfig,
+    state: Mutex<State>,
+    cond: Condvar,
+    stats: PoolStats,
+}
+
+/// A pool of parts for one profile (and optionally one root filesystem).
+pub struct Pool {
+    shared: Arc<Shared>,
+    filler: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Creates a pool and starts filling it in the background.
+    pub fn pool(&self, cfg: PoolConfig) -> Pool {
+        let shared = Arc::new(Shared {
+            rt: self.clone(),
+            cfg,
+            state: Mutex::new(State { ready: VecDeque::new(), stop: false }),
+            cond: Condvar::new(),
+            stats: PoolStats::default(),
+        });
+        let s2 = shared.clone();
+        let filler = std::thread::Builder::new()
+            .name("thaw-pool-filler".into())
+            .spawn(move || fill(&s2))
+            .expect("spawning the pool filler thread");
+        Pool { shared, filler: Some(filler) }
+    }
+}
+
+fn fill(s: &Shared) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        {
+            let mut st = s.state.lock();
+            while !st.stop && st.ready.len() >= s.cfg.depth {
+                s.cond.wait(&mut st);
+            }
+            if st.stop {
+                return;
+            }
+        }
+        let t = Instant::now();
+        match s.rt.build_part(&s.cfg.profile, s.cfg.rootfs.as_ref()) {
+            Ok(mut part) => {
+                part.timings.pooled = true;
+                s.stats.built.fetch_add(1, Ordering::Relaxed);
+                s.stats.build_wall_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let mut st = s.state.lock();
+                if st.stop {
+                    return;
+                }
+                st.ready.push_back(part);
+                s.cond.notify_all();
+                backoff = Duration::from_millis(10);
+            }
+            Err(e) => {
+                s.stats.build_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "building a pooled sandbox part failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// Parts ready now.
+    pub fn ready(&self) -> usize {
+        self.shared.state.lock().ready.len()
+    }
+
+    /// Waits until at least `n` parts are ready (capped at the depth), up to `timeout`.
+    pub fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
+        let n = n.min(self.shared.cfg.depth);
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.state.lock();
+        while st.ready.len() < n {
+            if self.shared.cond.wait_until(&mut st, deadline).timed_out() {
+                return st.ready.len() >= n;
+            }
+        }
+        true
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &PoolStats {
+        &self.shared.stats
+    }
+
+    /// The pool's configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.shared.cfg
+    }
+
+    fn take(&self) -> Option<Part> {
+        let mut st = self.shared.state.lock();
+        while let Some(mut p) = st.ready.pop_front() {
+            self.shared.cond.notify_all();
+            if p.alive() {
+                return Some(p);
+            }
+            // A dead part (its helper was killed) is dropped, which reaps it.
+        }
+        None
+    }
+
+    /// Starts `process` on a ready part, or on one built on demand when none is ready. `rootfs`
+    /// is the pool's own when `None`; a pool without one builds the requested root on the shell.
+    pub fn start(&self, rootfs: Option<&RootfsConfig>, process: &ProcessConfig, io: StdioFds) -> Result<Sandbox> {
+        let t0 = Instant::now();
+        let cfg = &self.shared.cfg;
+        let rootfs = match (rootfs, cfg.rootfs.as_ref()) {
+            (Some(r), _) => r,
+            (None, Some(r)) => r,
+            (None, None) => {
+                return Err(crate::Error::Config("this pool holds no root filesystem; name one".into()));
+            }
+        };
+        let fits = |p: &Part| p.rootfs.is_none() || p.rootfs.as_ref() == Some(rootfs);
+        let part = match self.take() {
+            Some(p) if fits(&p) => {
+                self.shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                p
+            }
+            other => {
+                drop(other);
+                self.shared.stats.misses.fetch_add(1, Ordering::Relaxed);
+                let mut p = self.shared.rt.build_part(&cfg.profile, Some(rootfs))?;
+                p.timings.pooled = false;
+                p
+            }
+        };
+        self.shared.rt.start_on(part, rootfs, process, cfg.profile.seccomp, io, t0)
+    }
+
+    /// [`Pool::start`] with captured output.
+    pub fn run_output(&self, rootfs: Option<&RootfsConfig>, process: &ProcessConfig) -> Result<Output> {
+        crate::runtime::capture(|io| self.start(rootfs, process, io))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.cond.notify_all();
+        if let Some(f) = self.filler.take() {
+            let _ = f.join();
+        }
+        // Dropping the ready parts hands them to the reaper.
+        self.shared.state.lock().ready.clear();
+    }
+}

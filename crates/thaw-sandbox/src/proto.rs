@@ -1,0 +1,193 @@
+//! The protocol between the caller (the daemon or `thaw run`) and a sandbox helper process.
+//!
+//! One `SOCK_SEQPACKET` socket pair per sandbox: the kernel keeps message boundaries, passes file
+//! descriptors (the workload's stdio) alongside, and reports end-of-file when either side dies,
+//! which is how a helper notices that its owner is gone and tears its sandbox down.
+//! Messages are JSON: a few hundred bytes each, and both ends are the same build of thaw.
+
+use crate::cgroup::CgroupPlan;
+use crate::error::{Error, Result};
+use crate::seccomp::CompiledSeccomp;
+use crate::spec::{ProcessConfig, RootfsConfig};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+/// Largest message accepted. A process config with a large environment fits comfortably.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+
+/// Caller to helper.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Build the image-independent part: cgroup with limits, join it, new cgroup, UTS, IPC and
+    /// network namespaces, hostname, loopback up.
+    Shell(ShellPlan),
+    /// Build the per-image part: a mount namespace holding the overlay root, and the future
+    /// PID 1 already forked into a new PID namespace with the root switched.
+    Root(RootPlan),
+    /// Run the workload; three descriptors (stdin, stdout, stderr) travel with this message.
+    Start(ProcessPlan),
+    /// Send this signal to the workload.
+    Signal(i32),
+}
+
+/// The image-independent plan.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShellPlan {
+    /// Cgroup directories and limits.
+    pub cgroup: CgroupPlan,
+    /// Hostname in the new UTS namespace.
+    pub hostname: String,
+}
+
+/// The per-image plan.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RootPlan {
+    /// Layers and mounts.
+    pub rootfs: RootfsConfig,
+    /// Host directory the sandbox's private tmpfs (upper, work and root) is mounted on, inside
+    /// the sandbox's own mount namespace only.
+    pub staging: PathBuf,
+}
+
+/// The workload.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProcessPlan {
+    /// What to run and as whom.
+    pub process: ProcessConfig,
+    /// The compiled seccomp programs.
+    pub seccomp: CompiledSeccomp,
+}
+
+/// Helper to caller.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// The shell is built.
+    ShellReady {
+        /// Host pid of the helper (the parked process).
+        pid: i32,
+        /// Inode of the new network namespace (to check for leaks later).
+        netns: u64,
+        /// Stage durations in microseconds.
+        stages: Vec<(String, u64)>,
+    },
+    /// The root is built and PID 1 is parked inside it.
+    RootReady {
+        /// Stage durations in microseconds.
+        stages: Vec<(String, u64)>,
+    },
+    /// The workload was executed.
+    Started {
+        /// Its pid in the host PID namespace.
+        pid: i32,
+        /// Stage durations in microseconds.
+        stages: Vec<(String, u64)>,
+    },
+    /// The workload ended.
+    Exited(crate::ExitStatus),
+    /// A stage failed; the helper exits after sending this.
+    Failed(String),
+}
+
+/// Sends one message with optional descriptors.
+pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> Result<()> {
+    let buf = serde_json::to_vec(msg).map_err(|e| Error::Protocol(format!("encoding: {e}")))?;
+    if buf.len() > MAX_MESSAGE {
+        return Err(Error::Protocol(format!("message of {} bytes exceeds {MAX_MESSAGE}", buf.len())));
+    }
+    send_bytes(sock, &buf, fds)
+}
+
+/// Sends raw bytes with optional descriptors.
+pub fn send_bytes(sock: BorrowedFd<'_>, buf: &[u8], fds: &[RawFd]) -> Result<()> {
+    let iov = [IoSlice::new(buf)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+    loop {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Error::sys("sending to the sandbox helper", e)),
+        }
+    }
+}
+
+/// Receives raw bytes and descriptors; `None` at end-of-file (the peer is gone).
+pub fn recv_bytes(sock: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let (n, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => {
+                let mut fds = Vec::new();
+                for c in m.cmsgs().map_err(|e| Error::sys("reading control messages", e))? {
+                    if let ControlMessageOwned::ScmRights(v) = c {
+                        // SAFETY: the kernel just installed these descriptors in our table for
+                        // this message; nothing else owns them.
+                        fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    }
+                }
+                if m.flags.contains(MsgFlags::MSG_TRUNC) || m.flags.contains(MsgFlags::MSG_CTRUNC) {
+                    return Err(Error::Protocol("message truncated".into()));
+                }
+                break (m.bytes, fds);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ECONNRESET) => return Ok(None),
+            Err(e) => return Err(Error::sys("receiving from the sandbox helper", e)),
+        }
+    };
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    buf.truncate(n);
+    Ok(Some((buf, fds)))
+}
+
+/// Receives and decodes one message; `None` at end-of-file.
+pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> Result<Option<(T, Vec<OwnedFd>)>> {
+    match recv_bytes(sock)? {
+        None => Ok(None),
+        Some((buf, fds)) => {
+            let v = serde_json::from_slice(&buf).map_err(|e| Error::Protocol(format!("decoding: {e}")))?;
+            Ok(Some((v, fds)))
+        }
+    }
+}
+
+/// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec.
+pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| Error::sys("socketpair", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn roundtrip_with_descriptor_and_eof() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let devnull = std::fs::File::open("/dev/null").unwrap();
+        send(a.as_fd(), &Request::Signal(15), &[devnull.as_raw_fd()]).unwrap();
+        let (m, fds): (Request, _) = recv(b.as_fd()).unwrap().unwrap();
+        assert!(matches!(m, Request::Signal(15)));
+        assert_eq!(fds.len(), 1);
+        drop(a);
+        assert!(recv::<Request>(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        let (a, b) = seqpacket_pair().unwrap();
+        send_bytes(a.as_fd(), b"{not json", &[]).unwrap();
+        let e = recv::<Request>(b.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("decoding"), "{e}");
+    }
+}

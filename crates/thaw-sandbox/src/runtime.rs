@@ -1,0 +1,606 @@
+//! The caller's side: a [`Runtime`] per data directory, the cold path, sandbox handles and
+//! asynchronous teardown.
+//!
+//! The runtime itself never enters a namespace: it may live in a multithreaded process (the
+//! daemon). Each sandbox is built by a helper process started with fork+exec (see
+//! [`crate::helper`]); the runtime talks to it over a socket and reaps it on a background thread,
+//! so teardown (waiting for the helper, removing cgroup directories) is off the critical path.
+
+use crate::cgroup::{self, CgroupLayout, CgroupPlan};
+use crate::error::{Error, Result};
+use crate::proto::{self, ProcessPlan, Reply, Request, RootPlan, ShellPlan};
+use crate::seccomp::{self, CompiledSeccomp};
+use crate::spec::{ProcessConfig, Profile, RootfsConfig, SandboxSpec, SeccompOptions};
+use crate::ExitStatus;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How to start a helper process: a program and its arguments. The helper finds its control
+/// socket at descriptor 3.
+#[derive(Clone, Debug)]
+pub struct HelperCommand {
+    /// Executable.
+    pub program: PathBuf,
+    /// Arguments.
+    pub args: Vec<String>,
+}
+
+/// Configuration of a runtime instance.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Data directory; every name the instance creates on the host derives from it.
+    pub data_dir: PathBuf,
+    /// How to start helpers.
+    pub helper: HelperCommand,
+    /// Cgroup layout; detected from the mount table when `None`.
+    pub cgroup_layout: Option<CgroupLayout>,
+}
+
+/// The per-instance names derived from a data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceNames {
+    /// Cgroup parent directory name in every hierarchy (`thaw-<hash>`).
+    pub cgroup_parent: String,
+    /// Host directory sandboxes mount their private tmpfs on (inside their own mount namespace).
+    pub mount_prefix: PathBuf,
+}
+
+impl InstanceNames {
+    /// Names for `data_dir` (made absolute first, so two spellings of one directory agree).
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        let abs = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        // FNV-1a: stable across builds and Rust versions, unlike the std hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in abs.as_os_str().as_encoded_bytes() {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        InstanceNames {
+            cgroup_parent: format!("thaw-{:012x}", h & 0xffff_ffff_ffff),
+            mount_prefix: abs.join("sandbox").join("mnt"),
+        }
+    }
+}
+
+/// Where one sandbox's time went. Stages measured inside the helper are named as it names them.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// Stage name and duration, in order.
+    pub stages: Vec<(String, Duration)>,
+    /// From the request to the workload's exec, as the caller saw it (the critical path).
+    pub to_exec: Duration,
+    /// Whether the parts came from a pool.
+    pub pooled: bool,
+}
+
+impl Timings {
+    fn add(&mut self, stages: &[(String, u64)]) {
+        self.stages.extend(stages.iter().map(|(n, us)| (n.clone(), Duration::from_micros(*us))));
+    }
+}
+
+/// The workload's standard input, output and error.
+#[derive(Debug)]
+pub struct StdioFds {
+    /// Descriptor 0 of the workload.
+    pub stdin: OwnedFd,
+    /// Descriptor 1.
+    pub stdout: OwnedFd,
+    /// Descriptor 2.
+    pub stderr: OwnedFd,
+}
+
+impl StdioFds {
+    /// Copies of the caller's own 0, 1 and 2.
+    pub fn inherit() -> Result<Self> {
+        let d = |fd: RawFd| -> Result<OwnedFd> {
+            // SAFETY: 0, 1 and 2 are open for the life of the process; we only borrow to dup.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            b.try_clone_to_owned().map_err(|e| Error::io("duplicate stdio", format!("fd {fd}"), e))
+        };
+        Ok(StdioFds { stdin: d(0)?, stdout: d(1)?, stderr: d(2)? })
+    }
+
+    /// /dev/null for all three.
+    pub fn null() -> Result<Self> {
+        let o = || -> Result<OwnedFd> {
+            let f = fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| Error::io("open", "/dev/null", e))?;
+            Ok(f.into())
+        };
+        Ok(StdioFds { stdin: o()?, stdout: o()?, stderr: o()? })
+    }
+}
+
+/// Output of a sandbox run with captured stdio.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// How the workload ended.
+    pub status: ExitStatus,
+    /// What it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr.
+    pub stderr: Vec<u8>,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Counters of the runtime.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Sandboxes whose teardown (helper reaped, cgroups removed) has not finished.
+    pub pending_teardowns: AtomicUsize,
+    /// Teardowns that failed (a cgroup that would not go away).
+    pub failed_teardowns: AtomicUsize,
+    /// Network namespaces created (their inodes are kept for leak checks).
+    pub parts_built: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) names: InstanceNames,
+    pub(crate) layout: CgroupLayout,
+    helper: HelperCommand,
+    seccomp: Mutex<HashMap<SeccompOptions, Arc<CompiledSeccomp>>>,
+    next_id: AtomicU64,
+    reaper: Mutex<Option<mpsc::Sender<Teardown>>>,
+    reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub(crate) counters: Arc<Counters>,
+    netns_seen: Mutex<Vec<u64>>,
+    _lock: fs::File,
+}
+
+/// One thaw sandbox runtime, bound to a data directory.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+struct Teardown {
+    child: Child,
+    cgroup: CgroupPlan,
+}
+
+impl Runtime {
+    /// Opens the runtime: locks the data directory, kills and removes whatever a previous
+    /// instance with the same data directory left (processes, cgroups), and starts the reaper.
+    pub fn new(cfg: RuntimeConfig) -> Result<Self> {
+        let dir = cfg.data_dir.join("sandbox");
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        let names = InstanceNames::for_data_dir(&cfg.data_dir);
+        fs::create_dir_all(&names.mount_prefix).map_err(|e| Error::io("create directory", &names.mount_prefix, e))?;
+        let lock_path = dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
+        // SAFETY: flock on a descriptor we own; the lock lives as long as the file.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::Locked(cfg.data_dir.clone()));
+        }
+        let layout = match cfg.cgroup_layout {
+            Some(l) => l,
+            None => CgroupLayout::detect()?,
+        };
+        let killed = cgroup::kill_and_remove_all(&layout, &names.cgroup_parent, Duration::from_secs(10))?;
+        if killed > 0 {
+            tracing::warn!(killed, parent = %names.cgroup_parent, "removed processes left by a previous instance");
+        }
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = mpsc::channel::<Teardown>();
+        let c2 = counters.clone();
+        let reaper = std::thread::Builder::new()
+            .name("thaw-sandbox-reaper".into())
+            .spawn(move || {
+                for mut t in rx {
+                    let _ = t.child.wait();
+                    if let Err(e) = t.cgroup.remove(Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "sandbox cgroup not removed");
+                        c2.failed_teardowns.fetch_add(1, Ordering::Relaxed);
+                    }
+                    c2.pending_teardowns.fetch_sub(1, Ordering::Release);
+                }
+            })
+            .map_err(|e| Error::io("spawn thread", "thaw-sandbox-reaper", e))?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                names,
+                layout,
+                helper: cfg.helper,
+                seccomp: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                reaper: Mutex::new(Some(tx)),
+                reaper_thread: Mutex::new(Some(reaper)),
+                counters,
+                netns_seen: Mutex::new(Vec::new()),
+                _lock: lock,
+            }),
+        })
+    }
+
+    /// The names this instance uses on the host.
+    pub fn names(&self) -> &InstanceNames {
+        &self.inner.names
+    }
+
+    /// The cgroup layout in use.
+    pub fn cgroup_layout(&self) -> &CgroupLayout {
+        &self.inner.layout
+    }
+
+    /// Counters (pending teardowns...).
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Inodes of every network namespace this instance created (for leak checks).
+    pub fn netns_created(&self) -> Vec<u64> {
+        self.inner.netns_seen.lock().clone()
+    }
+
+    /// The compiled seccomp profile for these options, compiled on first use only.
+    pub fn seccomp(&self, opts: SeccompOptions) -> Result<Arc<CompiledSeccomp>> {
+        let mut cache = self.inner.seccomp.lock();
+        if let Some(c) = cache.get(&opts) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(seccomp::compile(opts)?);
+        cache.insert(opts, c.clone());
+        Ok(c)
+    }
+
+    /// Waits until every finished sandbox has been torn down, or the timeout passes. Returns
+    /// whether everything was torn down.
+    pub fn wait_teardowns(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.inner.counters.pending_teardowns.load(Ordering::Acquire) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// The cold path: builds every part on demand, then starts the workload.
+    pub fn start(&self, spec: &SandboxSpec, io: StdioFds) -> Result<Sandbox> {
+        let t0 = Instant::now();
+        let mut part = self.build_part(&spec.profile, Some(&spec.rootfs))?;
+        part.timings.pooled = false;
+        self.start_on(part, &spec.rootfs, &spec.process, spec.profile.seccomp, io, t0)
+    }
+
+    /// Cold path with captured output.
+    pub fn run_output(&self, spec: &SandboxSpec) -> Result<Output> {
+        capture(|io| self.start(spec, io))
+    }
+
+    /// Builds a part: a helper with its shell (and its root, if `rootfs` is given) ready.
+    pub(crate) fn build_part(&self, profile: &Profile, rootfs: Option<&RootfsConfig>) -> Result<Part> {
+        let id = format!("s{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let cgroup = CgroupPlan::new(&self.inner.layout, &self.inner.names.cgroup_parent, &id, profile.limits.clone());
+        let t = Instant::now();
+        let (ctrl, child) = self.spawn_helper()?;
+        let mut part = Part {
+            ctrl: Some(Arc::new(ctrl)),
+            child: Some(child),
+            cgroup: cgroup.clone(),
+            rootfs: None,
+            timings: Timings::default(),
+            netns: 0,
+            rt: self.inner.clone(),
+        };
+        self.inner.counters.parts_built.fetch_add(1, Ordering::Relaxed);
+        part.timings.stages.push(("spawn_helper".into(), t.elapsed()));
+        let ctrl = part.ctrl();
+        // Send both requests before reading the first reply: the helper works while we wait.
+        proto::send(ctrl.as_fd(), &Request::Shell(ShellPlan { cgroup, hostname: profile.hostname.clone() }), &[])?;
+        if let Some(r) = rootfs {
+            proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(r)), &[])?;
+        }
+        match recv_reply(&ctrl)? {
+            Reply::ShellReady { netns, stages, .. } => {
+                part.netns = netns;
+                self.inner.netns_seen.lock().push(netns);
+                part.timings.add(&stages);
+            }
+            other => return Err(unexpected(other)),
+        }
+        if let Some(r) = rootfs {
+            match recv_reply(&ctrl)? {
+                Reply::RootReady { stages } => part.timings.add(&stages),
+                other => return Err(unexpected(other)),
+            }
+            part.rootfs = Some(r.clone());
+        }
+        Ok(part)
+    }
+
+    fn root_plan(&self, r: &RootfsConfig) -> RootPlan {
+        RootPlan { rootfs: r.clone(), staging: self.inner.names.mount_prefix.clone() }
+    }
+
+    /// Takes a built part to a running sandbox. `t0` is when the request arrived.
+    pub(crate) fn start_on(
+        &self,
+        mut part: Part,
+        rootfs: &RootfsConfig,
+        process: &ProcessConfig,
+        seccomp_opts: SeccompOptions,
+        io: StdioFds,
+        t0: Instant,
+    ) -> Result<Sandbox> {
+        let ctrl = part.ctrl();
+        if part.rootfs.is_none() {
+            proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(rootfs)), &[])?;
+            match recv_reply(&ctrl)? {
+                Reply::RootReady { stages } => part.timings.add(&stages),
+                other => return Err(unexpected(other)),
+            }
+            part.rootfs = Some(rootfs.clone());
+        } else if part.rootfs.as_ref() != Some(rootfs) {
+            return Err(Error::Config("the pooled part holds a different root filesystem".into()));
+        }
+        let plan = ProcessPlan { process: process.clone(), seccomp: (*self.seccomp(seccomp_opts)?).clone() };
+        let fds = [io.stdin.as_raw_fd(), io.stdout.as_raw_fd(), io.stderr.as_raw_fd()];
+        proto::send(ctrl.as_fd(), &Request::Start(plan), &fds)?;
+        drop(io);
+        let pid = match recv_reply(&ctrl)? {
+            Reply::Started { pid, stages } => {
+                part.timings.add(&stages);
+                pid
+            }
+            other => return Err(unexpected(other)),
+        };
+        part.timings.to_exec = t0.elapsed();
+        Ok(Sandbox { part, pid })
+    }
+
+    fn spawn_helper(&self) -> Result<(OwnedFd, Child)> {
+        let (mine, theirs) = proto::seqpacket_pair()?;
+        let raw = theirs.as_raw_fd();
+        let mut cmd = Command::new(&self.inner.helper.program);
+        cmd.args(&self.inner.helper.args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        // SAFETY: the closure runs between fork and exec and only calls dup2 and fcntl, which are
+        // async-signal-safe; it touches no memory of the parent beyond the copied integer.
+        unsafe {
+            cmd.pre_exec(move || {
+                if raw == crate::helper::CONTROL_FD {
+                    if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(raw, crate::helper::CONTROL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io("start sandbox helper", &self.inner.helper.program, e))?;
+        drop(theirs);
+        Ok((mine, child))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Close the channel so the reaper finishes the queue and exits, then make sure nothing
+        // of ours is left behind.
+        self.reaper.lock().take();
+        if let Some(t) = self.reaper_thread.lock().take() {
+            let _ = t.join();
+        }
+        let _ = cgroup::kill_and_remove_all(&self.layout, &self.names.cgroup_parent, Duration::from_secs(10));
+    }
+}
+
+fn recv_reply(ctrl: &OwnedFd) -> Result<Reply> {
+    match proto::recv::<Reply>(ctrl.as_fd())? {
+        Some((Reply::Failed(e), _)) => Err(Error::Helper(e)),
+        Some((r, _)) => Ok(r),
+        None => Err(Error::Helper("the helper exited without a reply; see its messages on stderr".into())),
+    }
+}
+
+fn unexpected(r: Reply) -> Error {
+    Error::Protocol(format!("unexpected reply {r:?}"))
+}
+
+/// A helper with some of its sandbox's parts built. Dropping it tears it down off the
+/// critical path.
+pub(crate) struct Part {
+    ctrl: Option<Arc<OwnedFd>>,
+    child: Option<Child>,
+    cgroup: CgroupPlan,
+    pub(crate) rootfs: Option<RootfsConfig>,
+    pub(crate) timings: Timings,
+    netns: u64,
+    rt: Arc<Inner>,
+}
+
+impl Part {
+    fn ctrl(&self) -> Arc<OwnedFd> {
+        self.ctrl.clone().expect("control socket present until drop")
+    }
+
+    /// Whether the helper is still alive (a pooled part can die, e.g. killed by an operator).
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        // Closing our end makes the helper kill its PID 1 (if started) and exit.
+        self.ctrl.take();
+        if let Some(child) = self.child.take() {
+            let tx = self.rt.reaper.lock().clone();
+            self.rt.counters.pending_teardowns.fetch_add(1, Ordering::AcqRel);
+            let t = Teardown { child, cgroup: self.cgroup.clone() };
+            match tx {
+                Some(tx) => {
+                    if let Err(mpsc::SendError(mut t)) = tx.send(t) {
+                        let _ = t.child.wait();
+                        let _ = t.cgroup.remove(Duration::from_secs(10));
+                        self.rt.counters.pending_teardowns.fetch_sub(1, Ordering::Release);
+                    }
+                }
+                None => {
+                    let mut t = t;
+                    let _ = t.child.kill();
+                    let _ = t.child.wait();
+                    let _ = t.cgroup.remove(Duration::from_secs(10));
+                    self.rt.counters.pending_teardowns.fetch_sub(1, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    part: Part,
+    pid: i32,
+}
+
+/// Sends signals to a sandbox from another thread while one waits for it.
+#[derive(Clone)]
+pub struct Signaller {
+    ctrl: Arc<OwnedFd>,
+}
+
+impl Signaller {
+    /// Relays `sig` to the workload.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        proto::send(self.ctrl.as_fd(), &Request::Signal(sig), &[])
+    }
+}
+
+impl Sandbox {
+    /// The workload's pid in the host PID namespace.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Where the time went.
+    pub fn timings(&self) -> &Timings {
+        &self.part.timings
+    }
+
+    /// The network namespace inode.
+    pub fn netns(&self) -> u64 {
+        self.part.netns
+    }
+
+    /// The sandbox's cgroup directories on the host.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.part.cgroup.dirs.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// A handle to send signals while another thread waits.
+    pub fn signaller(&self) -> Signaller {
+        Signaller { ctrl: self.part.ctrl() }
+    }
+
+    /// Relays `sig` to the workload.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        self.signaller().signal(sig)
+    }
+
+    /// Waits for the workload to end. Teardown continues in the background.
+    pub fn wait(self) -> Result<ExitStatus> {
+        let ctrl = self.part.ctrl();
+        match proto::recv::<Reply>(ctrl.as_fd())? {
+            Some((Reply::Exited(s), _)) => Ok(s),
+            Some((Reply::Failed(e), _)) => Err(Error::Helper(e)),
+            Some((other, _)) => Err(unexpected(other)),
+            None => Err(Error::Helper("the helper died before reporting the exit status".into())),
+        }
+    }
+
+    /// Waits for the workload while relaying the given signals received by this process. The
+    /// signals must already be blocked in every thread of the process (block them before
+    /// starting threads, see [`block_signals`]).
+    pub fn wait_relaying(self, signals: &[i32]) -> Result<ExitStatus> {
+        let mut set = nix::sys::signal::SigSet::empty();
+        for s in signals {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(*s) {
+                set.add(sig);
+            }
+        }
+        let sfd = nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| Error::sys("signalfd", e))?;
+        let ctrl = self.part.ctrl();
+        loop {
+            let mut pfds = [
+                libc::pollfd { fd: ctrl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: sfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: poll reads and writes only the array we pass, whose length we give.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+                    continue;
+                }
+                return Err(Error::sys("poll", nix::errno::Errno::last()));
+            }
+            if pfds[1].revents != 0 {
+                if let Ok(Some(info)) = sfd.read_signal() {
+                    self.signal(info.ssi_signo as i32)?;
+                }
+            }
+            if pfds[0].revents != 0 {
+                return self.wait();
+            }
+        }
+    }
+}
+
+/// Blocks `signals` in the calling thread (and in threads it starts later), so that
+/// [`Sandbox::wait_relaying`] receives them through a signalfd instead of their default action.
+pub fn block_signals(signals: &[i32]) -> Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in signals {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(*s) {
+            set.add(sig);
+        }
+    }
+    set.thread_block().map_err(|e| Error::sys("sigprocmask", e))
+}
+
+/// Runs `start` with stdout and stderr captured through pipes, and stdin at /dev/null.
+pub fn capture(start: impl FnOnce(StdioFds) -> Result<Sandbox>) -> Result<Output> {
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+    let stdin: OwnedFd = fs::File::open("/dev/null").map_err(|e| Error::io("open", "/dev/null", e))?.into();
+    let reader = |fd: OwnedFd| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = fs::File::from(fd).read_to_end(&mut v);
+            v
+        })
+    };
+    let ro = reader(out_r);
+    let re = reader(err_r);
+    let sb = start(StdioFds { stdin, stdout: out_w, stderr: err_w });
+    let sb = match sb {
+        Ok(s) => s,
+        Err(e) => return Err(e),
+    };
+    let timings = sb.timings().clone();
+    let status = sb.wait()?;
+    let stdout = ro.join().unwrap_or_default();
+    let stderr = re.join().unwrap_or_default();
+    Ok(Output { status, stdout, stderr, timings })
+}
