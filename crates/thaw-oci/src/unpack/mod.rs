@@ -408,8 +408,14 @@ struct Unpacker<'o> {
     chown: bool,
     /// The last parent directory walked to, by its joined path.
     cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
-    /// Every path this layer created (joined by '/'), for hard links and whiteouts.
+    /// Every path in this layer's own tree (joined by '/'): entries and the parents they were
+    /// written under. Hard links may only point at these, whiteouts do not remove them, and
+    /// opaque markers keep them.
     created: HashSet<Vec<u8>>,
+    /// Overlay mode: whiteout devices this layer made. A directory this layer then puts in
+    /// their place must hide the lower one, so it is made opaque (what apply mode does by
+    /// removing the lower one first).
+    whited: HashSet<Vec<u8>>,
     /// Directories whose mode and mtime are set at the end, when nothing more is written in them.
     dirs: Vec<(Vec<u8>, u32, (i64, u32))>,
     entries: u64,
@@ -432,6 +438,7 @@ impl<'o> Unpacker<'o> {
             chown,
             cache: None,
             created: HashSet::new(),
+            whited: HashSet::new(),
             dirs: Vec::new(),
             entries: 0,
             whiteouts: 0,
@@ -596,15 +603,24 @@ impl<'o> Unpacker<'o> {
         match kind {
             EntryType::Directory => {
                 let parent = self.parent(parents, entry, true)?.expect("created");
+                let mut opaque = false;
                 match sys::lstat_at(parent.as_fd(), &cname).map_err(io_err(entry, "lstat"))? {
                     Some(st) if is_dir(&st) => {}
                     Some(_) => {
                         self.remove(parent.as_fd(), &cname, entry)?;
                         sys::mkdir_at(parent.as_fd(), &cname, 0o700).map_err(io_err(entry, "mkdir"))?;
+                        // In overlay mode the non-directory was this layer's (the target starts
+                        // empty) and hid whatever the layers below have here; the directory
+                        // replacing it must go on hiding that, as apply mode's would.
+                        opaque = self.opts.mode == WhiteoutMode::Overlay;
+                        self.whited.remove(&joined);
                     }
                     None => sys::mkdir_at(parent.as_fd(), &cname, 0o700).map_err(io_err(entry, "mkdir"))?,
                 }
                 let dir = sys::open_dir_at(parent.as_fd(), &cname).map_err(io_err(entry, "open directory"))?;
+                if opaque {
+                    set_opaque(dir.as_fd(), entry)?;
+                }
                 self.set_owner_xattrs(dir.as_fd(), None, &meta)?;
                 self.dirs.push((joined.clone(), meta.mode, meta.mtime));
             }
@@ -728,8 +744,10 @@ impl<'o> Unpacker<'o> {
                     return Ok(());
                 }
                 let cname = cstring(entry, name)?;
-                // Apply mode never creates a parent just to delete nothing in it.
-                let Some(parent) = self.parent(parents, entry, overlay)? else { return Ok(()) };
+                // Missing parents are created in both modes: overlay mode needs them to hold the
+                // whiteout, and apply mode does the same so that a flattened stack shows exactly
+                // what overlayfs shows for the layer directories (an empty directory there).
+                let parent = self.parent(parents, entry, true)?.expect("created");
                 if overlay {
                     self.remove(parent.as_fd(), &cname, entry)?;
                     sys::mknod_at(parent.as_fd(), &cname, libc::S_IFCHR, libc::makedev(0, 0)).map_err(|e| {
@@ -739,23 +757,16 @@ impl<'o> Unpacker<'o> {
                             io_err(entry, "mknod whiteout")(e)
                         }
                     })?;
-                    self.created.insert(joined);
+                    self.whited.insert(joined);
                 } else {
                     self.remove(parent.as_fd(), &cname, entry)?;
                 }
                 Ok(())
             }
             Whiteout::Opaque => {
-                let Some(dir) = self.parent(parents, entry, overlay)? else { return Ok(()) };
+                let dir = self.parent(parents, entry, true)?.expect("created");
                 if overlay {
-                    sys::fsetxattr(dir.as_fd(), c"trusted.overlay.opaque", b"y").map_err(|e| {
-                        if e.raw_os_error() == Some(libc::EPERM) {
-                            UnpackError::NeedsRoot { entry: show(entry), source: e }
-                        } else {
-                            io_err(entry, "set trusted.overlay.opaque")(e)
-                        }
-                    })?;
-                    return Ok(());
+                    return set_opaque(dir.as_fd(), entry);
                 }
                 self.cache = None;
                 self.clear_lower(dir, parent_joined, entry)
@@ -823,6 +834,17 @@ impl<'o> Unpacker<'o> {
                     self.created.insert(walked.clone());
                     sys::open_dir_at(cur.as_fd(), &c).map_err(io_err(entry, "open parent"))?
                 }
+                Err(e) if create && self.whited.remove(&walked) => {
+                    // A whiteout device of this layer stands where an entry needs a directory:
+                    // replace it with an opaque one (see `whited`).
+                    drop(e);
+                    sys::unlink_at(cur.as_fd(), &c, 0).map_err(io_err(entry, "unlink whiteout"))?;
+                    sys::mkdir_at(cur.as_fd(), &c, 0o755).map_err(io_err(entry, "mkdir parent"))?;
+                    self.created.insert(walked.clone());
+                    let dir = sys::open_dir_at(cur.as_fd(), &c).map_err(io_err(entry, "open parent"))?;
+                    set_opaque(dir.as_fd(), entry)?;
+                    dir
+                }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
                     let st = sys::lstat_at(cur.as_fd(), &c).map_err(io_err(entry, "lstat parent"))?;
                     let link = st.is_some_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFLNK);
@@ -835,6 +857,11 @@ impl<'o> Unpacker<'o> {
                 }
                 Err(e) => return Err(io_err(entry, "open parent")(e)),
             };
+            if create {
+                // Parents belong to this layer's tree whether they existed or not: an opaque
+                // marker keeps them (overlayfs shows the layer's own directories).
+                self.created.insert(walked.clone());
+            }
             cur = Rc::new(next);
         }
         self.cache = Some((joined, cur.clone()));
@@ -943,6 +970,16 @@ impl<'o> Unpacker<'o> {
         }
         Ok(())
     }
+}
+
+fn set_opaque(dir: BorrowedFd<'_>, entry: &[u8]) -> Result<(), UnpackError> {
+    sys::fsetxattr(dir, c"trusted.overlay.opaque", b"y").map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            UnpackError::NeedsRoot { entry: show(entry), source: e }
+        } else {
+            io_err(entry, "set trusted.overlay.opaque")(e)
+        }
+    })
 }
 
 fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {

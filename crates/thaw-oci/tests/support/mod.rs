@@ -54,7 +54,13 @@ fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
     names.sort();
     for p in names {
         let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
-        let md = fs::symlink_metadata(&p).unwrap();
+        let md = match fs::symlink_metadata(&p) {
+            Ok(md) => md,
+            // overlayfs lists a whiteout in a directory that exists in one layer only, and
+            // then cannot stat it (see whiteout_model.rs).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", p.display()),
+        };
         let ft = md.file_type();
         let desc = if ft.is_dir() {
             walk(base, &p, out);
