@@ -124,9 +124,12 @@ pub fn exec_workload(plan: &ProcessPlan, stdio: Vec<OwnedFd>) -> Result<Infallib
     let uid = nix::unistd::Uid::from_raw(p.uid);
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| Error::sys(format!("setresuid {}", p.uid), e))?;
     let ce = |what: &str, e: caps::errors::CapsError| Error::Config(format!("setting the {what} capabilities: {e}"));
-    caps::set(None, CapSet::Permitted, &permitted).map_err(|e| ce("permitted", e))?;
+    // Order matters to capset(2): inheritable while CAP_SETPCAP is still effective, then
+    // effective (a subset of the still-full permitted set), then permitted (which must keep
+    // containing effective).
     caps::set(None, CapSet::Inheritable, &inheritable).map_err(|e| ce("inheritable", e))?;
     caps::set(None, CapSet::Effective, &effective).map_err(|e| ce("effective", e))?;
+    caps::set(None, CapSet::Permitted, &permitted).map_err(|e| ce("permitted", e))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| ce("ambient", e))?;
     for c in &ambient {
         caps::raise(None, CapSet::Ambient, *c).map_err(|e| ce("ambient", e))?;
