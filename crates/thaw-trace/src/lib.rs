@@ -10,4 +10,10 @@
 //! and simulation results; [`gen`] writes synthetic traces in thaw's format (or `oracleGeneral`).
 
 pub mod event;
+pub mod analyze;
+pub mod category;
+pub mod gen;
+pub mod hist;
 pub mod read;
+pub mod rng;
+pub mod sim;

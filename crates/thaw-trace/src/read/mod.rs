@@ -22,7 +22,7 @@ pub use distribution::DistributionReader;
 pub use ibm::{IbmReader, MAX_ELEMENT_BYTES};
 pub use lines::{LineReader, MAX_LINE_BYTES};
 pub use oracle::{write_records, OracleReader, OracleRecord, ORACLE_RECORD_BYTES};
-pub use thaw::ThawReader;
+pub use thaw::{request_to_event, ThawReader};
 
 use crate::event::Event;
 
