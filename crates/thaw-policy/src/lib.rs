@@ -23,16 +23,58 @@
 //!
 //! # Conventions (shared with libCacheSim, the reference implementation)
 //!
-//! Capacities and sizes are bytes. An object larger than the whole cache is never admitted and
-//! evicts nothing. A zero-size object is admitted and occupies no bytes.
+//! Capacities and sizes are bytes. The single-tier policies (`fifo`, `lru`, `clock`, `lfu`,
+//! `slru`, `s3fifo`, `sieve`) reproduce libCacheSim 0.3.5's miss counts exactly; the integration
+//! test `tests/libcachesim.rs` runs both on the same traces. What that took, read from
+//! libCacheSim's C sources (`cache_get_base`, `cache_can_insert_default`, and each policy's
+//! find/insert/evict):
+//!
+//! - **Objects larger than the cache** (`size > capacity`; libCacheSim adds `obj_md_size`, which is
+//!   0 unless object metadata is requested) are misses that evict nothing and are not inserted.
+//!   Some policies refuse more: SLRU anything larger than one segment's quota, S3-FIFO anything
+//!   larger than its small queue (and see [`S3Fifo`] for the object exactly as large as small).
+//! - **Zero-size objects** are admitted, occupy no bytes, and take part in the replacement order
+//!   like any other object (evicting one frees nothing, so eviction goes on to the next victim).
+//!   Note that libCacheSim's trace *readers* drop zero-size requests by default
+//!   (`ignore_size_zero_req`), so its reported request and miss counts leave them out; the
+//!   simulator must drop them too when it wants to print the same totals as libCacheSim's tools.
+//! - **Size changes** of a resident object are ignored on a hit: the size recorded at insertion
+//!   stays, as in libCacheSim.
+//! - **Time** plays no part in these policies (libCacheSim's TTL support is compiled out), and the
+//!   `next access` field of oracleGeneral records is not used (its `USE_BELADY` variants are
+//!   compiled out of the PyPI build).
+//!
+//! # Two tiers
+//!
+//! `size-tiered-lru` and `lacache` manage a fast and a slow tier ([`Capacity`]); see their modules.
+//! Hits on either may move objects between tiers and, through cascades, evict; such policies
+//! override [`CachePolicy::lookup_pinned`], which the live store should call instead of `lookup`.
 
+mod clock;
 mod dlist;
+mod fifo;
+mod lacache;
+mod lfu;
 mod lru;
+mod queue;
+mod s3fifo;
+mod sieve;
+mod size_tiered;
+mod slab;
+mod slru;
 mod spec;
 
+pub use clock::{Clock, CLOCK_MAX_BITS};
 pub use dlist::{DList, NodeId};
+pub use fifo::Fifo;
+pub use lacache::{AssociationTable, LaCache, LaCacheConfig, DEFAULT_CATEGORY_SLOT};
+pub use lfu::Lfu;
 pub use lru::Lru;
-pub use spec::{build, PolicySpec, PolicyError, POLICY_NAMES};
+pub use s3fifo::{S3Fifo, S3FIFO_GHOST_RATIO, S3FIFO_MOVE_TO_MAIN_THRESHOLD, S3FIFO_SMALL_RATIO};
+pub use sieve::Sieve;
+pub use size_tiered::{SizeTieredLru, SIZE_TIERED_DEFAULT_THRESHOLD};
+pub use slru::{Slru, SLRU_MAX_SEGMENTS};
+pub use spec::{build, parse_bytes, PolicyError, PolicySpec, POLICY_NAMES, POLICY_SYNTAX, SLRU_DEFAULT_SEGMENTS};
 
 /// An object's identity inside a policy: a hash of its digest (store) or the trace's object id.
 pub type Key = u64;
@@ -135,10 +177,26 @@ pub trait CachePolicy: Send {
     /// object (after any promotion, which is reported in `effects`).
     fn lookup(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier>;
 
+    /// [`CachePolicy::lookup`] for a caller that pins objects (the live store). Policies whose hits
+    /// can evict (segmented LRU's demotion cascade, the two-tier policies' promotions) override it
+    /// so that pinned objects are never chosen; for the others it is `lookup`.
+    fn lookup_pinned(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> Option<Tier> {
+        let _ = pinned;
+        self.lookup(req, effects)
+    }
+
     /// Admits `req.key` after a miss, evicting or demoting unpinned victims to make room. Returns
-    /// false, with no eviction at all, when the object cannot be admitted (larger than the cache,
-    /// or pinned objects leave too little room); the caller then serves it uncached. Admitting a
-    /// key that is already resident is a no-op that returns true.
+    /// false when the object is not admitted (larger than the cache, or pinned objects leave too
+    /// little room); the caller then serves it uncached. A refusal evicts nothing, with one
+    /// exception kept for exact agreement with libCacheSim: S3-FIFO makes room for an object
+    /// exactly as large as its small queue and then does not insert it. Always apply `effects`,
+    /// whatever the return value. Admitting a key that is already resident is a no-op that
+    /// returns true.
     fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>)
         -> bool;
 

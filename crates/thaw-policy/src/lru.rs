@@ -1,38 +1,23 @@
 //! Least recently used.
 
-use rustc_hash::FxHashMap;
-
-use crate::{Capacity, CachePolicy, DList, Effect, Key, NodeId, Request, Tier};
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    key: Key,
-    size: u64,
-}
+use crate::queue::QueueCore;
+use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
 
 /// LRU over bytes: a hit moves the object to the head; victims leave from the tail, skipping
-/// pinned objects.
+/// pinned objects. Matches libCacheSim's `LRU` (built without `USE_BELADY`, as its PyPI wheel is).
 #[derive(Debug, Default)]
 pub struct Lru {
-    capacity: u64,
-    used: u64,
-    list: DList<Entry>,
-    index: FxHashMap<Key, NodeId>,
+    core: QueueCore,
 }
 
 impl Lru {
     pub fn new(capacity: u64) -> Lru {
-        Lru { capacity, ..Default::default() }
+        Lru { core: QueueCore::new(capacity) }
     }
 
     /// Keys from least to most recently used (for persisting the order, and for tests).
     pub fn keys_oldest_first(&self) -> impl Iterator<Item = Key> + '_ {
-        self.list.iter_from_back().map(|(_, e)| e.key)
-    }
-
-    /// Bytes held by unpinned objects, i.e. what eviction could free.
-    fn evictable(&self, pinned: &dyn Fn(Key) -> bool) -> u64 {
-        self.list.iter_from_back().filter(|(_, e)| !pinned(e.key)).map(|(_, e)| e.size).sum()
+        self.core.keys_oldest_first()
     }
 }
 
@@ -42,73 +27,42 @@ impl CachePolicy for Lru {
     }
 
     fn lookup(&mut self, req: &Request, _effects: &mut Vec<Effect>) -> Option<Tier> {
-        let id = *self.index.get(&req.key)?;
-        self.list.move_to_front(id);
-        Some(Tier::Fast)
+        self.core.touch(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if self.index.contains_key(&req.key) {
-            return true;
+    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+        self.core.admit(req, Some(pinned), Tier::Fast, effects)
+    }
+
+    fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
+        if self.core.touch(req.key) {
+            return Some(Tier::Fast);
         }
-        if req.size > self.capacity {
-            return false;
-        }
-        let need = (self.used + req.size).saturating_sub(self.capacity);
-        // Only walk the list for pinned bytes when eviction is actually needed and something could
-        // be pinned; the simulator's predicate pins nothing, so this stays O(1) there.
-        if need > 0 && self.evictable(pinned) < need {
-            return false;
-        }
-        let mut cursor = self.list.back();
-        while self.used + req.size > self.capacity {
-            let id = cursor.expect("evictable bytes were counted above");
-            cursor = self.list.prev(id);
-            let e = *self.list.get(id);
-            if pinned(e.key) {
-                continue;
-            }
-            self.list.remove(id);
-            self.index.remove(&e.key);
-            self.used -= e.size;
-            effects.push(Effect::Evicted { key: e.key, tier: Tier::Fast, size: e.size });
-        }
-        let id = self.list.push_front(Entry { key: req.key, size: req.size });
-        self.index.insert(req.key, id);
-        self.used += req.size;
-        effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
-        true
+        self.core.admit(req, None, Tier::Fast, effects);
+        None
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(id) = self.index.remove(&key) else { return false };
-        let e = self.list.remove(id);
-        self.used -= e.size;
-        true
+        self.core.remove(key).is_some()
     }
 
     fn peek(&self, key: Key) -> Option<Tier> {
-        self.index.contains_key(&key).then_some(Tier::Fast)
+        self.core.contains(key).then_some(Tier::Fast)
     }
 
     fn used(&self, tier: Tier) -> u64 {
         match tier {
-            Tier::Fast => self.used,
+            Tier::Fast => self.core.used,
             Tier::Slow => 0,
         }
     }
 
     fn capacity(&self) -> Capacity {
-        Capacity::single(self.capacity)
+        Capacity::single(self.core.capacity)
     }
 
     fn len(&self) -> usize {
-        self.index.len()
+        self.core.len()
     }
 }
 

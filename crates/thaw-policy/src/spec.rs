@@ -3,21 +3,47 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::{CachePolicy, Capacity, Lru};
+use crate::{
+    CachePolicy, Capacity, Clock, Fifo, LaCache, LaCacheConfig, Lfu, Lru, S3Fifo, Sieve, SizeTieredLru, Slru,
+    CLOCK_MAX_BITS, SIZE_TIERED_DEFAULT_THRESHOLD, SLRU_MAX_SEGMENTS,
+};
 
-/// Every policy name this build knows, for help texts and error messages.
-pub const POLICY_NAMES: &[&str] = &["lru"];
+/// Every policy name this build knows, each with its default parameters, exactly as
+/// [`PolicySpec`]'s `Display` prints it. The conformance suite runs every one of them.
+pub const POLICY_NAMES: &[&str] =
+    &["fifo", "lru", "clock", "lfu", "slru", "s3fifo", "sieve", "size-tiered-lru", "lacache"];
 
-/// A parsed policy name with its parameters, e.g. `lru` or `slru:4`.
+/// The accepted syntax, for help texts.
+pub const POLICY_SYNTAX: &str = "fifo, lru, clock[:BITS], lfu, slru[:SEGMENTS], s3fifo, sieve, \
+     size-tiered-lru[:THRESHOLD] (two tiers), lacache (two tiers)";
+
+/// libCacheSim's default number of SLRU segments.
+pub const SLRU_DEFAULT_SEGMENTS: usize = 4;
+
+/// A parsed policy name with its parameters, e.g. `lru`, `clock:2` or `slru:4`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PolicySpec {
+    Fifo,
     Lru,
+    /// CLOCK with `bits`-bit counters (1 = classic CLOCK).
+    Clock { bits: u32 },
+    Lfu,
+    /// Segmented LRU with this many segments (libCacheSim's default: 4).
+    Slru { segments: usize },
+    S3Fifo,
+    Sieve,
+    /// The two-tier baseline: objects smaller than `threshold` bytes in the fast tier, the others
+    /// in the slow tier, LRU in each.
+    SizeTieredLru { threshold: u64 },
+    /// LACache with its default configuration (no association table); build [`LaCache`] directly
+    /// to give it one.
+    LaCache,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PolicyError {
-    /// The name is not one of [`POLICY_NAMES`].
-    #[error("unknown cache policy {name:?}; known policies: {}", POLICY_NAMES.join(", "))]
+    /// The name is not one this build knows.
+    #[error("unknown cache policy {name:?}; known policies: {}", POLICY_SYNTAX)]
     Unknown { name: String },
     /// A parameter is out of range or not a number.
     #[error("bad parameter for cache policy {name:?}: {why}")]
@@ -27,17 +53,93 @@ pub enum PolicyError {
     Tiers { name: String, why: String },
 }
 
+/// Parses a byte count: a plain number, or a number with a unit: `B`, decimal `kB`/`KB`, `MB`,
+/// `GB`, `TB` (powers of 1000), binary `KiB`, `MiB`, `GiB`, `TiB` and the bare letters `K`, `M`,
+/// `G`, `T` (powers of 1024). Case of the unit does not matter except that it is read as written
+/// above; overflow is an error.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(format!("{s:?} is not a byte count (expected e.g. 1048576, 64MiB or 1GB)"));
+    }
+    let n: u64 = num.parse().map_err(|_| format!("{num:?} is too large a number"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        other => return Err(format!("unknown byte unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} does not fit in 64 bits"))
+}
+
+/// Prints a byte count in the largest binary unit that divides it exactly.
+fn format_bytes(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n != 0 && n % (1u64 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
 impl FromStr for PolicySpec {
     type Err = PolicyError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let name = s.trim().to_ascii_lowercase();
-        let (base, _param) = match name.split_once(':') {
-            Some((b, p)) => (b.to_string(), Some(p.to_string())),
-            None => (name.clone(), None),
+        let (base, param) = match name.split_once(':') {
+            Some((b, p)) => (b, Some(p.trim())),
+            None => (name.as_str(), None),
         };
-        match base.as_str() {
-            "lru" => Ok(PolicySpec::Lru),
+        let bad = |why: String| PolicyError::BadParameter { name: s.to_string(), why };
+        let no_param = |spec: PolicySpec| match param {
+            None => Ok(spec),
+            Some(_) => Err(PolicyError::BadParameter { name: s.to_string(), why: format!("{base} takes no parameter") }),
+        };
+        match base {
+            "fifo" => no_param(PolicySpec::Fifo),
+            "lru" => no_param(PolicySpec::Lru),
+            "lfu" => no_param(PolicySpec::Lfu),
+            "s3fifo" | "s3-fifo" => no_param(PolicySpec::S3Fifo),
+            "sieve" => no_param(PolicySpec::Sieve),
+            "lacache" => no_param(PolicySpec::LaCache),
+            "clock" => {
+                let bits = match param {
+                    None => 1,
+                    Some(p) => p
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|b| (1..=CLOCK_MAX_BITS).contains(b))
+                        .ok_or_else(|| bad(format!("counter bits must be a number from 1 to {CLOCK_MAX_BITS}, got {p:?}")))?,
+                };
+                Ok(PolicySpec::Clock { bits })
+            }
+            "slru" => {
+                let segments = match param {
+                    None => SLRU_DEFAULT_SEGMENTS,
+                    Some(p) => p
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=SLRU_MAX_SEGMENTS).contains(n))
+                        .ok_or_else(|| bad(format!("segments must be a number from 1 to {SLRU_MAX_SEGMENTS}, got {p:?}")))?,
+                };
+                Ok(PolicySpec::Slru { segments })
+            }
+            "size-tiered-lru" => {
+                let threshold = match param {
+                    None => SIZE_TIERED_DEFAULT_THRESHOLD,
+                    Some(p) => parse_bytes(p).map_err(|e| bad(format!("threshold: {e}")))?,
+                };
+                Ok(PolicySpec::SizeTieredLru { threshold })
+            }
             _ => Err(PolicyError::Unknown { name: s.to_string() }),
         }
     }
@@ -46,29 +148,63 @@ impl FromStr for PolicySpec {
 impl fmt::Display for PolicySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            PolicySpec::Fifo => f.write_str("fifo"),
             PolicySpec::Lru => f.write_str("lru"),
+            PolicySpec::Clock { bits: 1 } => f.write_str("clock"),
+            PolicySpec::Clock { bits } => write!(f, "clock:{bits}"),
+            PolicySpec::Lfu => f.write_str("lfu"),
+            PolicySpec::Slru { segments } if *segments == SLRU_DEFAULT_SEGMENTS => f.write_str("slru"),
+            PolicySpec::Slru { segments } => write!(f, "slru:{segments}"),
+            PolicySpec::S3Fifo => f.write_str("s3fifo"),
+            PolicySpec::Sieve => f.write_str("sieve"),
+            PolicySpec::SizeTieredLru { threshold } if *threshold == SIZE_TIERED_DEFAULT_THRESHOLD => {
+                f.write_str("size-tiered-lru")
+            }
+            PolicySpec::SizeTieredLru { threshold } => write!(f, "size-tiered-lru:{}", format_bytes(*threshold)),
+            PolicySpec::LaCache => f.write_str("lacache"),
         }
+    }
+}
+
+impl PolicySpec {
+    /// Whether the policy manages two tiers (and so needs a slow-tier capacity).
+    pub fn two_tier(&self) -> bool {
+        matches!(self, PolicySpec::SizeTieredLru { .. } | PolicySpec::LaCache)
     }
 }
 
 /// Builds the policy `spec` names with the given capacity.
 pub fn build(spec: &PolicySpec, capacity: Capacity) -> Result<Box<dyn CachePolicy>, PolicyError> {
-    match spec {
-        PolicySpec::Lru => {
-            if capacity.slow != 0 {
-                return Err(PolicyError::Tiers {
-                    name: spec.to_string(),
-                    why: "has one tier; give it one cache size".into(),
-                });
-            }
-            Ok(Box::new(Lru::new(capacity.fast)))
-        }
+    if spec.two_tier() && (capacity.slow == 0 || capacity.fast == 0) {
+        return Err(PolicyError::Tiers {
+            name: spec.to_string(),
+            why: "has two tiers; give it a fast-tier and a slow-tier size".into(),
+        });
     }
+    if !spec.two_tier() && capacity.slow != 0 {
+        return Err(PolicyError::Tiers {
+            name: spec.to_string(),
+            why: "has one tier; give it one cache size".into(),
+        });
+    }
+    let c = capacity.fast;
+    Ok(match *spec {
+        PolicySpec::Fifo => Box::new(Fifo::new(c)),
+        PolicySpec::Lru => Box::new(Lru::new(c)),
+        PolicySpec::Clock { bits } => Box::new(Clock::new(c, bits)),
+        PolicySpec::Lfu => Box::new(Lfu::new(c)),
+        PolicySpec::Slru { segments } => Box::new(Slru::new(c, segments)),
+        PolicySpec::S3Fifo => Box::new(S3Fifo::new(c)),
+        PolicySpec::Sieve => Box::new(Sieve::new(c)),
+        PolicySpec::SizeTieredLru { threshold } => Box::new(SizeTieredLru::new(capacity, threshold)),
+        PolicySpec::LaCache => Box::new(LaCache::new(capacity, LaCacheConfig::default())),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn names_round_trip() {
@@ -76,6 +212,60 @@ mod tests {
             let spec: PolicySpec = name.parse().unwrap();
             assert_eq!(&spec.to_string(), name);
         }
+        for name in ["clock:2", "slru:2", "slru:8", "size-tiered-lru:1MiB", "size-tiered-lru:1000"] {
+            let spec: PolicySpec = name.parse().unwrap();
+            assert_eq!(spec.to_string(), name);
+        }
         assert!(matches!("nope".parse::<PolicySpec>(), Err(PolicyError::Unknown { .. })));
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        assert_eq!("CLOCK:3".parse::<PolicySpec>(), Ok(PolicySpec::Clock { bits: 3 }));
+        assert_eq!("slru".parse::<PolicySpec>(), Ok(PolicySpec::Slru { segments: 4 }));
+        assert_eq!("size-tiered-lru:64MiB".parse::<PolicySpec>(), Ok(PolicySpec::SizeTieredLru { threshold: 64 << 20 }));
+        for bad in ["clock:0", "clock:99", "slru:0", "slru:x", "lru:2", "size-tiered-lru:12XB", "size-tiered-lru:"] {
+            assert!(matches!(bad.parse::<PolicySpec>(), Err(PolicyError::BadParameter { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tiers_must_match_the_policy() {
+        let one = Capacity::single(100);
+        let two = Capacity { fast: 100, slow: 1000 };
+        assert!(build(&PolicySpec::Lru, two).is_err());
+        assert!(build(&PolicySpec::LaCache, one).is_err());
+        let err = build(&PolicySpec::SizeTieredLru { threshold: 10 }, one).err().unwrap();
+        assert!(err.to_string().contains("two tiers"), "{err}");
+        assert!(build(&PolicySpec::LaCache, two).is_ok());
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("2 MB"), Ok(2_000_000));
+        assert_eq!(parse_bytes("4k"), Ok(4096));
+        assert_eq!(parse_bytes("17"), Ok(17));
+        assert!(parse_bytes("99999999999TiB").is_err());
+        assert!(parse_bytes("MiB").is_err());
+    }
+
+    proptest! {
+        /// Any string parses to a spec or a typed error, never a panic; specs print back to a name
+        /// that parses to the same spec.
+        #[test]
+        fn parsing_never_panics_and_round_trips(
+            s in "\\PC{0,24}|(fifo|lru|clock|lfu|slru|s3fifo|sieve|size-tiered-lru|lacache|x)(:[0-9a-zA-Z ]{0,8})?"
+        ) {
+            if let Ok(spec) = s.parse::<PolicySpec>() {
+                let again: PolicySpec = spec.to_string().parse().unwrap();
+                prop_assert_eq!(again, spec);
+            }
+        }
+
+        #[test]
+        fn byte_counts_round_trip(n in any::<u64>()) {
+            prop_assert_eq!(parse_bytes(&format_bytes(n)), Ok(n));
+        }
     }
 }
