@@ -1,6 +1,6 @@
 //! The mirror against real peers: docker-registry as the upstream, skopeo as the client.
 
-mod support;
+use thaw_testkit as support;
 
 use std::time::Duration;
 

@@ -1,7 +1,6 @@
-//! Test support: real peers (docker-registry, skopeo) and an in-process thaw, all on ephemeral
+//! Test support shared by thaw's integration tests: real peers (docker-registry, skopeo) and an in-process thaw, all on ephemeral
 //! 127.0.0.1 ports, every child process killed by PID when its guard drops.
 
-#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -295,4 +294,75 @@ pub fn upstream(name: &str, url: &str, default: bool) -> thaw_registry::Upstream
     u.name = name.to_string();
     u.default = default;
     u
+}
+
+/// A `thaw serve` child process (the real binary), stopped with SIGTERM by PID on drop.
+pub struct ThawDaemon {
+    pub addr: SocketAddr,
+    pub child: Option<Child>,
+}
+
+impl ThawDaemon {
+    /// Starts `bin serve --listen 127.0.0.1:0 --print-address <args>` and waits for its address.
+    pub fn start(bin: &Path, args: &[&str]) -> ThawDaemon {
+        use std::io::BufRead;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--print-address"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start thaw serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = match line.trim().strip_prefix("listening ") {
+            Some(a) => a.parse().unwrap(),
+            None => {
+                let _ = child.kill();
+                panic!("thaw serve did not print its address (got {line:?})");
+            }
+        };
+        ThawDaemon { addr, child: Some(child) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ThawDaemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Fetches a URL with a plain HTTP/1.1 GET over TCP and returns the body (no client crate needed).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand. Each exposes its clap argument type and a `run` function.
 
+pub mod api;
 pub mod pull;
 pub mod run;
 pub mod serve;
@@ -14,7 +15,11 @@ pub fn init_logging(filter: Option<&str>, json: bool) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("THAW_LOG").ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {

@@ -1,0 +1,250 @@
+//! `thaw serve`: the node daemon — the registry mirror on TCP and the local API on a unix socket.
+//!
+//! Settings come from three places, later ones winning: built-in defaults, the TOML config file,
+//! then flags. With nothing at all it serves on 127.0.0.1:5000 from the default data directory and
+//! mirrors Docker Hub.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+use thaw_registry::{RegistryConfig, UpstreamConfig};
+
+use super::api;
+
+/// Default listen address: loopback only, the registry's conventional port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address to listen on (e.g. 0.0.0.0:5000, or a bridge address VMs reach).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM). With --tls-key, the registry speaks HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Directory for the request trace (requests.jsonl, rotated).
+    #[arg(long)]
+    pub trace_dir: Option<PathBuf>,
+    /// Print the bound address as `listening <addr>` on stdout once serving (for scripts and tests).
+    #[arg(long)]
+    pub print_address: bool,
+}
+
+/// Flags shared by every command that touches the store.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CommonArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "THAW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (store, metadata, trace secret). Default: /var/lib/thaw as root, else
+    /// $XDG_DATA_HOME/thaw or ~/.local/share/thaw.
+    #[arg(long, env = "THAW_DATA")]
+    pub data: Option<PathBuf>,
+    /// Upstream registry to mirror, `URL` or `NAME=URL` (repeatable; replaces the configured
+    /// upstreams; the first is the default). NAME is what clients write, e.g. docker.io.
+    #[arg(long = "upstream", value_name = "[NAME=]URL")]
+    pub upstreams: Vec<String>,
+    /// Mirror nothing: serve only local repositories (a standalone registry).
+    #[arg(long, conflicts_with = "upstreams")]
+    pub standalone: bool,
+    /// Path of the daemon's local API socket. Default: <data>/api.sock (or a short path under
+    /// /tmp when that is too long for a unix socket).
+    #[arg(long, env = "THAW_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Store capacity, e.g. 20GiB (unbounded when not set).
+    #[arg(long)]
+    pub capacity: Option<bytesize::ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    serve: ServeSection,
+    store: StoreSection,
+    registry: Option<RegistryConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ServeSection {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StoreSection {
+    capacity: Option<bytesize::ByteSize>,
+    policy: Option<String>,
+}
+
+/// Everything resolved: what the daemon (or a command running without one) uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub socket: PathBuf,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub store: thaw_store::StoreConfig,
+    pub registry: RegistryConfig,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/thaw");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("thaw");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/share/thaw")
+}
+
+/// The API socket for a data directory: `<data>/api.sock`, or `/tmp/thaw-<hash>.sock` when that
+/// path would not fit a unix socket address (108 bytes).
+pub fn default_socket(data: &Path) -> PathBuf {
+    let p = data.join("api.sock");
+    if p.as_os_str().len() < 100 {
+        return p;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    PathBuf::from(format!("/tmp/thaw-{:016x}.sock", h.finish()))
+}
+
+/// Parses `--upstream` values: `URL` or `NAME=URL`.
+pub fn parse_upstream_flag(s: &str) -> anyhow::Result<UpstreamConfig> {
+    let (name, url) = match s.split_once('=') {
+        Some((n, u)) if !n.contains('/') => (Some(n), u),
+        _ => (None, s),
+    };
+    let mut up = UpstreamConfig::from_url(url).map_err(anyhow::Error::msg)?;
+    if let Some(n) = name {
+        up.name = n.to_string();
+    }
+    Ok(up)
+}
+
+impl Settings {
+    pub fn resolve(common: &CommonArgs, serve: Option<&ServeArgs>) -> anyhow::Result<Settings> {
+        let file: FileConfig = match &common.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {} is invalid", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut registry = file.registry.unwrap_or_default();
+        if !common.upstreams.is_empty() {
+            registry.upstreams = common.upstreams.iter().map(|s| parse_upstream_flag(s)).collect::<anyhow::Result<_>>()?;
+            registry.upstreams[0].default = true;
+        } else if common.standalone {
+            registry.upstreams.clear();
+        } else if registry.upstreams.is_empty() && common.config.is_none() {
+            registry.upstreams.push(UpstreamConfig::docker_hub());
+        }
+        let data = common.data.clone().or(file.serve.data).unwrap_or_else(default_data_dir);
+        let data = if data.is_absolute() { data } else { std::env::current_dir()?.join(data) };
+        let socket = common.socket.clone().or(file.serve.socket).unwrap_or_else(|| default_socket(&data));
+        let listen = serve.and_then(|s| s.listen).or(file.serve.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let tls = match (serve.and_then(|s| s.tls_cert.clone()).or(file.serve.tls_cert), serve.and_then(|s| s.tls_key.clone()).or(file.serve.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate and a key (tls_cert and tls_key)"),
+        };
+        if let Some(dir) = serve.and_then(|s| s.trace_dir.clone()) {
+            registry.trace = Some(thaw_registry::config::TraceConfig { dir, max_bytes: 256 << 20, keep: 8 });
+        }
+        if !registry.accounts.is_empty() && tls.is_none() && !listen.ip().is_loopback() {
+            bail!("accounts send passwords with Basic auth: configure TLS (tls_cert, tls_key) or listen on loopback only");
+        }
+        registry.validate().map_err(anyhow::Error::msg)?;
+        let policy = match file.store.policy.as_deref() {
+            Some(p) => p.parse().map_err(|e: thaw_policy::PolicyError| anyhow::anyhow!("[store] policy: {e}"))?,
+            None => thaw_policy::PolicySpec::Lru,
+        };
+        let store = thaw_store::StoreConfig { capacity: common.capacity.or(file.store.capacity).map(|b| b.as_u64()), policy };
+        Ok(Settings { listen, data, socket, tls, store, registry })
+    }
+
+    /// Opens the store (taking its lock) and builds the registry over it.
+    pub fn open_registry(&self) -> anyhow::Result<thaw_registry::Registry> {
+        std::fs::create_dir_all(&self.data).with_context(|| format!("cannot create data directory {}", self.data.display()))?;
+        let store = thaw_store::BlobStore::open(&self.data.join("store"), self.store.clone())?;
+        let principals = thaw_registry::trace::PrincipalHasher::load_or_create(&self.data.join("trace-secret"))
+            .with_context(|| format!("cannot create the trace secret in {}", self.data.display()))?;
+        thaw_registry::Registry::new(self.registry.clone(), store, principals).map_err(anyhow::Error::msg)
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(&args.common, Some(&args))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("thaw").build()?;
+    rt.block_on(serve(settings, args.print_address))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(settings: Settings, print_address: bool) -> anyhow::Result<()> {
+    let registry = settings.open_registry()?;
+    let tls = match &settings.tls {
+        Some((c, k)) => Some(thaw_registry::server::tls_config(c, k).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another registry using that port? choose another with --listen", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let api_listener = api::bind(&settings.socket)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let upstreams: Vec<String> = settings.registry.upstreams.iter().map(|u| format!("{}={}{}", u.name, u.url, if u.default { " (default)" } else { "" })).collect();
+    tracing::info!(
+        address = %format!("{scheme}://{addr}"),
+        data = %settings.data.display(),
+        socket = %settings.socket.display(),
+        upstreams = %if upstreams.is_empty() { "none (standalone)".to_string() } else { upstreams.join(", ") },
+        "thaw serving"
+    );
+    if print_address {
+        println!("listening {addr}");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_signal = {
+        let tx = stop_tx.clone();
+        async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            tracing::info!("shutting down");
+            let _ = tx.send(true);
+        }
+    };
+    tokio::spawn(stop_signal);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let api_state = Arc::new(api::ApiState { registry: registry.clone(), listen: addr, settings: settings.clone() });
+    let api_task = tokio::spawn(api::serve(api_listener, api_state, wait(stop_rx.clone())));
+    let router = thaw_registry::server::router(registry.clone());
+    thaw_registry::server::serve(listener, router, tls, wait(stop_rx)).await?;
+    let _ = api_task.await;
+    let _ = std::fs::remove_file(&settings.socket);
+    registry.store().flush_access_times()?;
+    Ok(())
+}
