@@ -49,6 +49,28 @@ impl std::fmt::Debug for Meta {
 
 pub(crate) type WriteTxn = redb::WriteTransaction;
 
+/// The error of a closure run inside a transaction: any redb error, boxed (redb's error type is
+/// large, and every `Result` in the store would carry its size otherwise).
+#[derive(Debug)]
+pub(crate) struct DbError(pub Box<redb::Error>);
+
+macro_rules! db_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> DbError {
+                DbError(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+db_error_from!(redb::Error, redb::TableError, redb::StorageError, redb::TransactionError, redb::CommitError);
+
+impl From<DbError> for redb::Error {
+    fn from(e: DbError) -> redb::Error {
+        *e.0
+    }
+}
+
 impl Meta {
     pub fn open(path: &Path, fs: Arc<dyn StoreFs>) -> Result<Meta, StoreError> {
         let db = Database::create(path).map_err(StoreError::meta("open", path))?;
@@ -90,7 +112,7 @@ impl Meta {
     }
 
     /// Runs `f` in a write transaction and commits it durably.
-    pub fn write<T>(&self, f: impl FnOnce(&WriteTxn) -> Result<T, redb::Error>) -> Result<T, StoreError> {
+    pub fn write<T>(&self, f: impl FnOnce(&WriteTxn) -> Result<T, DbError>) -> Result<T, StoreError> {
         let tx = self.db.begin_write().map_err(self.err("begin a write"))?;
         let out = f(&tx).map_err(self.err("write"))?;
         self.fs.before_meta_commit().map_err(StoreError::io("commit metadata to", &self.path))?;
@@ -99,7 +121,7 @@ impl Meta {
     }
 
     /// Runs `f` in a read transaction.
-    pub fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>) -> Result<T, StoreError> {
+    pub fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, DbError>) -> Result<T, StoreError> {
         let tx = self.db.begin_read().map_err(self.err("begin a read"))?;
         f(&tx).map_err(self.err("read"))
     }

@@ -393,8 +393,18 @@ impl BlobStore {
             .and_then(|_| lock.write_all(format!("{pid}\n").as_bytes()))
             .map_err(StoreError::io("write the lock file", &layout.lock))?;
 
-        for d in [&layout.blobs, &layout.tmp, &layout.uploads] {
-            fs.create_dir_all(d).map_err(StoreError::io("create directory", d))?;
+        // Created once and made durable here, so commits only ever create shard directories.
+        let alg_dirs = [layout.blobs.join("sha256"), layout.blobs.join("sha512")];
+        let missing = [&layout.blobs, &layout.tmp, &layout.uploads, &alg_dirs[0], &alg_dirs[1]]
+            .into_iter()
+            .any(|d| !d.is_dir());
+        if missing {
+            for d in [&layout.tmp, &layout.uploads, &alg_dirs[0], &alg_dirs[1]] {
+                fs.create_dir_all(d).map_err(StoreError::io("create directory", d))?;
+            }
+            for d in [&layout.blobs, &layout.root] {
+                fs.sync_dir(d).map_err(StoreError::io("sync", d))?;
+            }
         }
 
         // 1. Leftovers of writes that never committed.
