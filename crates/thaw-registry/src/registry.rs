@@ -454,9 +454,8 @@ impl Registry {
                 self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
                 return self.serve_stored_manifest(ctx, &d, head, CacheOutcome::Hit).await;
             }
-            if head {
-                return self.relay_head(ctx, &up, &t.repo, &object, &cred).await;
-            }
+            // A HEAD miss is answered by one upstream GET, so the manifest is cached for the GET
+            // that follows (containerd and docker HEAD first): one upstream request either way.
             self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
             let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None).await?;
             return self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss);
@@ -502,9 +501,7 @@ impl Registry {
                 }
             }
         }
-        if head {
-            return self.relay_head(ctx, &up, &t.repo, &object, &cred).await;
-        }
+        // As above: a HEAD miss of a tag fetches and caches the manifest and the tag.
         self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
         let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag)).await?;
         self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss)
