@@ -15,5 +15,6 @@ pub mod category;
 pub mod gen;
 pub mod hist;
 pub mod read;
+pub mod report;
 pub mod rng;
 pub mod sim;
