@@ -1,0 +1,80 @@
+//! Requests per second through each policy on a Zipf-like synthetic trace with a 1 GiB cache —
+//! the setting libCacheSim's throughput was measured in (issue 3) — so the numbers can be put side
+//! by side. The trace is generated here: 1 M objects with log-uniform sizes from 512 B to 32 KiB
+//! (about 7 GiB in all, so the cache holds roughly a seventh), 2 M requests drawn from Zipf(1.0)
+//! ranks, keys scrambled so the hash maps see unordered ids. Each iteration replays the whole trace
+//! through a policy that stays warm across iterations (steady state, as in a long simulation).
+//!
+//! Run: `cargo bench -p thaw-policy --bench policies`; throughput is in elements (= requests) per
+//! second.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use thaw_policy::{build, Capacity, PolicySpec, Request};
+
+const OBJECTS: usize = 1_000_000;
+const REQUESTS: usize = 2_000_000;
+const GIB: u64 = 1 << 30;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn trace() -> Vec<Request> {
+    let mut rng = Rng(42);
+    let sizes: Vec<u64> = (0..OBJECTS).map(|_| (512f64.ln() + (32768f64 / 512.0).ln() * rng.unit()).exp() as u64).collect();
+    let keys: Vec<u64> = (0..OBJECTS).map(|_| rng.next()).collect();
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (0..OBJECTS).map(|i| { acc += 1.0 / (i + 1) as f64; acc }).collect();
+    cdf.iter_mut().for_each(|c| *c /= acc);
+    (0..REQUESTS)
+        .map(|t| {
+            let u = rng.unit();
+            let r = cdf.partition_point(|&c| c < u).min(OBJECTS - 1);
+            Request::new(t as u64 * 1000, keys[r], sizes[r])
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let reqs = trace();
+    let mut group = c.benchmark_group("policies");
+    group.throughput(Throughput::Elements(REQUESTS as u64));
+    group.sample_size(10);
+    for name in ["fifo", "lru", "clock", "lfu", "slru", "s3fifo", "sieve", "size-tiered-lru", "lacache"] {
+        let spec: PolicySpec = name.parse().unwrap();
+        let cap = if spec.two_tier() { Capacity { fast: GIB, slow: 4 * GIB } } else { Capacity::single(GIB) };
+        let mut policy = build(&spec, cap).unwrap();
+        let mut fx = Vec::with_capacity(64);
+        // warm up to steady state before measuring
+        for r in &reqs {
+            fx.clear();
+            policy.access(r, &mut fx);
+        }
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let mut misses = 0u64;
+                for r in &reqs {
+                    fx.clear();
+                    misses += policy.access(r, &mut fx).is_none() as u64;
+                }
+                black_box(misses)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
