@@ -9,6 +9,8 @@
 //! store's business.
 
 pub mod digest;
+pub mod fuzzing;
+pub mod layout;
 pub mod manifest;
 pub mod name;
 pub mod range;
