@@ -109,3 +109,79 @@ fn podman_and_containerd_pull_through_thaw() {
         .args(["system", "reset", "--force"])
         .output();
 }
+
+/// dockerd, stopped with SIGTERM (so it stops the containerd it manages) and waited for.
+struct Dockerd {
+    sock: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn dockerd_pulls_through_thaw_as_registry_mirror() {
+    let name = "dockerd_pulls_through_thaw_as_registry_mirror";
+    for bin in ["docker-registry", "skopeo", "dockerd", "docker"] {
+        if !have(bin, name) {
+            return;
+        }
+    }
+    let up = DockerRegistry::start();
+    let img = TestImage::build(22, &[500_000, 200_000]);
+    skopeo_copy(&img.oci_ref(), &format!("docker://{}/library/app:v1", up.addr));
+    let thaw = Thaw::start(RegistryConfig { upstreams: vec![upstream("docker.io", &up.url(), true)], ..Default::default() });
+    // dockerd's paths must stay short (unix socket addresses), so use a short tmpfs directory.
+    let work = tempfile::Builder::new().prefix("dk").tempdir_in(shm()).unwrap();
+    let w = work.path();
+    let sock = w.join("d.sock");
+    write(
+        &w.join("daemon.json"),
+        &serde_json::json!({
+            "data-root": w.join("root"),
+            "exec-root": w.join("x"),
+            "pidfile": w.join("d.pid"),
+            "hosts": [format!("unix://{}", sock.display())],
+            "bridge": "none",
+            "iptables": false,
+            "ip6tables": false,
+            "ip-masq": false,
+            "registry-mirrors": [thaw.url()],
+            "insecure-registries": [thaw.addr.to_string()],
+            "storage-driver": "vfs",
+        })
+        .to_string(),
+    );
+    let child = Command::new("dockerd").arg("--config-file").arg(w.join("daemon.json")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start dockerd");
+    let dockerd = Dockerd { sock: sock.clone(), child: Some(child) };
+    let host = format!("unix://{}", dockerd.sock.display());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = Command::new("docker").args(["-H", &host, "version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dockerd did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = Command::new("docker").args(["-H", &host, "pull", "app:v1"]).output().unwrap();
+    assert!(out.status.success(), "docker pull failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&img.manifest_digest), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(thaw.metric("thaw_upstream_bytes_total") as u64 >= img.total_bytes, "docker's pull did not go through thaw");
+    let _ = Command::new("docker").args(["-H", &host, "rmi", "app:v1"]).output();
+    drop(dockerd);
+}
