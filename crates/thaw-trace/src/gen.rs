@@ -36,6 +36,7 @@ use crate::rng::{splitmix64, Fenwick, Rng, Zipf};
 
 /// The shape of one service category.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CategoryParams {
     /// The category's name; also the namespace (first path component) of its repositories, so
     /// the default namespace→category mapping recovers it.
@@ -66,8 +67,9 @@ pub struct CategoryParams {
     pub new_tag_prob: f64,
 }
 
-/// Every parameter of the generator.
+/// Every parameter of the generator. In a TOML file, fields left out keep their defaults.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GenParams {
     pub seed: u64,
     /// Stop after this many requests.

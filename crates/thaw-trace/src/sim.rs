@@ -142,7 +142,7 @@ impl SimConfig {
 }
 
 /// Counters of one run.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunStats {
     pub requests: u64,
     pub bytes: u64,
@@ -168,7 +168,7 @@ pub struct RunStats {
 }
 
 /// Latency figures of one run, microseconds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     pub pulls: u64,
     pub avg_pull_us: f64,
@@ -181,7 +181,7 @@ pub struct LatencySummary {
 }
 
 /// The result of one (policy, capacity) run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunResult {
     pub policy: String,
     pub fast_bytes: u64,
@@ -195,7 +195,7 @@ pub struct RunResult {
 }
 
 /// Everything a simulation produced.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SimReport {
     pub trace_format: TraceFormat,
     pub read: ReadStats,

@@ -27,7 +27,7 @@ pub use thaw::{request_to_event, ThawReader};
 use crate::event::Event;
 
 /// The trace formats thaw reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TraceFormat {
     /// thaw's own JSON-lines records (`thaw_record`).
@@ -74,7 +74,7 @@ impl fmt::Display for TraceFormat {
 }
 
 /// Where in a file a record sits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Position {
     /// 1-based line number (JSON-lines formats).
@@ -93,7 +93,7 @@ impl fmt::Display for Position {
 }
 
 /// One record that could not be read.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Malformed {
     pub file: PathBuf,
     pub position: Position,
@@ -110,7 +110,7 @@ impl fmt::Display for Malformed {
 pub const MALFORMED_SAMPLES: usize = 20;
 
 /// What a reader saw.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReadStats {
     /// Records read (lines, array elements, binary records), good or bad.
     pub records: u64,
