@@ -376,3 +376,23 @@ pub fn getxattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
     buf.truncate(r as usize);
     Some(buf)
 }
+
+#[test]
+fn old_style_directories_and_root_entry() {
+    let s = Scratch::new();
+    let a = Tar::new()
+        .raw(EntryType::Directory, b"./", b"", 0o750, b"")
+        .raw(EntryType::Regular, b"v7dir/", b"", 0o700, b"")
+        .file("v7dir/f", b"in")
+        .file("./a//b/./c", b"normalised")
+        .finish();
+    let r = unpack(&a[..], &s.root(), &opts()).unwrap();
+    assert_eq!(r.entries, 4);
+    assert!(fs::metadata(s.root().join("v7dir")).unwrap().is_dir());
+    assert_eq!(fs::metadata(s.root().join("v7dir")).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(fs::read(s.root().join("a/b/c")).unwrap(), b"normalised");
+    assert_eq!(fs::metadata(s.root()).unwrap().permissions().mode() & 0o777, 0o750, "./ sets the root's mode");
+    // A non-directory for the root itself is refused.
+    let e = unpack(&Tar::new().symlink("./", "x").finish()[..], &Scratch::new().root(), &opts()).unwrap_err();
+    assert!(matches!(e, UnpackError::Unsupported { .. }), "{e}");
+}

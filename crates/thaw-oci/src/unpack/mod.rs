@@ -487,6 +487,8 @@ impl<'o> Unpacker<'o> {
             let p = std::mem::take(&mut pending);
             let h = entry.header();
             let path = p.path.unwrap_or_else(|| h.path_bytes().into_owned());
+            // Old (v7) archivers mark directories as regular files whose name ends in '/'.
+            let kind = if kind == EntryType::Regular && path.ends_with(b"/") { EntryType::Directory } else { kind };
             if let Some(pax_size) = p.size {
                 if pax_size != size {
                     // In raw mode the tar reader framed the entry by the header's size; a PAX
