@@ -776,7 +776,10 @@ impl Registry {
                     return Ok(resp);
                 }
                 // Evicted between stat and get: fall through to the miss path.
-            } else if t.upstream.is_none() {
+            } else {
+                // Cached, but not known to belong to this repository and not confirmed by the
+                // upstream: answer as if it did not exist, so a private digest named through
+                // another repository reveals nothing.
                 return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
             }
         }
@@ -816,6 +819,12 @@ impl Registry {
         let Some(total) = total else {
             return Err(ApiError::unavailable(format!("{} did not say how large {d} is", up.name())));
         };
+        if st.outcome.is_none() && self.cannot_cache(total) {
+            // The headers go out before the commit decides, so say now what it will decide:
+            // pinned content leaves less room than this blob needs, the store's policy will
+            // refuse it, and the client is being served a relay, not a cache fill.
+            ctx.rec.outcome = CacheOutcome::PassThrough;
+        }
         ctx.rec.size = Some(total);
         let (status, start, end) = match range {
             Some(spec) => {
@@ -843,6 +852,13 @@ impl Registry {
             h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)).expect("ascii"));
         }
         Ok(resp)
+    }
+
+    /// Whether a blob of `size` bytes cannot enter the store now: with a capacity, everything
+    /// unpinned can be evicted for it, so it fits unless pinned bytes leave less than `size`.
+    fn cannot_cache(&self, size: u64) -> bool {
+        let s = self.inner.store.stats();
+        s.capacity.is_some_and(|c| size > c.saturating_sub(s.pinned_bytes))
     }
 
     /// Returns the flight for `d`, starting it when there is none. `true` when this call started it.
