@@ -51,6 +51,10 @@ pub enum StoreError {
     #[error("content for {digest} is {actual} bytes, {expected} were announced; it was discarded (the source sent a truncated or padded body; retry)")]
     SizeMismatch { digest: Digest, expected: u64, actual: u64 },
 
+    /// A write to a blob's temp file failed earlier, so what the file holds is unknown.
+    #[error("an earlier write of {digest} to its temp file failed, so its content is unknown; start the blob over")]
+    WriterFailed { digest: Digest },
+
     /// A chunk of an upload did not start where the upload ends.
     #[error("upload {id} has {size} bytes, a chunk starting at offset {offset} cannot be appended; resume from offset {size}")]
     UploadOffset { id: String, size: u64, offset: u64 },

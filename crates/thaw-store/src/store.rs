@@ -185,6 +185,39 @@ struct State {
     shards: HashSet<PathBuf>,
 }
 
+impl State {
+    /// Applies the policy's evictions to the in-memory maps and returns the victims, whose files
+    /// and rows the caller removes. Single tier: the other effects need no action.
+    fn take_victims(&mut self, effects: &[Effect], counters: &Counters) -> Vec<(Digest, u64)> {
+        let mut victims = Vec::new();
+        for e in effects {
+            if let Effect::Evicted { key, .. } = *e {
+                if let Some(vd) = self.keys.remove(&key) {
+                    let vsize = self.blobs.remove(&vd).unwrap_or(0);
+                    self.dirty_atime.remove(&vd);
+                    counters.evictions.fetch_add(1, Ordering::Relaxed);
+                    counters.evicted_bytes.fetch_add(vsize, Ordering::Relaxed);
+                    victims.push((vd, vsize));
+                }
+            }
+        }
+        victims
+    }
+
+    fn pin(&mut self, key: Key) {
+        *self.pins.entry(key).or_insert(0) += 1;
+    }
+
+    fn unpin(&mut self, key: Key) {
+        if let Some(n) = self.pins.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&key);
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct UploadState {
     size: u64,
@@ -267,13 +300,7 @@ impl std::fmt::Debug for Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        let mut st = self.inner.state.lock();
-        if let Some(n) = st.pins.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                st.pins.remove(&self.key);
-            }
-        }
+        self.inner.state.lock().unpin(self.key);
     }
 }
 
@@ -287,6 +314,9 @@ pub struct BlobWriter {
     expected: Option<u64>,
     written: u64,
     done: bool,
+    /// A write failed part-way: the file may hold bytes the hash has not seen, so the blob can
+    /// only be started over.
+    poisoned: bool,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -614,10 +644,19 @@ impl BlobStore {
             let mut st = self.inner.state.lock();
             let Some(&size) = st.blobs.get(d) else { return Ok(None) };
             let key = d.key64();
+            st.pin(key);
             let mut fx = Vec::new();
-            // Single tier: a hit has no effect the store must carry out.
-            st.policy.lookup(&Request::new(now, key, size), &mut fx);
-            *st.pins.entry(key).or_insert(0) += 1;
+            let State { policy, pins, .. } = &mut *st;
+            policy.lookup_pinned(&Request::new(now, key, size), &|k| pins.contains_key(&k), &mut fx);
+            // Some policies (segmented LRU's demotion cascade) evict on a hit. The victims'
+            // files are deleted while the state lock is held, so no commit can re-create one of
+            // them in between; LRU, the default, never evicts here.
+            let victims = st.take_victims(&fx, &self.inner.counters);
+            if !victims.is_empty() {
+                if let Err(e) = self.delete_blobs(&victims) {
+                    tracing::warn!(error = %e, "could not delete blobs evicted on a hit; the next open re-verifies and adopts them");
+                }
+            }
             st.dirty_atime.insert(d.clone(), now);
             let flush = st.dirty_atime.len() >= ATIME_BATCH || st.last_flush.elapsed() >= ATIME_INTERVAL;
             (size, key, flush)
@@ -686,6 +725,7 @@ impl BlobStore {
             expected: expected_size,
             written: 0,
             done: false,
+            poisoned: false,
         })
     }
 
@@ -729,7 +769,7 @@ impl BlobStore {
             return None;
         }
         let key = d.key64();
-        *st.pins.entry(key).or_insert(0) += 1;
+        st.pin(key);
         Some(Pin { inner: self.inner.clone(), key })
     }
 
@@ -813,6 +853,38 @@ impl BlobStore {
         Ok(report)
     }
 
+    /// Removes the files of evicted blobs and makes that durable (no rows).
+    fn delete_files(&self, victims: &[(Digest, u64)]) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let mut dirs = BTreeSet::new();
+        for (vd, _) in victims {
+            tracing::debug!(digest = %vd, "evicting");
+            let p = inner.layout.blob(vd);
+            match inner.fs.remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(StoreError::io("remove evicted blob", p)(e)),
+            }
+            dirs.insert(inner.layout.shard(vd));
+        }
+        for dir in &dirs {
+            inner.fs.sync_dir(dir).map_err(StoreError::io("sync", dir))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the files and then the rows of evicted blobs.
+    fn delete_blobs(&self, victims: &[(Digest, u64)]) -> Result<(), StoreError> {
+        self.delete_files(victims)?;
+        self.inner.meta.write(|tx| {
+            let mut t = tx.open_table(BLOBS)?;
+            for (vd, _) in victims {
+                t.remove(vd.to_string().as_str())?;
+            }
+            Ok(())
+        })
+    }
+
     /// Moves a verified, fsynced file at `src` into the store as `d` (see the module docs for
     /// the order of steps). `src` is gone afterwards, whatever the outcome.
     fn install(&self, src: &Path, d: &Digest, size: u64, sync_src_dir: bool) -> Result<Committed, StoreError> {
@@ -843,44 +915,26 @@ impl BlobStore {
             let mut fx = Vec::new();
             let State { policy, pins, .. } = &mut *st;
             let admitted = policy.admit(&Request::new(now, key, size), &|k| pins.contains_key(&k), &mut fx);
+            // Effects apply even on a refusal (S3-FIFO may make room and then not insert).
+            let victims = st.take_victims(&fx, &inner.counters);
             if !admitted {
                 drop(st);
                 inner.counters.not_cached.fetch_add(1, Ordering::Relaxed);
                 discard(src);
+                if !victims.is_empty() {
+                    self.delete_blobs(&victims)?;
+                }
                 return Ok(Committed::NotCached);
             }
-            let mut victims = Vec::new();
-            for e in fx {
-                if let Effect::Evicted { key: k, .. } = e {
-                    if let Some(vd) = st.keys.remove(&k) {
-                        let vsize = st.blobs.remove(&vd).unwrap_or(0);
-                        st.dirty_atime.remove(&vd);
-                        inner.counters.evictions.fetch_add(1, Ordering::Relaxed);
-                        inner.counters.evicted_bytes.fetch_add(vsize, Ordering::Relaxed);
-                        victims.push((vd, vsize));
-                    }
-                }
-            }
+            // Pinned until it is installed, so no eviction on a hit elsewhere picks it meanwhile.
+            st.pin(key);
             victims
         };
         let dest = inner.layout.blob(d);
         let shard = inner.layout.shard(d);
         let mut renamed = false;
         let result = (|| -> Result<(), StoreError> {
-            let mut dirs = BTreeSet::new();
-            for (vd, _) in &victims {
-                tracing::debug!(digest = %vd, "evicting");
-                let p = inner.layout.blob(vd);
-                match fs.remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return Err(StoreError::io("remove evicted blob", p)(e)),
-                }
-                dirs.insert(inner.layout.shard(vd));
-            }
-            for dir in &dirs {
-                fs.sync_dir(dir).map_err(StoreError::io("sync", dir))?;
-            }
+            self.delete_files(&victims)?;
             let known = inner.state.lock().shards.contains(&shard);
             if !known {
                 fs.create_dir_all(&shard).map_err(StoreError::io("create directory", &shard))?;
@@ -906,6 +960,7 @@ impl BlobStore {
             })
         })();
         let mut st = inner.state.lock();
+        st.unpin(key);
         match result {
             Ok(()) => {
                 st.blobs.insert(d.clone(), size);
@@ -1128,15 +1183,25 @@ impl BlobStore {
 }
 
 impl BlobWriter {
-    /// Appends `data`, hashing it as it goes.
+    /// Appends `data`, hashing it as it goes. The hash covers exactly the bytes handed to the
+    /// file system; a write that fails part-way poisons the writer (see
+    /// [`StoreError::WriterFailed`]), so the hash and the file can never disagree. The file is not
+    /// read back before commit: that would double the cost of every miss for protection only
+    /// against the disk corrupting data between write and fsync.
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::WriterFailed { digest: self.digest.clone() });
+        }
         let new = self.written + data.len() as u64;
         if let Some(exp) = self.expected {
             if new > exp {
                 return Err(StoreError::SizeMismatch { digest: self.digest.clone(), expected: exp, actual: new });
             }
         }
-        self.store.inner.fs.write_all(&self.file, data).map_err(StoreError::io("write temp file", &self.path))?;
+        if let Err(e) = self.store.inner.fs.write_all(&self.file, data) {
+            self.poisoned = true;
+            return Err(StoreError::io("write temp file", &self.path)(e));
+        }
         self.digester.update(data);
         self.written = new;
         Ok(())
@@ -1170,6 +1235,10 @@ impl BlobWriter {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove a discarded temp file; it is removed at the next open");
             }
         };
+        if self.poisoned {
+            discard(&self.path);
+            return Err(StoreError::WriterFailed { digest: self.digest.clone() });
+        }
         if let Some(exp) = self.expected {
             if exp != self.written {
                 discard(&self.path);

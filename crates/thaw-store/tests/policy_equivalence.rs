@@ -9,9 +9,12 @@ use thaw_oci::Digest;
 use thaw_policy::{build, Capacity, PolicySpec, Request, POLICY_NAMES};
 use thaw_store::{BlobStore, Committed, StoreConfig};
 
+/// Hit/miss per request, and the keys resident at the end.
+type Outcome = (Vec<bool>, Vec<u64>);
+
 /// Replays `trace` (object number, size) through a store and through the policy's own `access`
 /// loop, and returns both hit/miss sequences and the final resident sets.
-fn replay(spec: &PolicySpec, capacity: u64, trace: &[(u64, usize)]) -> ((Vec<bool>, Vec<u64>), (Vec<bool>, Vec<u64>)) {
+fn replay(spec: &PolicySpec, capacity: u64, trace: &[(u64, usize)]) -> (Outcome, Outcome) {
     let dir = scratch();
     let store = BlobStore::open(dir.path(), StoreConfig { capacity: Some(capacity), policy: spec.clone() }).unwrap();
     let mut policy = build(spec, Capacity::single(capacity)).unwrap();
