@@ -371,10 +371,15 @@ impl Runtime {
         let raw = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.inner.helper.program);
         cmd.args(&self.inner.helper.args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-        // SAFETY: the closure runs between fork and exec and only calls dup2 and fcntl, which are
-        // async-signal-safe; it touches no memory of the parent beyond the copied integer.
+        // SAFETY: the closure runs between fork and exec and only calls sigemptyset, sigprocmask,
+        // dup2 and fcntl, which are async-signal-safe; it touches no memory of the parent beyond
+        // the copied integer and a stack-local signal set.
         unsafe {
             cmd.pre_exec(move || {
+                // Signals the caller blocked to relay them must not stay blocked in the sandbox.
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 if raw == crate::helper::CONTROL_FD {
                     if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
