@@ -72,9 +72,10 @@ pub struct CategoryParams {
 #[serde(default, deny_unknown_fields)]
 pub struct GenParams {
     pub seed: u64,
-    /// Stop after this many requests.
+    /// The number of requests to write.
     pub requests: u64,
-    /// The trace's time span in seconds; pull and push rates are derived from `requests` and it.
+    /// The trace's nominal time span in seconds: pull and push rates are derived from `requests`
+    /// and it, and the trace ends at its `requests`-th request.
     pub duration_s: f64,
     /// Microseconds since the epoch of the trace's first instant.
     pub start_us: u64,
@@ -367,16 +368,27 @@ impl<'a> Gen<'a> {
         // Expected requests per pull and per push, to turn `requests` over `duration_s` into rates.
         let mut per_pull_total = 0.0;
         let mut per_push = Vec::new();
+        // The mean layer count is estimated by sampling the very distribution images draw from
+        // (rounded and clamped log-normal), with its own RNG so the trace's stream is untouched.
+        let mut est = Rng::new(p.seed ^ 0x6a09_e667_f3bc_c908);
         for c in &p.categories {
             let share = c.pull_share / share_total;
-            let layers = (c.layers_median * (c.layers_sigma * c.layers_sigma / 2.0).exp()).clamp(1.0, 64.0);
-            let base = c.shared_base_prob * f64::from(p.base_layers) * (1.0 - p.base_cached_prob);
-            let gets = 2.0 + layers + base;
+            const SAMPLES: u32 = 4096;
+            let layers = (0..SAMPLES)
+                .map(|_| est.lognormal(c.layers_median, c.layers_sigma).round().clamp(1.0, 64.0))
+                .sum::<f64>()
+                / f64::from(SAMPLES);
+            let base_layers = c.shared_base_prob * f64::from(p.base_layers);
+            // manifest + config + own layers + the base layers the client does not have
+            let gets = 2.0 + layers + base_layers * (1.0 - p.base_cached_prob);
+            // a push uploads its own layers and config (POST + PUT each) and PUTs the manifest
             let puts_per_push = layers + 2.0;
             let reqs_per_push = 2.0 * (layers + 1.0) + 1.0;
             // pushes per pull so that PUT/GET matches the ratio
             let pushes_per_pull = gets * c.put_get_ratio / puts_per_push;
-            per_pull_total += share * (gets + pushes_per_pull * reqs_per_push);
+            // follow-up pulls of associated images come on top of the Poisson pulls
+            let follow = 1.0 + c.assoc_prob * c.assoc_follow;
+            per_pull_total += share * (follow * gets + pushes_per_pull * reqs_per_push);
             per_push.push(pushes_per_pull);
         }
         let pulls_per_s = p.requests as f64 / p.duration_s / per_pull_total.max(1.0);
@@ -674,13 +686,11 @@ impl<'a> Gen<'a> {
     }
 
     fn run(mut self, sink: &mut dyn Sink) -> Result<GenSummary, GenError> {
-        let end = self.p.start_us + (self.p.duration_s * 1e6) as u64;
+        // `duration_s` set the rates; the trace runs until it has `requests` requests, so its span
+        // is `duration_s` give or take the Poisson noise.
         let limit = self.p.requests;
         let mut last = self.p.start_us;
         while let Some(Reverse((t, _, ev))) = self.events.pop() {
-            if t >= end {
-                break;
-            }
             if self.flush(t, sink, limit)? {
                 break;
             }
