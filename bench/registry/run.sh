@@ -159,6 +159,8 @@ thaw_metric() {
 # Peak and current resident set of a process, in KiB.
 vm_hwm() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 vm_rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# User + system CPU time of a process and its reaped children so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$1/stat"; }
 
 # tx bytes of an interface (optionally inside NETNS).
 if_bytes() {
@@ -169,12 +171,14 @@ if_bytes() {
 now() { date +%s.%N; }
 fsub() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" "$1" "$2"; }
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.2f}x' if b else 'n/a')" "$1" "$2"; }
+ratio3() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.3f}x' if b else 'n/a')" "$1" "$2"; }
+loadavg() { echo "load avg $(cut -d' ' -f1-3 /proc/loadavg)"; }
 median() { python3 -c "import sys, statistics; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.3f}')" "$@"; }
 mib() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1048576:.1f}')" "$1"; }
 
 # Median and stddev (seconds) of command N (0-based) in a hyperfine JSON export.
-hf_median() { jq -r ".results[$2].median" "$1"; }
-hf_stddev() { jq -r ".results[$2].stddev" "$1"; }
+hf_median() { jq -r ".results[$2].median * 1000 | round / 1000" "$1"; }
+hf_stddev() { jq -r ".results[$2].stddev * 1000 | round / 1000" "$1"; }
 
 result() { printf '%s\n' "$*" | tee -a "$WORK/results.txt" >&2; }
 
@@ -287,7 +291,7 @@ case1() {
     read -r pn pdg pb < <(reg_requests "$WORK/logs/up-proxy.log" "$l2")
     local fetched; fetched=$(( $(thaw_metric "$ta" thaw_upstream_bytes_total) - fetched0 ))
     result ""
-    result "## 1. warm pull of img50 ($(mib "$IMG50_BYTES") MiB), loopback, hyperfine $RUNS runs (+2 warmup), medians"
+    result "## 1. warm pull of img50 ($(mib "$IMG50_BYTES") MiB), loopback, hyperfine $RUNS runs (+2 warmup), medians; $(loadavg)"
     result "command: hyperfine -N --warmup 2 --runs $RUNS --prepare 'rm -rf OUT' '$SKOPEO docker://ADDR/bench/img50:v1 dir:OUT'"
     result "$(printf '%-24s %10s %8s %10s  %s' target median_s stddev vs_best "upstream requests during $n_warm warm pulls (by digest), body bytes")"
     result "$(printf '%-24s %10s %8s %10s  %s' thaw "$t" "$(hf_stddev "$json" 0)" "$(ratio "$t" "$best")" "$tn ($td), $tb B; thaw_upstream_bytes_total +$fetched")"
@@ -323,7 +327,7 @@ case2() {
     local link=$(( $(if_bytes "$UP_DEV" rx) - b0 ))
     local ideal; ideal=$(python3 -c "print(f'{$IMG50_BYTES * 8 / 100e6:.3f}')")
     result ""
-    result "## 2. pull of img50 ($(mib "$IMG50_BYTES") MiB), upstream in a netns behind tbf $RATE (ideal transfer ${ideal} s), hyperfine $RUNS runs, medians"
+    result "## 2. pull of img50 ($(mib "$IMG50_BYTES") MiB), upstream in a netns behind tbf $RATE (ideal transfer ${ideal} s), hyperfine $RUNS runs, medians; $(loadavg)"
     result "command: hyperfine -N --warmup 1 --runs $RUNS --prepare '<fresh thaw, empty store>' '$SKOPEO docker://127.0.0.1:PORT/bench/img50:v1 dir:OUT' --prepare 'rm -rf OUT' '$SKOPEO docker://$WAN/bench/img50:v1 dir:OUT' ..."
     result "$(printf '%-24s %10s %8s %10s' target median_s stddev vs_direct)"
     result "$(printf '%-24s %10s %8s %10s' thaw-cold "$c" "$(hf_stddev "$json" 0)" "$(ratio "$c" "$d")")"
@@ -378,20 +382,36 @@ EOF
     nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
     local npid=$!; track "$npid"
     wait_http "http://127.0.0.1:$pn/"
-    local json="$WORK/case3.json"
-    local cmd_t="curl -sf -o /dev/null http://$ta/v2/bench/blob/blobs/${BLOB[100]}"
-    local cmd_n="curl -sf -o /dev/null http://127.0.0.1:$pn/blob100"
-    hyperfine -N --style basic --warmup 3 --runs "$RUNS" --export-json "$json" -n thaw "$cmd_t" -n nginx "$cmd_n" >&2
-    local t n; t=$(hf_median "$json" 0); n=$(hf_median "$json" 1)
+    # Interleaved rather than hyperfine's all-of-A-then-all-of-B: the machine is shared, and
+    # alternating the two servers (and which goes first) spreads load changes over both equally.
+    # Each transfer's time is curl's own time_total; CPU time is read from /proc/PID/stat of thaw
+    # and of nginx's worker, which load from other processes does not inflate.
+    local url_t="http://$ta/v2/bench/blob/blobs/${BLOB[100]}" url_n="http://127.0.0.1:$pn/blob100"
+    local nworker; nworker=$(pgrep -P "$npid" | head -1)
+    local i ts=() ns=() c0t c0n
+    for i in 1 2 3; do curl -sf -o /dev/null "$url_t"; curl -sf -o /dev/null "$url_n"; done
+    c0t=$(cpu_ticks "$pid"); c0n=$(cpu_ticks "$nworker")
+    for i in $(seq "$RUNS"); do
+        if ((i % 2)); then
+            ts+=("$(curl -sf -o /dev/null -w '%{time_total}' "$url_t")"); ns+=("$(curl -sf -o /dev/null -w '%{time_total}' "$url_n")")
+        else
+            ns+=("$(curl -sf -o /dev/null -w '%{time_total}' "$url_n")"); ts+=("$(curl -sf -o /dev/null -w '%{time_total}' "$url_t")")
+        fi
+    done
+    local hz; hz=$(getconf CLK_TCK)
+    local cput cpun
+    cput=$(python3 -c "print(f'{($(cpu_ticks "$pid") - $c0t) / $hz / $RUNS * 1000:.0f}')")
+    cpun=$(python3 -c "print(f'{($(cpu_ticks "$nworker") - $c0n) / $hz / $RUNS * 1000:.0f}')")
+    local t n; t=$(median "${ts[@]}"); n=$(median "${ns[@]}")
     local tput_t tput_n
     tput_t=$(python3 -c "print(f'{100 * 1048576 / $t / 1e9:.2f}')")
     tput_n=$(python3 -c "print(f'{100 * 1048576 / $n / 1e9:.2f}')")
     result ""
-    result "## 3. one cached 100 MiB blob over loopback, one stream, hyperfine $RUNS runs (+3 warmup), medians"
-    result "command: hyperfine -N --warmup 3 --runs $RUNS 'curl -sf -o /dev/null http://ADDR/v2/bench/blob/blobs/DIGEST' 'curl -sf -o /dev/null http://ADDR/blob100' (nginx 1 worker, sendfile on)"
-    result "$(printf '%-10s %10s %8s %8s %10s' server median_s stddev GB/s vs_nginx)"
-    result "$(printf '%-10s %10s %8s %8s %10s' thaw "$t" "$(hf_stddev "$json" 0)" "$tput_t" "$(python3 -c "print(f'{$n / $t:.2f}x')")")"
-    result "$(printf '%-10s %10s %8s %8s %10s' nginx "$n" "$(hf_stddev "$json" 1)" "$tput_n" "1.00x")"
+    result "## 3. one cached 100 MiB blob over loopback, one stream, $RUNS interleaved transfers each (+3 warmup), medians; load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+    result "command: curl -sf -o /dev/null -w '%{time_total}' http://ADDR/v2/bench/blob/blobs/DIGEST, alternating with the same for http://ADDR/blob100 (nginx 1 worker, sendfile on, file on tmpfs)"
+    result "$(printf '%-10s %10s %8s %10s %18s' server median_s GB/s vs_nginx cpu_ms_per_100MiB)"
+    result "$(printf '%-10s %10s %8s %10s %18s' thaw "$t" "$tput_t" "$(python3 -c "print(f'{$n / $t:.2f}x')")" "$cput")"
+    result "$(printf '%-10s %10s %8s %10s %18s' nginx "$n" "$tput_n" "1.00x" "$cpun")"
     # RSS: reset the peak (clear_refs 5), then 3 transfers of each size while sampling VmRSS.
     result "thaw RSS per blob size (peak VmHWM after reset + max sampled VmRSS during 3 GETs; KiB):"
     for size in 10 100 500; do
@@ -401,7 +421,7 @@ EOF
         local sampler=$!; track "$sampler"
         for _ in 1 2 3; do curl -sf -o /dev/null "http://$ta/v2/bench/blob/blobs/${BLOB[$size]}"; done
         stop_pid "$sampler"
-        result "$(printf '  %4s MiB: before %7s  sampled max %7s  VmHWM %7s' "$size" "$before" "$(cat "$WORK/rss.max")" "$(vm_hwm "$pid")")"
+        result "$(printf '  %4s MiB blob: before %7s  sampled max %7s  VmHWM %7s' "$size" "$before" "$(cat "$WORK/rss.max")" "$(vm_hwm "$pid")")"
     done
     stop_pid "$npid"
     stop_thaw thaw3
@@ -472,7 +492,7 @@ case4() {
     log "case 4: $CLIENTS clients in namespaces on a bridge, cold img70, upstream over $RATE"
     setup_bridge
     result ""
-    result "## 4. $CLIENTS clients (one netns each, on a bridge) pulling cold img70 ($IMG70_BYTES B) at once; upstream behind tbf $RATE"
+    result "## 4. $CLIENTS clients (one netns each, on a bridge) pulling cold img70 ($IMG70_BYTES B) at once; upstream behind tbf $RATE; $(loadavg) at start"
     result "command: per client 'ip netns exec NS $SKOPEO docker://10.202.0.1:PORT/bench/img70:v1 dir:OUT', all started together; mirror restarted with an empty store each round"
     result "$(printf '%-22s %8s %9s %14s %14s %9s %13s %11s' mirror/clients wall_s vs_one up_body/img link/img up_reqs thaw_metric/img peak_rss_MiB)"
     local kind reps r n one many
@@ -491,8 +511,8 @@ case4() {
             local row w; if [[ $n == 1 ]]; then row=$last1; w=$m1; else row=$lastN; w=$mN; fi
             read -r _ rb link rn met hwm <<<"$row"
             result "$(printf '%-22s %8s %9s %14s %14s %9s %13s %11s' "$kind/$n" "$w" "$(ratio "$w" "$m1")" \
-                "$(ratio "$rb" "$IMG70_BYTES")" "$(ratio "$link" "$IMG70_BYTES")" "$rn" \
-                "$([[ $kind == thaw ]] && ratio "$met" "$IMG70_BYTES" || echo -)" "$(python3 -c "print(f'{$hwm / 1024:.1f}')")")"
+                "$(ratio3 "$rb" "$IMG70_BYTES")" "$(ratio3 "$link" "$IMG70_BYTES")" "$rn" \
+                "$([[ $kind == thaw ]] && ratio3 "$met" "$IMG70_BYTES" || echo -)" "$(python3 -c "print(f'{$hwm / 1024:.1f}')")")"
         done
         result "  ($kind: wall = median of $reps rounds: 1 client ${walls1[*]}; $CLIENTS clients ${wallsN[*]}; byte columns from the last round)"
     done
