@@ -40,13 +40,19 @@ pub enum LayerError {
     #[error("layer {diff_id}: opening its source {source_name} failed: {error}")]
     Source { diff_id: Digest, source_name: String, error: io::Error },
     #[error("layer {diff_id} from {source_name}: {error}")]
-    Unpack { diff_id: Digest, source_name: String, error: UnpackError },
+    Unpack { diff_id: Digest, source_name: String, error: Box<UnpackError> },
     #[error("layer store keys layers by sha256 diff_ids; {0} is not one")]
     Algorithm(Digest),
     #[error("layer {0} is not in the layer store; ensure it first")]
     NotPresent(Digest),
     #[error(transparent)]
-    Layout(#[from] LayoutError),
+    Layout(Box<LayoutError>),
+}
+
+impl From<LayoutError> for LayerError {
+    fn from(e: LayoutError) -> Self {
+        LayerError::Layout(Box::new(e))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
@@ -381,7 +387,7 @@ impl LayerStore {
             let report = unpack::unpack(reader, &tmp, &opts).map_err(|error| LayerError::Unpack {
                 diff_id: diff_id.clone(),
                 source_name: source.describe(),
-                error,
+                error: Box::new(error),
             })?;
             unpack::sync_dir(&tmp).map_err(io_err(&tmp))?;
             fs::rename(&tmp, dest).map_err(io_err(dest))?;
@@ -562,10 +568,10 @@ mod tests {
         let (t, _) = layer("a");
         let wrong = Digest::sha256_of(b"not this layer");
         let e = store.ensure(&wrong, &ReaderSource::new(&t[..], None, "test")).unwrap_err();
-        assert!(matches!(e, LayerError::Unpack { error: UnpackError::DiffIdMismatch { .. }, .. }), "{e}");
+        assert!(matches!(&e, LayerError::Unpack { error, .. } if matches!(**error, UnpackError::DiffIdMismatch { .. })), "{e}");
         let (_, d) = layer("a");
         let e = store.ensure(&d, &ReaderSource::new(&t[..], Some(wrong), "test")).unwrap_err();
-        assert!(matches!(e, LayerError::Unpack { error: UnpackError::DigestMismatch { .. }, .. }), "{e}");
+        assert!(matches!(&e, LayerError::Unpack { error, .. } if matches!(**error, UnpackError::DigestMismatch { .. })), "{e}");
         assert!(store.list().unwrap().is_empty());
         let names: Vec<_> = fs::read_dir(dir.path().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "only lock and sha256/ remain: {names:?}");
@@ -631,7 +637,7 @@ mod tests {
         assert_eq!(pins.iter().map(|p| p.diff_id().clone()).collect::<Vec<_>>(), vec![a.clone(), b.clone()]);
         assert_eq!(fs::read(pins[1].path().join("etc/b")).unwrap(), b"b");
         let e = store.ensure_layout_image(&format!("oci:{}:nope", dir.path().join("img").display())).unwrap_err();
-        assert!(matches!(e, LayerError::Layout(LayoutError::TagNotFound { .. })), "{e}");
+        assert!(matches!(&e, LayerError::Layout(l) if matches!(**l, LayoutError::TagNotFound { .. })), "{e}");
 
         // The blob store as a source: commit the blob, then unpack from it.
         let blobs = crate::BlobStore::open(&dir.path().join("blobs"), crate::StoreConfig::default()).unwrap();

@@ -256,7 +256,7 @@ pub fn unpack_at<R: Read>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Resu
     };
     let buffered = BufReader::with_capacity(256 << 10, io::Cursor::new(head.to_vec()).chain(raw));
     let decoder = match compression {
-        Compression::None => Decoder::Plain(buffered),
+        Compression::None => Decoder::Plain(Box::new(buffered)),
         Compression::Gzip => Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered))),
         Compression::Zstd => Decoder::Zstd(Box::new(zstd::Decoder::with_buffer(buffered).map_err(UnpackError::Read)?)),
     };
@@ -284,7 +284,7 @@ pub fn unpack_at<R: Read>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Resu
     let uncompressed_bytes = stream.count;
     let diff_id = stream.hasher.finish();
     let mut rest = match stream.inner {
-        Decoder::Plain(b) => b,
+        Decoder::Plain(b) => *b,
         Decoder::Gzip(g) => g.into_inner(),
         Decoder::Zstd(z) => z.finish(),
     };
@@ -319,7 +319,7 @@ pub fn unpack_at<R: Read>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Resu
 type Buffered<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, Hashing<R>>>;
 
 enum Decoder<R: Read> {
-    Plain(Buffered<R>),
+    Plain(Box<Buffered<R>>),
     Gzip(Box<flate2::bufread::MultiGzDecoder<Buffered<R>>>),
     Zstd(Box<zstd::Decoder<'static, Buffered<R>>>),
 }
