@@ -396,3 +396,63 @@ fn old_style_directories_and_root_entry() {
     let e = unpack(&Tar::new().symlink("./", "x").finish()[..], &Scratch::new().root(), &opts()).unwrap_err();
     assert!(matches!(e, UnpackError::Unsupported { .. }), "{e}");
 }
+
+mod random_hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof![Just(".."), Just("."), Just("a"), Just("l"), Just(""), Just(".wh.a"), Just(".wh..wh..opq")], 1..5)
+            .prop_map(|v| v.join("/"))
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        prop_oneof![Just("..".to_string()), Just("/".to_string()), Just("../outside".to_string()), Just("../outside/secret".to_string()), name()]
+    }
+
+    #[derive(Debug, Clone)]
+    enum E {
+        File(String),
+        Dir(String),
+        Sym(String, String),
+        Hard(String, String),
+        Abs(String),
+    }
+
+    fn entry() -> impl Strategy<Value = E> {
+        prop_oneof![
+            name().prop_map(E::File),
+            name().prop_map(E::Dir),
+            (name(), target()).prop_map(|(n, t)| E::Sym(n, t)),
+            (name(), target()).prop_map(|(n, t)| E::Hard(n, t)),
+            name().prop_map(E::Abs),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Whatever mix of `..`, absolute paths, symlinks and hard links pointing anywhere, and
+        /// whiteouts a layer holds, in either mode, nothing outside the root changes.
+        #[test]
+        fn nothing_outside_ever_changes(entries in proptest::collection::vec(entry(), 1..12), overlay in any::<bool>()) {
+            let mut t = Tar::new();
+            for e in &entries {
+                match e {
+                    E::File(n) => t.file(n, b"pwned"),
+                    E::Dir(n) => t.dir(&format!("{n}/")),
+                    E::Sym(n, tg) => t.symlink(n, tg),
+                    E::Hard(n, tg) => t.hardlink(n, tg),
+                    E::Abs(n) => t.file(&format!("/{n}"), b"pwned"),
+                };
+            }
+            let s = Scratch::new();
+            let before = s.outside_snapshot();
+            let mode = if overlay && support::is_root() { WhiteoutMode::Overlay } else { WhiteoutMode::Apply };
+            let _ = unpack(&t.finish()[..], &s.root(), &UnpackOptions { mode, ..opts() });
+            prop_assert_eq!(s.outside_snapshot(), before);
+            let beside: Vec<_> = fs::read_dir(s.dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            prop_assert_eq!(beside.len(), 2);
+        }
+    }
+}
