@@ -1,6 +1,8 @@
 //! Test support shared by thaw's integration tests: real peers (docker-registry, skopeo) and an in-process thaw, all on ephemeral
 //! 127.0.0.1 ports, every child process killed by PID when its guard drops.
 
+pub mod fake_upstream;
+
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
