@@ -105,6 +105,11 @@ impl FromStr for RepoName {
         if s.len() > MAX_REPO_LEN {
             return Err(NameError::TooLong);
         }
+        // A one-component name may get Docker Hub's `library/` prefix; keep room for it so that
+        // every RepoName, prefixed or not, stays within the limit (found by fuzzing).
+        if !s.contains('/') && s.len() + "library/".len() > MAX_REPO_LEN {
+            return Err(NameError::TooLong);
+        }
         if !s.split('/').all(valid_component) {
             return Err(NameError::BadRepo(clip(s)));
         }
@@ -286,6 +291,11 @@ mod tests {
             assert!(bad.parse::<RepoName>().is_err(), "{bad}");
         }
         assert!("a".repeat(256).parse::<RepoName>().is_err());
+        assert!("a".repeat(248).parse::<RepoName>().is_err(), "no room for library/");
+        assert!("a".repeat(247).parse::<RepoName>().is_ok());
+        assert!(format!("x/{}", "a".repeat(253)).parse::<RepoName>().is_ok());
+        let r: Reference = "a".repeat(247).parse().unwrap();
+        assert_eq!(r.repo.as_str().len(), MAX_REPO_LEN);
     }
 
     #[test]
