@@ -48,7 +48,13 @@ pub struct AssocConfig {
 
 impl Default for AssocConfig {
     fn default() -> Self {
-        AssocConfig { window_us: 60_000_000, share: 0.5, min_pulls: 100, same_client: false, top: 100 }
+        AssocConfig {
+            window_us: 60_000_000,
+            share: 0.5,
+            min_pulls: 100,
+            same_client: false,
+            top: 100,
+        }
     }
 }
 
@@ -65,7 +71,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_objects: 8 << 20, max_images: 2 << 20, max_client_pairs: 16 << 20, max_pairs: 4 << 20, max_window_pulls: 4096 }
+        Limits {
+            max_objects: 8 << 20,
+            max_images: 2 << 20,
+            max_client_pairs: 16 << 20,
+            max_pairs: 4 << 20,
+            max_window_pulls: 4096,
+        }
     }
 }
 
@@ -79,7 +91,11 @@ pub struct AnalyzeConfig {
 
 impl Default for AnalyzeConfig {
     fn default() -> Self {
-        AnalyzeConfig { pull_window_us: 300_000_000, assoc: AssocConfig::default(), limits: Limits::default() }
+        AnalyzeConfig {
+            pull_window_us: 300_000_000,
+            assoc: AssocConfig::default(),
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -311,7 +327,9 @@ impl Analyzer {
                 self.clients.insert(stable_hash(&[c]));
             }
         }
-        let Some(repo) = e.repo.as_deref() else { return };
+        let Some(repo) = e.repo.as_deref() else {
+            return;
+        };
         if self.repos.len() < self.cfg.limits.max_images {
             self.repos.insert(stable_hash(&[repo]));
         }
@@ -326,7 +344,10 @@ impl Analyzer {
             self.sweep(e.time_us);
         }
         // Pushes: remember when an image's manifest was put.
-        if e.kind == ObjectKind::Manifest && e.method == Method::Put && matches!(e.status, 200..=299) {
+        if e.kind == ObjectKind::Manifest
+            && e.method == Method::Put
+            && matches!(e.status, 200..=299)
+        {
             if let Some(img) = e.image {
                 if let Some(st) = self.image_state(img, cat, repo, e.reference.as_deref()) {
                     if st.push.is_none() {
@@ -343,9 +364,18 @@ impl Analyzer {
         let slot = stable_hash(&[client, repo]);
         match e.kind {
             ObjectKind::Manifest => {
-                let img = e.image.unwrap_or_else(|| image_id(repo, e.reference.as_deref().unwrap_or("")));
+                let img = e
+                    .image
+                    .unwrap_or_else(|| image_id(repo, e.reference.as_deref().unwrap_or("")));
                 self.close_pull(slot);
-                self.open.insert(slot, OpenPull { category: cat, bytes: 0, last_us: e.time_us });
+                self.open.insert(
+                    slot,
+                    OpenPull {
+                        category: cat,
+                        bytes: 0,
+                        last_us: e.time_us,
+                    },
+                );
                 self.image_pulled(img, cat, repo, e.reference.as_deref(), client, e.time_us);
             }
             ObjectKind::Blob => {
@@ -359,7 +389,14 @@ impl Analyzer {
                 };
                 if !joined {
                     self.close_pull(slot);
-                    self.open.insert(slot, OpenPull { category: cat, bytes: e.size, last_us: e.time_us });
+                    self.open.insert(
+                        slot,
+                        OpenPull {
+                            category: cat,
+                            bytes: e.size,
+                            last_us: e.time_us,
+                        },
+                    );
                     let img = image_id(repo, "");
                     self.image_pulled(img, cat, repo, None, client, e.time_us);
                 }
@@ -372,7 +409,14 @@ impl Analyzer {
                         l.size = l.size.max(e.size);
                     }
                     None if len < max => {
-                        self.layers.insert(e.key, LayerState { category: cat, size: e.size, pulls: 1 });
+                        self.layers.insert(
+                            e.key,
+                            LayerState {
+                                category: cat,
+                                size: e.size,
+                                pulls: 1,
+                            },
+                        );
                     }
                     None => self.truncated += 1,
                 }
@@ -381,13 +425,29 @@ impl Analyzer {
         }
     }
 
-    fn image_state(&mut self, img: u64, cat: CategoryId, repo: &str, reference: Option<&str>) -> Option<&mut ImageState> {
+    fn image_state(
+        &mut self,
+        img: u64,
+        cat: CategoryId,
+        repo: &str,
+        reference: Option<&str>,
+    ) -> Option<&mut ImageState> {
         if !self.images.contains_key(&img) {
             if self.images.len() >= self.cfg.limits.max_images {
                 self.truncated += 1;
                 return None;
             }
-            self.images.insert(img, ImageState { category: cat, pulls: 0, clients: 0, first_pull: 0, last_pull: 0, push: None });
+            self.images.insert(
+                img,
+                ImageState {
+                    category: cat,
+                    pulls: 0,
+                    clients: 0,
+                    first_pull: 0,
+                    last_pull: 0,
+                    push: None,
+                },
+            );
             let name = match reference {
                 Some(r) if !r.is_empty() => format!("{repo}:{r}"),
                 _ => format!("{repo}:?"),
@@ -397,7 +457,15 @@ impl Analyzer {
         self.images.get_mut(&img)
     }
 
-    fn image_pulled(&mut self, img: u64, cat: CategoryId, repo: &str, reference: Option<&str>, client: &str, t: u64) {
+    fn image_pulled(
+        &mut self,
+        img: u64,
+        cat: CategoryId,
+        repo: &str,
+        reference: Option<&str>,
+        client: &str,
+        t: u64,
+    ) {
         let chash = stable_hash(&[client]);
         let pair = stable_hash(&[client]) ^ img.rotate_left(29);
         let new_client = if self.client_image.len() < self.cfg.limits.max_client_pairs {
@@ -430,7 +498,9 @@ impl Analyzer {
     fn associate(&mut self, img: u64, client: u64, t: u64) {
         let w = self.cfg.assoc.window_us;
         while let Some(front) = self.window.front() {
-            if t.saturating_sub(front.time_us) > w || self.window.len() >= self.cfg.limits.max_window_pulls {
+            if t.saturating_sub(front.time_us) > w
+                || self.window.len() >= self.cfg.limits.max_window_pulls
+            {
                 self.window.pop_front();
             } else {
                 break;
@@ -438,13 +508,19 @@ impl Analyzer {
         }
         let same_client = self.cfg.assoc.same_client;
         for wp in self.window.iter_mut() {
-            if wp.image == img || (same_client && wp.client != client) || wp.credited.contains(&img) {
+            if wp.image == img || (same_client && wp.client != client) || wp.credited.contains(&img)
+            {
                 continue;
             }
             wp.credited.push(img);
             *self.pairs.entry((wp.image, img)).or_insert(0) += 1;
         }
-        self.window.push_back(WindowPull { time_us: t, image: img, client, credited: Vec::new() });
+        self.window.push_back(WindowPull {
+            time_us: t,
+            image: img,
+            client,
+            credited: Vec::new(),
+        });
         if self.pairs.len() > self.cfg.limits.max_pairs {
             // Lossy counting: drop the rarest pairs. A dropped pair that comes back restarts at
             // zero, so its count may be short by at most the floor used here.
@@ -483,7 +559,8 @@ impl Analyzer {
         if self.cats.len() < n {
             self.cats.resize_with(n, CatAcc::default);
         }
-        let mut per: Vec<[LogHistogram; 7]> = (0..self.cats.len()).map(|_| Default::default()).collect();
+        let mut per: Vec<[LogHistogram; 7]> =
+            (0..self.cats.len()).map(|_| Default::default()).collect();
         let mut counts = vec![(0u64, 0u64, 0u64); self.cats.len()]; // layers, images, never pulled
         for l in self.layers.values() {
             let i = usize::from(l.category);
@@ -505,7 +582,13 @@ impl Analyzer {
                 per[i][5].record((im.first_pull - push) / 1_000_000);
             }
         }
-        let ratio = |m: &MethodCounts| if m.get == 0 { 0.0 } else { m.put as f64 / m.get as f64 };
+        let ratio = |m: &MethodCounts| {
+            if m.get == 0 {
+                0.0
+            } else {
+                m.put as f64 / m.get as f64
+            }
+        };
         let mut categories = Vec::new();
         for (i, acc) in self.cats.iter().enumerate() {
             if acc.requests == 0 {
@@ -536,7 +619,9 @@ impl Analyzer {
         let a = self.cfg.assoc;
         let mut pairs: Vec<AssocPair> = Vec::new();
         for (&(ia, ib), &c) in &self.pairs {
-            let Some(sa) = self.images.get(&ia) else { continue };
+            let Some(sa) = self.images.get(&ia) else {
+                continue;
+            };
             let pulls = u64::from(sa.pulls);
             if pulls <= a.min_pulls {
                 continue;
@@ -545,10 +630,27 @@ impl Analyzer {
             if share <= a.share {
                 continue;
             }
-            let name = |i: &u64| self.image_names.get(i).cloned().unwrap_or_else(|| format!("{i:016x}"));
-            pairs.push(AssocPair { a: name(&ia), b: name(&ib), a_pulls: pulls, followed: u64::from(c), share });
+            let name = |i: &u64| {
+                self.image_names
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{i:016x}"))
+            };
+            pairs.push(AssocPair {
+                a: name(&ia),
+                b: name(&ib),
+                a_pulls: pulls,
+                followed: u64::from(c),
+                share,
+            });
         }
-        pairs.sort_by(|x, y| y.share.total_cmp(&x.share).then(y.followed.cmp(&x.followed)).then(x.a.cmp(&y.a)).then(x.b.cmp(&y.b)));
+        pairs.sort_by(|x, y| {
+            y.share
+                .total_cmp(&x.share)
+                .then(y.followed.cmp(&x.followed))
+                .then(x.a.cmp(&y.a))
+                .then(x.b.cmp(&y.b))
+        });
         let found = pairs.len() as u64;
         pairs.truncate(a.top);
         AnalysisReport {
@@ -572,13 +674,18 @@ impl Analyzer {
 }
 
 /// Analyses a whole event source. `progress` gets the number of events read, every 2^16.
-pub fn analyze(src: &mut dyn EventSource, cfg: AnalyzeConfig, categories: CategoryMap, progress: &mut dyn FnMut(u64)) -> Result<AnalysisReport, TraceError> {
+pub fn analyze(
+    src: &mut dyn EventSource,
+    cfg: AnalyzeConfig,
+    categories: CategoryMap,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AnalysisReport, TraceError> {
     let mut a = Analyzer::new(cfg, categories);
     let mut n = 0u64;
     while let Some(e) = src.next_event()? {
         a.push(&e);
         n += 1;
-        if n % (1 << 16) == 0 {
+        if n.is_multiple_of(1 << 16) {
             progress(n);
         }
     }
@@ -591,7 +698,15 @@ mod tests {
     use super::*;
     use crate::event::Event;
 
-    fn ev(t_s: u64, client: &str, repo: &str, kind: ObjectKind, reference: &str, size: u64, method: Method) -> Event {
+    fn ev(
+        t_s: u64,
+        client: &str,
+        repo: &str,
+        kind: ObjectKind,
+        reference: &str,
+        size: u64,
+        method: Method,
+    ) -> Event {
         let image = (kind == ObjectKind::Manifest).then(|| image_id(repo, reference));
         Event {
             time_us: t_s * 1_000_000,
@@ -610,18 +725,56 @@ mod tests {
     }
 
     fn pull(a: &mut Analyzer, t: u64, client: &str, repo: &str, tag: &str, layers: &[(&str, u64)]) {
-        a.push(&ev(t, client, repo, ObjectKind::Manifest, tag, 500, Method::Get));
+        a.push(&ev(
+            t,
+            client,
+            repo,
+            ObjectKind::Manifest,
+            tag,
+            500,
+            Method::Get,
+        ));
         for (i, (l, s)) in layers.iter().enumerate() {
-            a.push(&ev(t + 1 + i as u64, client, repo, ObjectKind::Blob, l, *s, Method::Get));
+            a.push(&ev(
+                t + 1 + i as u64,
+                client,
+                repo,
+                ObjectKind::Blob,
+                l,
+                *s,
+                Method::Get,
+            ));
         }
     }
 
     #[test]
     fn pulls_sizes_lifetimes_and_put_get() {
         let mut a = Analyzer::new(AnalyzeConfig::default(), CategoryMap::by_namespace());
-        a.push(&ev(0, "p", "web/a", ObjectKind::Manifest, "v1", 500, Method::Put));
-        pull(&mut a, 100, "c1", "web/a", "v1", &[("l1", 1000), ("l2", 3000)]);
-        pull(&mut a, 200, "c2", "web/a", "v1", &[("l1", 1000), ("l2", 3000)]);
+        a.push(&ev(
+            0,
+            "p",
+            "web/a",
+            ObjectKind::Manifest,
+            "v1",
+            500,
+            Method::Put,
+        ));
+        pull(
+            &mut a,
+            100,
+            "c1",
+            "web/a",
+            "v1",
+            &[("l1", 1000), ("l2", 3000)],
+        );
+        pull(
+            &mut a,
+            200,
+            "c2",
+            "web/a",
+            "v1",
+            &[("l1", 1000), ("l2", 3000)],
+        );
         // the same client pulls a second tag inside the window: a separate pull
         pull(&mut a, 210, "c2", "web/a", "v2", &[("l3", 50)]);
         pull(&mut a, 1_000, "c1", "web/a", "v1", &[("l1", 1000)]);
@@ -651,7 +804,14 @@ mod tests {
     }
 
     fn assoc_cfg(same_client: bool) -> AnalyzeConfig {
-        AnalyzeConfig { assoc: AssocConfig { min_pulls: 3, same_client, ..AssocConfig::default() }, ..AnalyzeConfig::default() }
+        AnalyzeConfig {
+            assoc: AssocConfig {
+                min_pulls: 3,
+                same_client,
+                ..AssocConfig::default()
+            },
+            ..AnalyzeConfig::default()
+        }
     }
 
     #[test]
@@ -672,10 +832,20 @@ mod tests {
             pull(&mut a, t + 90, "z", "web/d", "1", &[]);
         }
         let r = a.finish(ReadStats::default());
-        let found: Vec<(&str, &str, u64)> = r.associations.iter().map(|p| (p.a.as_str(), p.b.as_str(), p.followed)).collect();
+        let found: Vec<(&str, &str, u64)> = r
+            .associations
+            .iter()
+            .map(|p| (p.a.as_str(), p.b.as_str(), p.followed))
+            .collect();
         assert!(found.contains(&("web/a:1", "web/b:1", 3)), "{found:?}");
-        assert!(!found.iter().any(|f| f.0 == "web/a:1" && f.1 == "web/c:1"), "2 of 5 is not more than half");
-        assert!(!found.iter().any(|f| f.0 == "web/a:1" && f.1 == "web/d:1"), "outside the window");
+        assert!(
+            !found.iter().any(|f| f.0 == "web/a:1" && f.1 == "web/c:1"),
+            "2 of 5 is not more than half"
+        );
+        assert!(
+            !found.iter().any(|f| f.0 == "web/a:1" && f.1 == "web/d:1"),
+            "outside the window"
+        );
         assert_eq!(r.association_max_undercount, 0);
 
         // restricted to the same client, B (pulled by another client) is not associated
@@ -686,7 +856,11 @@ mod tests {
             pull(&mut a, i * 10_000 + 35, "x", "web/e", "1", &[]);
         }
         let r = a.finish(ReadStats::default());
-        let found: Vec<(&str, &str)> = r.associations.iter().map(|p| (p.a.as_str(), p.b.as_str())).collect();
+        let found: Vec<(&str, &str)> = r
+            .associations
+            .iter()
+            .map(|p| (p.a.as_str(), p.b.as_str()))
+            .collect();
         assert!(found.contains(&("web/a:1", "web/e:1")), "{found:?}");
         assert!(!found.contains(&("web/a:1", "web/b:1")));
     }
@@ -698,24 +872,48 @@ mod tests {
             pull(&mut a, i * 10_000, "x", "web/a", "1", &[]);
             pull(&mut a, i * 10_000 + 1, "x", "web/b", "1", &[]);
         }
-        assert!(a.finish(ReadStats::default()).associations.is_empty(), "3 pulls is not more than 3");
+        assert!(
+            a.finish(ReadStats::default()).associations.is_empty(),
+            "3 pulls is not more than 3"
+        );
     }
 
     #[test]
     fn synthetic_trace_associations_are_found() {
-        let params = crate::gen::GenParams { requests: 60_000, duration_s: 86_400.0, seed: 11, ..Default::default() };
+        let params = crate::gen::GenParams {
+            requests: 60_000,
+            duration_s: 86_400.0,
+            seed: 11,
+            ..Default::default()
+        };
         let mut out = Vec::new();
         crate::gen::generate(&params, crate::read::TraceFormat::Thaw, &mut out).unwrap();
         let input: Box<dyn std::io::BufRead + Send> = Box::new(std::io::Cursor::new(out));
-        let mut src = crate::read::ThawReader::from_bufread(input, std::path::Path::new("g"), Default::default());
-        let cfg = AnalyzeConfig { assoc: AssocConfig { min_pulls: 20, ..AssocConfig::default() }, ..AnalyzeConfig::default() };
+        let mut src = crate::read::ThawReader::from_bufread(
+            input,
+            std::path::Path::new("g"),
+            Default::default(),
+        );
+        let cfg = AnalyzeConfig {
+            assoc: AssocConfig {
+                min_pulls: 20,
+                ..AssocConfig::default()
+            },
+            ..AnalyzeConfig::default()
+        };
         let r = analyze(&mut src, cfg, CategoryMap::by_namespace(), &mut |_| {}).unwrap();
         let names: Vec<&str> = r.categories.iter().map(|c| c.name.as_str()).collect();
         for n in ["web", "ml", "iot"] {
             assert!(names.contains(&n), "{names:?}");
         }
-        assert!(r.associations_found > 0, "the generator plants associated pairs");
-        assert!(r.associations.iter().all(|p| p.share > 0.5 && p.a_pulls > 20));
+        assert!(
+            r.associations_found > 0,
+            "the generator plants associated pairs"
+        );
+        assert!(r
+            .associations
+            .iter()
+            .all(|p| p.share > 0.5 && p.a_pulls > 20));
         let web = r.categories.iter().find(|c| c.name == "web").unwrap();
         assert!(web.pulls_per_image.p99 > web.pulls_per_image.p50);
         assert!(web.put_get_ratio > 0.0);

@@ -31,7 +31,10 @@ pub const OVERFLOW_CATEGORY: &str = "other";
 #[derive(Debug, thiserror::Error)]
 pub enum CategoryError {
     #[error("cannot read category config {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("category config is not valid toml: {0}")]
     Toml(String),
     #[error("category config: {0}")]
@@ -66,33 +69,42 @@ impl CategoryMap {
     }
 
     pub fn from_toml(text: &str) -> Result<CategoryMap, CategoryError> {
-        let f: CategoryFile = toml::from_str(text).map_err(|e| CategoryError::Toml(e.to_string()))?;
+        let f: CategoryFile =
+            toml::from_str(text).map_err(|e| CategoryError::Toml(e.to_string()))?;
         let mut m = CategoryMap::default();
         for (name, patterns) in &f.categories {
             let id = m.intern(name)?;
             for p in patterns {
                 if let Some(prefix) = p.strip_suffix('*') {
                     if prefix.contains('*') {
-                        return Err(CategoryError::Invalid(format!("pattern {p:?}: only one leading or trailing '*' is supported")));
+                        return Err(CategoryError::Invalid(format!(
+                            "pattern {p:?}: only one leading or trailing '*' is supported"
+                        )));
                     }
                     m.prefixes.push((prefix.to_string(), id));
                 } else if let Some(suffix) = p.strip_prefix('*') {
                     if suffix.contains('*') {
-                        return Err(CategoryError::Invalid(format!("pattern {p:?}: only one leading or trailing '*' is supported")));
+                        return Err(CategoryError::Invalid(format!(
+                            "pattern {p:?}: only one leading or trailing '*' is supported"
+                        )));
                     }
                     m.suffixes.push((suffix.to_string(), id));
                 } else if p.contains('*') {
-                    return Err(CategoryError::Invalid(format!("pattern {p:?}: '*' may only start or end a pattern")));
+                    return Err(CategoryError::Invalid(format!(
+                        "pattern {p:?}: '*' may only start or end a pattern"
+                    )));
                 } else if let Some(prev) = m.exact.insert(p.clone(), id) {
                     if prev != id {
-                        return Err(CategoryError::Invalid(format!("namespace {p:?} is listed under two categories")));
+                        return Err(CategoryError::Invalid(format!(
+                            "namespace {p:?} is listed under two categories"
+                        )));
                     }
                 }
             }
         }
         // Longer prefixes first, so `web-internal-*` wins over `web-*`.
-        m.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        m.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        m.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+        m.suffixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         if let Some(fb) = &f.fallback {
             m.fallback = Some(m.intern(fb)?);
         }
@@ -100,7 +112,10 @@ impl CategoryMap {
     }
 
     pub fn load(path: &std::path::Path) -> Result<CategoryMap, CategoryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CategoryError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CategoryError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_toml(&text)
     }
 
@@ -120,10 +135,18 @@ impl CategoryMap {
         if let Some(&id) = self.exact.get(namespace) {
             return id;
         }
-        if let Some(&(_, id)) = self.prefixes.iter().find(|(p, _)| namespace.starts_with(p.as_str())) {
+        if let Some(&(_, id)) = self
+            .prefixes
+            .iter()
+            .find(|(p, _)| namespace.starts_with(p.as_str()))
+        {
             return id;
         }
-        if let Some(&(_, id)) = self.suffixes.iter().find(|(s, _)| namespace.ends_with(s.as_str())) {
+        if let Some(&(_, id)) = self
+            .suffixes
+            .iter()
+            .find(|(s, _)| namespace.ends_with(s.as_str()))
+        {
             return id;
         }
         if let Some(id) = self.fallback {
@@ -134,7 +157,8 @@ impl CategoryMap {
         }
         let auto_count = self.auto.len();
         let id = if auto_count >= MAX_CATEGORIES {
-            self.intern(OVERFLOW_CATEGORY).expect("the overflow category fits")
+            self.intern(OVERFLOW_CATEGORY)
+                .expect("the overflow category fits")
         } else {
             self.intern(namespace).expect("bounded by MAX_CATEGORIES")
         };
@@ -145,7 +169,10 @@ impl CategoryMap {
     }
 
     pub fn name(&self, id: CategoryId) -> &str {
-        self.names.get(usize::from(id)).map(String::as_str).unwrap_or("?")
+        self.names
+            .get(usize::from(id))
+            .map(String::as_str)
+            .unwrap_or("?")
     }
 
     pub fn names(&self) -> &[String] {
@@ -166,9 +193,27 @@ mod tests {
         let web = m.category_of("web");
         assert_eq!(m.name(web), "web");
         assert_eq!(m.category_of("front-a"), web);
-        assert_eq!({ let id = m.category_of("front-ml-x"); m.name(id).to_string() }, "ml");
-        assert_eq!({ let id = m.category_of("big-models"); m.name(id).to_string() }, "ml");
-        assert_eq!({ let id = m.category_of("zzz"); m.name(id).to_string() }, "other");
+        assert_eq!(
+            {
+                let id = m.category_of("front-ml-x");
+                m.name(id).to_string()
+            },
+            "ml"
+        );
+        assert_eq!(
+            {
+                let id = m.category_of("big-models");
+                m.name(id).to_string()
+            },
+            "ml"
+        );
+        assert_eq!(
+            {
+                let id = m.category_of("zzz");
+                m.name(id).to_string()
+            },
+            "other"
+        );
         assert!(CategoryMap::from_toml("[categories]\na = [\"x*y\"]").is_err());
         assert!(CategoryMap::from_toml("[categories]\na = [\"x\"]\nb = [\"x\"]").is_err());
         assert!(CategoryMap::from_toml("nonsense = 1").is_err());
@@ -183,6 +228,12 @@ mod tests {
             m.category_of(&format!("ns{i}"));
         }
         assert!(m.names().len() <= MAX_CATEGORIES + 1);
-        assert_eq!({ let id = m.category_of("ns199"); m.name(id).to_string() }, OVERFLOW_CATEGORY);
+        assert_eq!(
+            {
+                let id = m.category_of("ns199");
+                m.name(id).to_string()
+            },
+            OVERFLOW_CATEGORY
+        );
     }
 }

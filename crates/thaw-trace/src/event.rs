@@ -173,17 +173,34 @@ pub fn parse_uri(uri: &str) -> Result<ParsedUri, String> {
     };
     let path = path.split(['?', '#']).next().unwrap_or("");
     let Some(rest) = path.strip_prefix("/v2") else {
-        return Ok(ParsedUri { kind: ObjectKind::Other, repo: None, reference: None });
+        return Ok(ParsedUri {
+            kind: ObjectKind::Other,
+            repo: None,
+            reference: None,
+        });
     };
     if rest.is_empty() || rest == "/" {
-        return Ok(ParsedUri { kind: ObjectKind::Version, repo: None, reference: None });
+        return Ok(ParsedUri {
+            kind: ObjectKind::Version,
+            repo: None,
+            reference: None,
+        });
     }
-    let rest = rest.strip_prefix('/').ok_or_else(|| format!("bad path {:?}", clip(path)))?;
+    let rest = rest
+        .strip_prefix('/')
+        .ok_or_else(|| format!("bad path {:?}", clip(path)))?;
     if rest == "_catalog" {
-        return Ok(ParsedUri { kind: ObjectKind::Other, repo: None, reference: None });
+        return Ok(ParsedUri {
+            kind: ObjectKind::Other,
+            repo: None,
+            reference: None,
+        });
     }
     // The repository name may contain '/', so find the last route keyword.
-    let split = |marker: &str| rest.rfind(marker).map(|i| (&rest[..i], &rest[i + marker.len()..]));
+    let split = |marker: &str| {
+        rest.rfind(marker)
+            .map(|i| (&rest[..i], &rest[i + marker.len()..]))
+    };
     let (kind, name, reference) = if let Some((name, tail)) = split("/blobs/uploads") {
         (ObjectKind::Upload, name, tail.trim_start_matches('/'))
     } else if let Some((name, tail)) = split("/manifests/") {
@@ -193,7 +210,11 @@ pub fn parse_uri(uri: &str) -> Result<ParsedUri, String> {
     } else if let Some(name) = rest.strip_suffix("/tags/list") {
         (ObjectKind::Tags, name, "")
     } else {
-        return Ok(ParsedUri { kind: ObjectKind::Other, repo: None, reference: None });
+        return Ok(ParsedUri {
+            kind: ObjectKind::Other,
+            repo: None,
+            reference: None,
+        });
     };
     let repo = check_name(name)?;
     let reference = if reference.is_empty() {
@@ -206,7 +227,11 @@ pub fn parse_uri(uri: &str) -> Result<ParsedUri, String> {
     if matches!(kind, ObjectKind::Manifest | ObjectKind::Blob) && reference.is_none() {
         return Err(format!("{kind:?} path without a reference: {:?}", clip(path)).to_lowercase());
     }
-    Ok(ParsedUri { kind, repo: Some(repo), reference })
+    Ok(ParsedUri {
+        kind,
+        repo: Some(repo),
+        reference,
+    })
 }
 
 fn check_name(name: &str) -> Result<String, String> {
@@ -241,7 +266,12 @@ pub fn clip(s: &str) -> String {
 /// since the Unix epoch. Fractions beyond microseconds are truncated.
 pub fn parse_rfc3339_us(s: &str) -> Result<u64, String> {
     let b = s.as_bytes();
-    let bad = || format!("bad timestamp {:?}: expected RFC 3339 like 2017-06-20T02:12:40.004Z", clip(s));
+    let bad = || {
+        format!(
+            "bad timestamp {:?}: expected RFC 3339 like 2017-06-20T02:12:40.004Z",
+            clip(s)
+        )
+    };
     if b.len() < 20 {
         return Err(bad());
     }
@@ -253,7 +283,12 @@ pub fn parse_rfc3339_us(s: &str) -> Result<u64, String> {
         t.parse::<i64>().map_err(|_| bad())
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return Err(bad());
     }
     let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -344,7 +379,12 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 /// Parses a Go duration string (`1.5ms`, `250µs`, `2m3.5s`, `0s`) into microseconds.
 pub fn parse_go_duration_us(s: &str) -> Result<u64, String> {
-    let bad = || format!("bad duration {:?}: expected a Go duration like 1.5ms", clip(s));
+    let bad = || {
+        format!(
+            "bad duration {:?}: expected a Go duration like 1.5ms",
+            clip(s)
+        )
+    };
     let mut rest = s.strip_prefix('+').unwrap_or(s);
     if rest.starts_with('-') {
         return Err(format!("negative duration {:?}", clip(s)));
@@ -357,13 +397,17 @@ pub fn parse_go_duration_us(s: &str) -> Result<u64, String> {
     }
     let mut total_ns: f64 = 0.0;
     while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
         if n == 0 {
             return Err(bad());
         }
         let value: f64 = rest[..n].parse().map_err(|_| bad())?;
         rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit_ns = match &rest[..u] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -395,13 +439,25 @@ mod tests {
         assert_eq!(p.repo.as_deref(), Some("library/alpine"));
         assert_eq!(p.reference.as_deref(), Some(d.as_str()));
         let p = parse_uri("/v2/a/b/c/manifests/latest?x=1").unwrap();
-        assert_eq!((p.kind, p.repo.as_deref(), p.reference.as_deref()), (ObjectKind::Manifest, Some("a/b/c"), Some("latest")));
+        assert_eq!(
+            (p.kind, p.repo.as_deref(), p.reference.as_deref()),
+            (ObjectKind::Manifest, Some("a/b/c"), Some("latest"))
+        );
         assert_eq!(parse_uri("/v2/").unwrap().kind, ObjectKind::Version);
         assert_eq!(parse_uri("/v2/x/tags/list").unwrap().kind, ObjectKind::Tags);
-        assert_eq!(parse_uri("/v2/x/blobs/uploads/").unwrap().kind, ObjectKind::Upload);
-        assert_eq!(parse_uri("/v2/x/blobs/uploads/abc-123").unwrap().kind, ObjectKind::Upload);
+        assert_eq!(
+            parse_uri("/v2/x/blobs/uploads/").unwrap().kind,
+            ObjectKind::Upload
+        );
+        assert_eq!(
+            parse_uri("/v2/x/blobs/uploads/abc-123").unwrap().kind,
+            ObjectKind::Upload
+        );
         assert_eq!(parse_uri("/metrics").unwrap().kind, ObjectKind::Other);
-        assert_eq!(parse_uri("https://h:5000/v2/x/manifests/1").unwrap().kind, ObjectKind::Manifest);
+        assert_eq!(
+            parse_uri("https://h:5000/v2/x/manifests/1").unwrap().kind,
+            ObjectKind::Manifest
+        );
         // anonymised names are kept
         let p = parse_uri("/v2/AbC=/Xy/blobs/QmToken").unwrap();
         assert_eq!(p.repo.as_deref(), Some("AbC=/Xy"));
@@ -413,13 +469,26 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(parse_rfc3339_us("1970-01-01T00:00:00Z").unwrap(), 0);
-        assert_eq!(parse_rfc3339_us("1970-01-01T00:00:01.5Z").unwrap(), 1_500_000);
-        assert_eq!(parse_rfc3339_us("2017-06-20T02:12:40.004215305Z").unwrap(), 1_497_924_760_004_215);
+        assert_eq!(
+            parse_rfc3339_us("1970-01-01T00:00:01.5Z").unwrap(),
+            1_500_000
+        );
+        assert_eq!(
+            parse_rfc3339_us("2017-06-20T02:12:40.004215305Z").unwrap(),
+            1_497_924_760_004_215
+        );
         assert_eq!(
             parse_rfc3339_us("2017-06-20T04:12:40.004215+02:00").unwrap(),
             parse_rfc3339_us("2017-06-20T02:12:40.004215Z").unwrap()
         );
-        for bad in ["", "2017-06-20", "2017-13-20T00:00:00Z", "2017-06-20T00:00:00", "2017-06-20T00:00:00.Z", "x017-06-20T00:00:00Z"] {
+        for bad in [
+            "",
+            "2017-06-20",
+            "2017-13-20T00:00:00Z",
+            "2017-06-20T00:00:00",
+            "2017-06-20T00:00:00.Z",
+            "x017-06-20T00:00:00Z",
+        ] {
             assert!(parse_rfc3339_us(bad).is_err(), "{bad}");
         }
     }

@@ -209,11 +209,11 @@ impl GenParams {
         if self.categories.is_empty() {
             return bad("at least one category is needed".into());
         }
-        if !(self.duration_s > 0.0) {
+        if self.duration_s.is_nan() || self.duration_s <= 0.0 {
             return bad("duration must be positive".into());
         }
         let total: f64 = self.categories.iter().map(|c| c.pull_share).sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return bad("pull shares must sum to a positive number".into());
         }
         for c in &self.categories {
@@ -229,7 +229,9 @@ impl GenParams {
                 && (0.0..=1.0).contains(&c.new_tag_prob)
                 && c.clients > 0
                 && !c.name.is_empty()
-                && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                && c.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
             if !ok {
                 return bad(format!("category {:?} has a parameter out of range (names are lowercase letters and digits)", c.name));
             }
@@ -314,11 +316,20 @@ impl<W: Write> Sink for OracleSink<W> {
         if !out.rec.is_cache_access() {
             return Ok(());
         }
-        let t = (out.rec.ts_us.saturating_sub(self.start_us) / 1_000_000).min(u64::from(u32::MAX)) as u32;
+        let t = (out.rec.ts_us.saturating_sub(self.start_us) / 1_000_000).min(u64::from(u32::MAX))
+            as u32;
         let size = out.rec.size.unwrap_or(0).min(u64::from(u32::MAX)) as u32;
         // `next` (the oracle's next access time) would need a second pass over the trace; -1 says
         // "unknown/never", which only Belady-style policies use.
-        self.w.write_all(&OracleRecord { time: t, id: out.key, size, next: -1 }.encode())
+        self.w.write_all(
+            &OracleRecord {
+                time: t,
+                id: out.key,
+                size,
+                next: -1,
+            }
+            .encode(),
+        )
     }
 }
 
@@ -335,6 +346,17 @@ fn digest_of(uid: u64) -> (u64, String) {
     (key, d)
 }
 
+/// The per-request fields of a generated record.
+struct Req {
+    kind: ObjectKind,
+    method: &'static str,
+    status: u16,
+    client: Option<u32>,
+    size: u64,
+    digest: String,
+    layers: Vec<LayerRef>,
+}
+
 struct Gen<'a> {
     p: &'a GenParams,
     rng: Rng,
@@ -349,13 +371,24 @@ struct Gen<'a> {
 }
 
 /// Generates a trace per `params` into `w` in `format` (`thaw` or `oracle-general`).
-pub fn generate(params: &GenParams, format: TraceFormat, w: &mut dyn Write) -> Result<GenSummary, GenError> {
+pub fn generate(
+    params: &GenParams,
+    format: TraceFormat,
+    w: &mut dyn Write,
+) -> Result<GenSummary, GenError> {
     params.validate()?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, w);
     let summary = match format {
         TraceFormat::Thaw => Gen::new(params).run(&mut ThawSink { w: &mut w })?,
-        TraceFormat::OracleGeneral => Gen::new(params).run(&mut OracleSink { w: &mut w, start_us: params.start_us })?,
-        other => return Err(GenError::Params(format!("cannot write {other} traces; use thaw or oracle-general"))),
+        TraceFormat::OracleGeneral => Gen::new(params).run(&mut OracleSink {
+            w: &mut w,
+            start_us: params.start_us,
+        })?,
+        other => {
+            return Err(GenError::Params(format!(
+                "cannot write {other} traces; use thaw or oracle-general"
+            )))
+        }
     };
     w.flush()?;
     Ok(summary)
@@ -375,7 +408,11 @@ impl<'a> Gen<'a> {
             let share = c.pull_share / share_total;
             const SAMPLES: u32 = 4096;
             let layers = (0..SAMPLES)
-                .map(|_| est.lognormal(c.layers_median, c.layers_sigma).round().clamp(1.0, 64.0))
+                .map(|_| {
+                    est.lognormal(c.layers_median, c.layers_sigma)
+                        .round()
+                        .clamp(1.0, 64.0)
+                })
                 .sum::<f64>()
                 / f64::from(SAMPLES);
             let base_layers = c.shared_base_prob * f64::from(p.base_layers);
@@ -402,18 +439,30 @@ impl<'a> Gen<'a> {
             for _ in 0..p.base_stacks {
                 let mut stack = Vec::new();
                 for _ in 0..p.base_layers {
-                    let size = rng.lognormal(p.base_layer_size_median, p.base_layer_size_sigma).max(1.0) as u64;
+                    let size = rng
+                        .lognormal(p.base_layer_size_median, p.base_layer_size_sigma)
+                        .max(1.0) as u64;
                     stack.push((uid, size));
                     uid += 1;
                 }
                 bases.push(stack);
             }
-            let alive = (push_rate * c.lifetime_mean_s).max(f64::from(p.min_images)).ceil() as usize;
+            let alive = (push_rate * c.lifetime_mean_s)
+                .max(f64::from(p.min_images))
+                .ceil() as usize;
             let cap = alive * 2 + 16;
             cats.push(Category {
                 params: c.clone(),
-                pull_mean_gap_us: if pull_rate > 0.0 { 1e6 / pull_rate } else { f64::INFINITY },
-                push_mean_gap_us: if push_rate > 0.0 { 1e6 / push_rate } else { f64::INFINITY },
+                pull_mean_gap_us: if pull_rate > 0.0 {
+                    1e6 / pull_rate
+                } else {
+                    f64::INFINITY
+                },
+                push_mean_gap_us: if push_rate > 0.0 {
+                    1e6 / push_rate
+                } else {
+                    f64::INFINITY
+                },
                 slots: Vec::with_capacity(cap),
                 free: Vec::new(),
                 weights: Fenwick::new(cap),
@@ -478,7 +527,11 @@ impl<'a> Gen<'a> {
     /// Creates an image in category `c` (not yet pushed in the trace) and returns its slot.
     fn new_image(&mut self, c: usize) -> usize {
         let params = self.cats[c].params.clone();
-        let n_layers = self.rng.lognormal(params.layers_median, params.layers_sigma).round().clamp(1.0, 64.0) as usize;
+        let n_layers = self
+            .rng
+            .lognormal(params.layers_median, params.layers_sigma)
+            .round()
+            .clamp(1.0, 64.0) as usize;
         let mut layers = Vec::with_capacity(n_layers + self.p.base_layers as usize);
         if !self.cats[c].bases.is_empty() && self.rng.chance(params.shared_base_prob) {
             let b = self.rng.below(self.cats[c].bases.len() as u64) as usize;
@@ -488,7 +541,10 @@ impl<'a> Gen<'a> {
         }
         for _ in 0..n_layers {
             let uid = self.next_uid();
-            let size = self.rng.lognormal(params.layer_size_median, params.layer_size_sigma).max(100.0) as u64;
+            let size = self
+                .rng
+                .lognormal(params.layer_size_median, params.layer_size_sigma)
+                .max(100.0) as u64;
             layers.push((uid, size, false));
         }
         let config_uid = self.next_uid();
@@ -568,7 +624,11 @@ impl<'a> Gen<'a> {
                 self.pending_out.len() - 1
             }
         };
-        let t = self.pending_out[idx].as_ref().expect("just stored").rec.ts_us;
+        let t = self.pending_out[idx]
+            .as_ref()
+            .expect("just stored")
+            .rec
+            .ts_us;
         self.seq += 1;
         self.pending.push(Reverse((t, self.seq, idx)));
     }
@@ -580,7 +640,9 @@ impl<'a> Gen<'a> {
                 break;
             }
             self.pending.pop();
-            let out = self.pending_out[idx].take().expect("pending request present");
+            let out = self.pending_out[idx]
+                .take()
+                .expect("pending request present");
             self.pending_free.push(idx);
             if self.summary.requests >= limit {
                 return Ok(true);
@@ -591,7 +653,16 @@ impl<'a> Gen<'a> {
         Ok(self.summary.requests >= limit)
     }
 
-    fn record(&self, ts_us: u64, c: usize, img: &Image, kind: ObjectKind, method: &str, status: u16, client: Option<u32>, size: u64, digest: String, layers: Vec<LayerRef>) -> RequestRecord {
+    fn record(&self, ts_us: u64, c: usize, img: &Image, r: Req) -> RequestRecord {
+        let Req {
+            kind,
+            method,
+            status,
+            client,
+            size,
+            digest,
+            layers,
+        } = r;
         let cat = &self.cats[c];
         let is_get = method == "GET";
         RequestRecord {
@@ -599,10 +670,21 @@ impl<'a> Gen<'a> {
             ts_us,
             client: client.map(|n| format!("10.{}.{}.{}", c, n / 256, n % 256)),
             principal: None,
-            user_agent: Some(if is_get { "containerd/1.7" } else { "buildkit/0.12" }.into()),
+            user_agent: Some(
+                if is_get {
+                    "containerd/1.7"
+                } else {
+                    "buildkit/0.12"
+                }
+                .into(),
+            ),
             upstream: None,
             repo: Some(format!("{}/app{}", cat.params.name, img.repo)),
-            tag: if kind == ObjectKind::Manifest { Some(format!("v{}", img.tag)) } else { None },
+            tag: if kind == ObjectKind::Manifest {
+                Some(format!("v{}", img.tag))
+            } else {
+                None
+            },
             digest: Some(digest),
             kind,
             size: Some(size),
@@ -611,7 +693,11 @@ impl<'a> Gen<'a> {
             status,
             // assumed: 10 ms per request plus transfer at 100 MB/s from the registry's storage
             duration_us: 10_000 + if is_get { size / 100 } else { 0 },
-            outcome: if is_get { CacheOutcome::Hit } else { CacheOutcome::None },
+            outcome: if is_get {
+                CacheOutcome::Hit
+            } else {
+                CacheOutcome::None
+            },
             range: None,
             layers,
         }
@@ -619,9 +705,15 @@ impl<'a> Gen<'a> {
 
     fn manifest_layers(img: &Image) -> Vec<LayerRef> {
         let mut v = Vec::with_capacity(img.layers.len() + 1);
-        v.push(LayerRef { digest: digest_of(img.config.0).1, size: img.config.1 });
+        v.push(LayerRef {
+            digest: digest_of(img.config.0).1,
+            size: img.config.1,
+        });
         for &(uid, size, _) in &img.layers {
-            v.push(LayerRef { digest: digest_of(uid).1, size });
+            v.push(LayerRef {
+                digest: digest_of(uid).1,
+                size,
+            });
         }
         v
     }
@@ -632,11 +724,37 @@ impl<'a> Gen<'a> {
         let layers = Self::manifest_layers(&img);
         let msize = 300 + 100 * layers.len() as u64;
         let (mkey, mdigest) = digest_of(img.manifest);
-        let rec = self.record(t, c, &img, ObjectKind::Manifest, "GET", 200, Some(client), msize, mdigest, layers);
+        let rec = self.record(
+            t,
+            c,
+            &img,
+            Req {
+                kind: ObjectKind::Manifest,
+                method: "GET",
+                status: 200,
+                client: Some(client),
+                size: msize,
+                digest: mdigest,
+                layers,
+            },
+        );
         self.emit(Out { key: mkey, rec });
         let mut at = t + gap;
         let (ckey, cdigest) = digest_of(img.config.0);
-        let rec = self.record(at, c, &img, ObjectKind::Blob, "GET", 200, Some(client), img.config.1, cdigest, Vec::new());
+        let rec = self.record(
+            at,
+            c,
+            &img,
+            Req {
+                kind: ObjectKind::Blob,
+                method: "GET",
+                status: 200,
+                client: Some(client),
+                size: img.config.1,
+                digest: cdigest,
+                layers: Vec::new(),
+            },
+        );
         self.emit(Out { key: ckey, rec });
         for &(uid, size, base) in &img.layers {
             if base && self.rng.chance(self.p.base_cached_prob) {
@@ -644,14 +762,29 @@ impl<'a> Gen<'a> {
             }
             at += gap;
             let (key, d) = digest_of(uid);
-            let rec = self.record(at, c, &img, ObjectKind::Blob, "GET", 200, Some(client), size, d, Vec::new());
+            let rec = self.record(
+                at,
+                c,
+                &img,
+                Req {
+                    kind: ObjectKind::Blob,
+                    method: "GET",
+                    status: 200,
+                    client: Some(client),
+                    size,
+                    digest: d,
+                    layers: Vec::new(),
+                },
+            );
             self.emit(Out { key, rec });
         }
         self.summary.pulls += 1;
         if let Some((other, generation)) = img.assoc {
-            let alive = self.cats[c].slots[other].alive && self.cats[c].slots[other].generation == generation;
+            let alive = self.cats[c].slots[other].alive
+                && self.cats[c].slots[other].generation == generation;
             if alive && self.rng.chance(self.cats[c].params.assoc_follow) {
-                let delay = (1.0 + self.rng.f64() * (self.p.assoc_delay_max_s - 1.0).max(0.0)) * 1e6;
+                let delay =
+                    (1.0 + self.rng.f64() * (self.p.assoc_delay_max_s - 1.0).max(0.0)) * 1e6;
                 self.schedule(t + delay as u64, Ev::Follow(c, other, generation, client));
             }
         }
@@ -662,23 +795,69 @@ impl<'a> Gen<'a> {
         self.maybe_associate(c, slot);
         let img = self.cats[c].slots[slot].clone();
         let gap = self.p.request_gap_us;
-        let pusher = self.rng.below(u64::from(self.cats[c].params.clients.min(50))) as u32;
+        let pusher = self
+            .rng
+            .below(u64::from(self.cats[c].params.clients.min(50))) as u32;
         let mut at = t;
-        let mut blobs: Vec<(u64, u64)> = img.layers.iter().filter(|l| !l.2).map(|l| (l.0, l.1)).collect();
+        let mut blobs: Vec<(u64, u64)> = img
+            .layers
+            .iter()
+            .filter(|l| !l.2)
+            .map(|l| (l.0, l.1))
+            .collect();
         blobs.push(img.config);
         for (uid, size) in blobs {
             let (key, d) = digest_of(uid);
-            let rec = self.record(at, c, &img, ObjectKind::Upload, "POST", 202, Some(pusher), 0, d.clone(), Vec::new());
+            let rec = self.record(
+                at,
+                c,
+                &img,
+                Req {
+                    kind: ObjectKind::Upload,
+                    method: "POST",
+                    status: 202,
+                    client: Some(pusher),
+                    size: 0,
+                    digest: d.clone(),
+                    layers: Vec::new(),
+                },
+            );
             self.emit(Out { key, rec });
             at += gap;
-            let rec = self.record(at, c, &img, ObjectKind::Upload, "PUT", 201, Some(pusher), size, d, Vec::new());
+            let rec = self.record(
+                at,
+                c,
+                &img,
+                Req {
+                    kind: ObjectKind::Upload,
+                    method: "PUT",
+                    status: 201,
+                    client: Some(pusher),
+                    size,
+                    digest: d,
+                    layers: Vec::new(),
+                },
+            );
             self.emit(Out { key, rec });
             at += gap;
         }
         let layers = Self::manifest_layers(&img);
         let msize = 300 + 100 * layers.len() as u64;
         let (mkey, md) = digest_of(img.manifest);
-        let rec = self.record(at, c, &img, ObjectKind::Manifest, "PUT", 201, Some(pusher), msize, md, layers);
+        let rec = self.record(
+            at,
+            c,
+            &img,
+            Req {
+                kind: ObjectKind::Manifest,
+                method: "PUT",
+                status: 201,
+                client: Some(pusher),
+                size: msize,
+                digest: md,
+                layers,
+            },
+        );
         self.emit(Out { key: mkey, rec });
         self.summary.pushes += 1;
         let life = self.rng.exp(self.cats[c].params.lifetime_mean_s * 1e6) as u64;
@@ -749,8 +928,10 @@ pub struct ZipfParams {
 
 /// Writes a Zipf trace in `oracleGeneral` format. Each object keeps one size.
 pub fn generate_zipf(p: &ZipfParams, w: &mut dyn Write) -> Result<u64, GenError> {
-    if p.objects == 0 || !(p.alpha >= 0.0) || !(p.rate > 0.0) {
-        return Err(GenError::Params("zipf needs objects > 0, alpha >= 0 and rate > 0".into()));
+    if p.objects == 0 || p.alpha.is_nan() || p.alpha < 0.0 || p.rate.is_nan() || p.rate <= 0.0 {
+        return Err(GenError::Params(
+            "zipf needs objects > 0, alpha >= 0 and rate > 0".into(),
+        ));
     }
     let zipf = Zipf::new(p.objects, p.alpha);
     let mut rng = Rng::new(p.seed);
@@ -761,9 +942,19 @@ pub fn generate_zipf(p: &ZipfParams, w: &mut dyn Write) -> Result<u64, GenError>
         let id = splitmix64(rank ^ p.seed.rotate_left(17));
         // size is a function of the id, so an object keeps its size across requests
         let mut srng = Rng::new(id);
-        let size = srng.lognormal(p.size_median, p.size_sigma).clamp(1.0, f64::from(u32::MAX)) as u32;
+        let size = srng
+            .lognormal(p.size_median, p.size_sigma)
+            .clamp(1.0, f64::from(u32::MAX)) as u32;
         let time = (i as f64 / p.rate) as u32;
-        w.write_all(&OracleRecord { time, id, size, next: -1 }.encode())?;
+        w.write_all(
+            &OracleRecord {
+                time,
+                id,
+                size,
+                next: -1,
+            }
+            .encode(),
+        )?;
     }
     w.flush()?;
     Ok(p.requests)
@@ -777,7 +968,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn small(seed: u64, requests: u64) -> GenParams {
-        GenParams { seed, requests, duration_s: 86_400.0, ..GenParams::default() }
+        GenParams {
+            seed,
+            requests,
+            duration_s: 86_400.0,
+            ..GenParams::default()
+        }
     }
 
     fn gen_bytes(p: &GenParams, f: TraceFormat) -> (Vec<u8>, GenSummary) {
@@ -800,7 +996,8 @@ mod tests {
     fn trace_is_valid_ordered_and_shaped() {
         let (bytes, s) = gen_bytes(&small(3, 20_000), TraceFormat::Thaw);
         let input: Box<dyn std::io::BufRead + Send> = Box::new(std::io::Cursor::new(bytes));
-        let mut r = ThawReader::from_bufread(input, &PathBuf::from("gen"), ReadOptions { strict: true });
+        let mut r =
+            ThawReader::from_bufread(input, &PathBuf::from("gen"), ReadOptions { strict: true });
         let mut last = 0;
         let mut gets = 0u64;
         let mut puts = 0u64;
@@ -826,13 +1023,19 @@ mod tests {
             }
         }
         assert_eq!(r.stats().events, s.requests);
-        assert_eq!(namespaces, ["web", "ml", "iot"].iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            namespaces,
+            ["web", "ml", "iot"].iter().map(|s| s.to_string()).collect()
+        );
         let ratio = puts as f64 / gets as f64;
         assert!(ratio > 0.005 && ratio < 0.2, "put:get {ratio}");
         // heavy tail: the most pulled image gets far more than the median one
         let mut counts: Vec<u64> = pulls_per_image.values().copied().collect();
         counts.sort_unstable();
-        assert!(counts[counts.len() - 1] >= 10 * counts[counts.len() / 2].max(1), "{counts:?}");
+        assert!(
+            counts[counts.len() - 1] >= 10 * counts[counts.len() / 2].max(1),
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -843,10 +1046,12 @@ mod tests {
         let accesses = thaw
             .split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
-            .filter(|l| match Record::from_line(std::str::from_utf8(l).unwrap()).unwrap() {
-                Record::Request(r) => r.is_cache_access(),
-                Record::File(_) => false,
-            })
+            .filter(
+                |l| match Record::from_line(std::str::from_utf8(l).unwrap()).unwrap() {
+                    Record::Request(r) => r.is_cache_access(),
+                    Record::File(_) => false,
+                },
+            )
             .count();
         assert_eq!(oracle.len(), accesses * 24);
     }
@@ -855,7 +1060,10 @@ mod tests {
     fn bad_params_are_refused() {
         let mut p = small(1, 10);
         p.categories[0].name = "Web!".into();
-        assert!(matches!(generate(&p, TraceFormat::Thaw, &mut Vec::new()), Err(GenError::Params(_))));
+        assert!(matches!(
+            generate(&p, TraceFormat::Thaw, &mut Vec::new()),
+            Err(GenError::Params(_))
+        ));
         let p = small(1, 10);
         assert!(generate(&p, TraceFormat::Ibm, &mut Vec::new()).is_err());
     }
@@ -863,10 +1071,21 @@ mod tests {
     #[test]
     fn zipf_trace() {
         let mut out = Vec::new();
-        let p = ZipfParams { seed: 1, requests: 1000, objects: 100, alpha: 1.0, size_median: 1000.0, size_sigma: 1.0, rate: 100.0 };
+        let p = ZipfParams {
+            seed: 1,
+            requests: 1000,
+            objects: 100,
+            alpha: 1.0,
+            size_median: 1000.0,
+            size_sigma: 1.0,
+            rate: 100.0,
+        };
         generate_zipf(&p, &mut out).unwrap();
         assert_eq!(out.len(), 24_000);
-        let recs: Vec<OracleRecord> = out.chunks_exact(24).map(|c| OracleRecord::decode(c.try_into().unwrap())).collect();
+        let recs: Vec<OracleRecord> = out
+            .chunks_exact(24)
+            .map(|c| OracleRecord::decode(c.try_into().unwrap()))
+            .collect();
         let ids: HashSet<u64> = recs.iter().map(|r| r.id).collect();
         assert!(ids.len() <= 100 && ids.len() > 20);
         assert_eq!(recs[999].time, 9);

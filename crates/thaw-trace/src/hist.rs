@@ -50,7 +50,13 @@ fn bounds(b: usize) -> (u64, u64) {
 
 impl LogHistogram {
     pub fn new() -> LogHistogram {
-        LogHistogram { counts: vec![0; (SUB * 59) as usize], count: 0, sum: 0, min: u64::MAX, max: 0 }
+        LogHistogram {
+            counts: vec![0; (SUB * 59) as usize],
+            count: 0,
+            sum: 0,
+            min: u64::MAX,
+            max: 0,
+        }
     }
 
     pub fn record(&mut self, v: u64) {
@@ -123,7 +129,10 @@ impl LogHistogram {
             }
             seen += c;
             let (lo, w) = bounds(b);
-            out.push(((lo + w - 1).clamp(self.min, self.max), seen as f64 / self.count as f64));
+            out.push((
+                (lo + w - 1).clamp(self.min, self.max),
+                seen as f64 / self.count as f64,
+            ));
         }
         out
     }

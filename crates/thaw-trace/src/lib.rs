@@ -9,9 +9,9 @@
 //! simulator ([`sim`]) and the analysis ([`analyze`]) consume them; [`report`] renders analysis
 //! and simulation results; [`gen`] writes synthetic traces in thaw's format (or `oracleGeneral`).
 
-pub mod event;
 pub mod analyze;
 pub mod category;
+pub mod event;
 pub mod gen;
 pub mod hist;
 pub mod read;

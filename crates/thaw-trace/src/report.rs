@@ -91,7 +91,10 @@ pub enum ReportError {
 }
 
 fn plot_err<E: std::fmt::Debug>(title: &str) -> impl Fn(E) -> ReportError + '_ {
-    move |e| ReportError::Plot { title: title.to_string(), why: format!("{e:?}") }
+    move |e| ReportError::Plot {
+        title: title.to_string(),
+        why: format!("{e:?}"),
+    }
 }
 
 /// One line of a CDF plot.
@@ -101,14 +104,34 @@ pub struct Series<'a> {
 }
 
 /// A CDF plot (x on a log scale) as an SVG document.
-pub fn cdf_svg(title: &str, x_label: &str, unit: Unit, series: &[Series]) -> Result<String, ReportError> {
+pub fn cdf_svg(
+    title: &str,
+    x_label: &str,
+    unit: Unit,
+    series: &[Series],
+) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err(title))?;
-        let xmax = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).max().unwrap_or(1).max(2) as f64;
-        let xmin = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).filter(|&v| v > 0).min().unwrap_or(1).max(1) as f64;
-        let (xmin, xmax) = if xmin >= xmax { (xmax / 10.0, xmax * 10.0) } else { (xmin, xmax * 1.5) };
+        let xmax = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .max()
+            .unwrap_or(1)
+            .max(2) as f64;
+        let xmin = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .filter(|&v| v > 0)
+            .min()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let (xmin, xmax) = if xmin >= xmax {
+            (xmax / 10.0, xmax * 10.0)
+        } else {
+            (xmin, xmax * 1.5)
+        };
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -143,7 +166,9 @@ pub fn cdf_svg(title: &str, x_label: &str, unit: Unit, series: &[Series]) -> Res
                 .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                 .map_err(plot_err(title))?
                 .label(s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -160,7 +185,11 @@ pub fn cdf_svg(title: &str, x_label: &str, unit: Unit, series: &[Series]) -> Res
 /// Miss-ratio curves: for each policy, miss ratio (objects, and bytes dashed... no: a second plot)
 /// over total cache size. Only single-tier runs are drawn; two-tier runs are plotted by total size.
 pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
-    let title = if bytes { "byte miss ratio over cache size" } else { "miss ratio over cache size" };
+    let title = if bytes {
+        "byte miss ratio over cache size"
+    } else {
+        "miss ratio over cache size"
+    };
     let mut policies: Vec<&str> = Vec::new();
     for r in &sim.runs {
         if !policies.contains(&r.policy.as_str()) {
@@ -171,17 +200,31 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err(title))?;
-        let sizes: Vec<f64> = sim.runs.iter().map(|r| (r.fast_bytes + r.slow_bytes) as f64).filter(|&s| s > 0.0).collect();
+        let sizes: Vec<f64> = sim
+            .runs
+            .iter()
+            .map(|r| (r.fast_bytes + r.slow_bytes) as f64)
+            .filter(|&s| s > 0.0)
+            .collect();
         let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = sizes.iter().copied().fold(0.0, f64::max);
-        let (lo, hi) = if !(lo.is_finite()) || lo >= hi { (lo.max(1.0) / 2.0, lo.max(1.0) * 2.0) } else { (lo / 1.2, hi * 1.2) };
+        let (lo, hi) = if !lo.is_finite() || lo >= hi {
+            (lo.max(1.0) / 2.0, lo.max(1.0) * 2.0)
+        } else {
+            (lo / 1.2, hi * 1.2)
+        };
         let ymax = sim
             .runs
             .iter()
-            .map(|r| if bytes { r.byte_miss_ratio } else { r.miss_ratio })
+            .map(|r| {
+                if bytes {
+                    r.byte_miss_ratio
+                } else {
+                    r.miss_ratio
+                }
+            })
             .fold(0.0, f64::max)
-            .max(0.01)
-            .min(1.0)
+            .clamp(0.01, 1.0)
             * 1.05;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
@@ -193,7 +236,11 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
         chart
             .configure_mesh()
             .x_desc("cache size")
-            .y_desc(if bytes { "byte miss ratio" } else { "miss ratio" })
+            .y_desc(if bytes {
+                "byte miss ratio"
+            } else {
+                "miss ratio"
+            })
             .x_label_formatter(&|v| human_bytes(*v))
             .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .light_line_style(RGBColor(235, 235, 235))
@@ -205,15 +252,28 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
                 .runs
                 .iter()
                 .filter(|r| r.policy == *p)
-                .map(|r| ((r.fast_bytes + r.slow_bytes) as f64, if bytes { r.byte_miss_ratio } else { r.miss_ratio }))
+                .map(|r| {
+                    (
+                        (r.fast_bytes + r.slow_bytes) as f64,
+                        if bytes {
+                            r.byte_miss_ratio
+                        } else {
+                            r.miss_ratio
+                        },
+                    )
+                })
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(plot_err(title))?
                 .label(*p)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            chart.draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled()))).map_err(plot_err(title))?;
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled())))
+                .map_err(plot_err(title))?;
         }
         chart
             .configure_series_labels()
@@ -228,25 +288,65 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The CDF plots of the report: (title, x label, unit, accessor).
-type Metric = (&'static str, &'static str, Unit, fn(&CategoryReport) -> &Dist);
+type Metric = (
+    &'static str,
+    &'static str,
+    Unit,
+    fn(&CategoryReport) -> &Dist,
+);
 
 const METRICS: [Metric; 8] = [
-    ("layer pull sizes", "bytes per layer GET", Unit::Bytes, |c| &c.layer_pull_size),
-    ("image pull sizes", "bytes per image pull", Unit::Bytes, |c| &c.image_pull_size),
-    ("pulls per image", "pulls", Unit::Count, |c| &c.pulls_per_image),
-    ("pulls per layer", "pulls", Unit::Count, |c| &c.pulls_per_layer),
-    ("interval between pulls of an image", "seconds", Unit::Seconds, |c| &c.pull_interval_s),
-    ("active duration (first to last pull)", "seconds", Unit::Seconds, |c| &c.active_duration_s),
-    ("push to first pull", "seconds", Unit::Seconds, |c| &c.push_to_first_pull_s),
-    ("distinct clients per image", "clients", Unit::Count, |c| &c.clients_per_image),
+    (
+        "layer pull sizes",
+        "bytes per layer GET",
+        Unit::Bytes,
+        |c| &c.layer_pull_size,
+    ),
+    (
+        "image pull sizes",
+        "bytes per image pull",
+        Unit::Bytes,
+        |c| &c.image_pull_size,
+    ),
+    ("pulls per image", "pulls", Unit::Count, |c| {
+        &c.pulls_per_image
+    }),
+    ("pulls per layer", "pulls", Unit::Count, |c| {
+        &c.pulls_per_layer
+    }),
+    (
+        "interval between pulls of an image",
+        "seconds",
+        Unit::Seconds,
+        |c| &c.pull_interval_s,
+    ),
+    (
+        "active duration (first to last pull)",
+        "seconds",
+        Unit::Seconds,
+        |c| &c.active_duration_s,
+    ),
+    ("push to first pull", "seconds", Unit::Seconds, |c| {
+        &c.push_to_first_pull_s
+    }),
+    ("distinct clients per image", "clients", Unit::Count, |c| {
+        &c.clients_per_image
+    }),
 ];
 
 /// The HTML report: analysis, and simulation results when given.
-pub fn html(a: &AnalysisReport, sim: Option<&SimReport>, title: &str) -> Result<String, ReportError> {
+pub fn html(
+    a: &AnalysisReport,
+    sim: Option<&SimReport>,
+    title: &str,
+) -> Result<String, ReportError> {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -259,13 +359,13 @@ pub fn html(a: &AnalysisReport, sim: Option<&SimReport>, title: &str) -> Result<
         t = esc(title)
     );
     let span_s = a.last_us.saturating_sub(a.first_us) as f64 / 1e6;
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<h2>Summary</h2><table><tr><th>figure</th><th>value</th></tr>\
          <tr><td>requests</td><td>{}</td></tr><tr><td>first request</td><td>{}</td></tr>\
          <tr><td>span</td><td>{}</td></tr><tr><td>GET / HEAD / PUT / POST / PATCH / DELETE</td><td>{} / {} / {} / {} / {} / {}</td></tr>\
          <tr><td>put:get ratio</td><td>{:.4}</td></tr><tr><td>distinct clients</td><td>{}</td></tr>\
-         <tr><td>repositories</td><td>{}</td></tr><tr><td>malformed records</td><td>{}</td></tr></table>\n",
+         <tr><td>repositories</td><td>{}</td></tr><tr><td>malformed records</td><td>{}</td></tr></table>",
         a.requests,
         if a.requests > 0 { format_rfc3339_us(a.first_us) } else { "-".into() },
         human_seconds(span_s),
@@ -303,13 +403,20 @@ pub fn html(a: &AnalysisReport, sim: Option<&SimReport>, title: &str) -> Result<
     }
     h.push_str("</table>\n<h2>Distributions</h2><div class=\"plots\">\n");
     for (title, xl, unit, get) in METRICS {
-        let series: Vec<Series> = a.categories.iter().map(|c| Series { name: &c.name, points: &get(c).cdf }).collect();
+        let series: Vec<Series> = a
+            .categories
+            .iter()
+            .map(|c| Series {
+                name: &c.name,
+                points: &get(c).cdf,
+            })
+            .collect();
         let svg = cdf_svg(title, xl, unit, &series)?;
         let _ = writeln!(h, "<div>{}</div>", strip_xml_decl(&svg));
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "</div><p class=\"note\">Quantiles and CDF points come from log-bucketed histograms (values within ±{:.1}%); counts are exact.{}</p>\n",
+        "</div><p class=\"note\">Quantiles and CDF points come from log-bucketed histograms (values within ±{:.1}%); counts are exact.{}</p>",
         a.quantile_relative_error * 100.0,
         if a.truncated_objects > 0 {
             format!(" {} objects exceeded the tracking limits and are missing from per-object figures.", a.truncated_objects)
@@ -349,7 +456,12 @@ pub fn html(a: &AnalysisReport, sim: Option<&SimReport>, title: &str) -> Result<
     h.push_str("</table>\n");
     if let Some(s) = sim {
         h.push_str("<h2>Simulation</h2>\n<div class=\"plots\">");
-        let _ = write!(h, "<div>{}</div><div>{}</div></div>\n", strip_xml_decl(&mrc_svg(s, false)?), strip_xml_decl(&mrc_svg(s, true)?));
+        let _ = writeln!(
+            h,
+            "<div>{}</div><div>{}</div></div>",
+            strip_xml_decl(&mrc_svg(s, false)?),
+            strip_xml_decl(&mrc_svg(s, true)?)
+        );
         h.push_str("<pre>");
         h.push_str(&esc(&sim_table(s)));
         h.push_str("</pre>\n");
@@ -400,7 +512,14 @@ pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_string() + "\n"
     };
     let mut out = line(header.to_vec());
-    out.push_str(&line(w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    out.push_str(&line(
+        w.iter()
+            .map(|&n| "-".repeat(n))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
     for r in rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }
@@ -438,12 +557,37 @@ pub fn analysis_table(a: &AnalysisReport) -> String {
         a.read.malformed
     );
     out += &text_table(
-        &["category", "requests", "pulls", "images", "layers", "put:get", "med pull", "med layer", "pulls/img p50/p99", "med interval", "med active"],
+        &[
+            "category",
+            "requests",
+            "pulls",
+            "images",
+            "layers",
+            "put:get",
+            "med pull",
+            "med layer",
+            "pulls/img p50/p99",
+            "med interval",
+            "med active",
+        ],
         &rows,
     );
-    let _ = writeln!(out, "\nassociated pairs: {} (top {} below)", a.associations_found, a.associations.len().min(10));
+    let _ = writeln!(
+        out,
+        "\nassociated pairs: {} (top {} below)",
+        a.associations_found,
+        a.associations.len().min(10)
+    );
     for p in a.associations.iter().take(10) {
-        let _ = writeln!(out, "  {} -> {}  {}/{} ({:.1}%)", p.a, p.b, p.followed, p.a_pulls, p.share * 100.0);
+        let _ = writeln!(
+            out,
+            "  {} -> {}  {}/{} ({:.1}%)",
+            p.a,
+            p.b,
+            p.followed,
+            p.a_pulls,
+            p.share * 100.0
+        );
     }
     out
 }
@@ -452,7 +596,15 @@ pub fn analysis_table(a: &AnalysisReport) -> String {
 pub fn sim_table(s: &SimReport) -> String {
     let with_lat = s.runs.iter().any(|r| r.latency.is_some());
     let two_tier = s.runs.iter().any(|r| r.slow_bytes > 0);
-    let mut header = vec!["policy", "cache", "requests", "misses", "miss bytes", "miss ratio", "byte miss ratio"];
+    let mut header = vec![
+        "policy",
+        "cache",
+        "requests",
+        "misses",
+        "miss bytes",
+        "miss ratio",
+        "byte miss ratio",
+    ];
     if two_tier {
         header.extend(["fast hit", "slow hit", "demotions"]);
     }
@@ -467,7 +619,11 @@ pub fn sim_table(s: &SimReport) -> String {
             let st = &r.stats;
             let mut row = vec![
                 r.policy.clone(),
-                if r.slow_bytes > 0 { format!("{}+{}", fmt_bytes(r.fast_bytes), fmt_bytes(r.slow_bytes)) } else { fmt_bytes(r.fast_bytes) },
+                if r.slow_bytes > 0 {
+                    format!("{}+{}", fmt_bytes(r.fast_bytes), fmt_bytes(r.slow_bytes))
+                } else {
+                    fmt_bytes(r.fast_bytes)
+                },
                 st.requests.to_string(),
                 st.misses.to_string(),
                 human_bytes(st.miss_bytes as f64),
@@ -508,20 +664,41 @@ mod tests {
 
     #[test]
     fn report_renders_every_section() {
-        let params = crate::gen::GenParams { requests: 20_000, duration_s: 86_400.0, seed: 2, ..Default::default() };
+        let params = crate::gen::GenParams {
+            requests: 20_000,
+            duration_s: 86_400.0,
+            seed: 2,
+            ..Default::default()
+        };
         let mut out = Vec::new();
         crate::gen::generate(&params, crate::read::TraceFormat::Thaw, &mut out).unwrap();
         let input: Box<dyn std::io::BufRead + Send> = Box::new(std::io::Cursor::new(out));
-        let mut src = crate::read::ThawReader::from_bufread(input, std::path::Path::new("g"), Default::default());
-        let a = analyze(&mut src, AnalyzeConfig::default(), CategoryMap::by_namespace(), &mut |_| {}).unwrap();
+        let mut src = crate::read::ThawReader::from_bufread(
+            input,
+            std::path::Path::new("g"),
+            Default::default(),
+        );
+        let a = analyze(
+            &mut src,
+            AnalyzeConfig::default(),
+            CategoryMap::by_namespace(),
+            &mut |_| {},
+        )
+        .unwrap();
         let page = html(&a, None, "test <report>").unwrap();
         assert!(page.starts_with("<!doctype html>"));
         assert!(page.contains("test &lt;report&gt;"));
         assert_eq!(page.matches("<svg").count(), METRICS.len());
-        assert!(!page.contains("<?xml"), "svg documents are inlined without their declaration");
+        assert!(
+            !page.contains("<?xml"),
+            "svg documents are inlined without their declaration"
+        );
         // every category appears as a plotted series label
         for c in ["web", "ml", "iot"] {
-            assert!(page.contains(&format!(">{c}</text>")) || page.contains(&format!(">{c}<")), "{c}");
+            assert!(
+                page.contains(&format!(">{c}</text>")) || page.contains(&format!(">{c}<")),
+                "{c}"
+            );
         }
         // no external resources: a self-contained page
         assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
@@ -531,7 +708,13 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = text_table(&["a", "bb"], &[vec!["xxx".into(), "1".into()], vec!["y".into(), "22".into()]]);
+        let t = text_table(
+            &["a", "bb"],
+            &[
+                vec!["xxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
+        );
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "a    bb");
         assert_eq!(lines[2], "xxx   1");

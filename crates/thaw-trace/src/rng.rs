@@ -108,7 +108,9 @@ impl Zipf {
 
     pub fn sample(&self, rng: &mut Rng) -> usize {
         let u = rng.f64();
-        self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1)
+        self.cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1)
     }
 }
 
@@ -122,7 +124,10 @@ pub struct Fenwick {
 
 impl Fenwick {
     pub fn new(n: usize) -> Fenwick {
-        Fenwick { tree: vec![0.0; n + 1], weights: vec![0.0; n] }
+        Fenwick {
+            tree: vec![0.0; n + 1],
+            weights: vec![0.0; n],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -193,10 +198,19 @@ mod tests {
 
     #[test]
     fn reproducible() {
-        let a: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
+        let a: Vec<u64> = (0..5)
+            .scan(Rng::new(7), |r, _| Some(r.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .scan(Rng::new(7), |r, _| Some(r.next_u64()))
+            .collect();
         assert_eq!(a, b);
-        assert_ne!(a, (0..5).scan(Rng::new(8), |r, _| Some(r.next_u64())).collect::<Vec<_>>());
+        assert_ne!(
+            a,
+            (0..5)
+                .scan(Rng::new(8), |r, _| Some(r.next_u64()))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

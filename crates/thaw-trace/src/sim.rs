@@ -29,12 +29,16 @@
 use std::time::Instant;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use thaw_policy::{build, CachePolicy, Capacity, CategoryId, Effect, ImageId, Key, PolicySpec, Request, Tier};
+use thaw_policy::{
+    build, CachePolicy, Capacity, CategoryId, Effect, ImageId, Key, PolicySpec, Request, Tier,
+};
 
 use crate::category::CategoryMap;
 use crate::event::{stable_hash, Event, ObjectKind};
 use crate::hist::LogHistogram;
-use crate::read::{self, EventSource, OracleReader, OracleRecord, ReadOptions, ReadStats, TraceError, TraceFormat};
+use crate::read::{
+    self, EventSource, OracleReader, OracleRecord, ReadOptions, ReadStats, TraceError, TraceFormat,
+};
 
 /// Requests decoded per chunk.
 pub const CHUNK: usize = 1 << 16;
@@ -62,19 +66,28 @@ impl Default for LatencyModel {
     fn default() -> Self {
         // assumed: memory-class fast tier (4 GB/s), a SATA-class SSD slow tier (500 MB/s), and a
         // remote registry 50 ms away delivering 100 MB/s — a typical cross-region pull.
-        LatencyModel { fast_bps: 4e9, slow_bps: 500e6, backend_rtt_us: 50_000.0, backend_bps: 100e6 }
+        LatencyModel {
+            fast_bps: 4e9,
+            slow_bps: 500e6,
+            backend_rtt_us: 50_000.0,
+            backend_bps: 100e6,
+        }
     }
 }
 
 impl LatencyModel {
     fn check(&self) -> Result<(), SimError> {
-        let ok = [self.fast_bps, self.slow_bps, self.backend_bps].iter().all(|v| v.is_finite() && *v > 0.0)
+        let ok = [self.fast_bps, self.slow_bps, self.backend_bps]
+            .iter()
+            .all(|v| v.is_finite() && *v > 0.0)
             && self.backend_rtt_us.is_finite()
             && self.backend_rtt_us >= 0.0;
         if ok {
             Ok(())
         } else {
-            Err(SimError::Config("latency model: bandwidths must be positive and the round trip not negative".into()))
+            Err(SimError::Config(
+                "latency model: bandwidths must be positive and the round trip not negative".into(),
+            ))
         }
     }
 
@@ -98,7 +111,11 @@ pub enum SimError {
     #[error(transparent)]
     Trace(#[from] TraceError),
     #[error("cache policy {policy} with {capacity}: {why}")]
-    Policy { policy: String, capacity: String, why: String },
+    Policy {
+        policy: String,
+        capacity: String,
+        why: String,
+    },
     #[error("cache policy {policy} needs service categories and images, which {format} traces do not carry; replay a thaw, distribution or ibm trace instead")]
     NeedsMetadata { policy: String, format: TraceFormat },
     #[error("{0}")]
@@ -137,7 +154,14 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn new(policies: Vec<PolicySpec>, capacities: Vec<Capacity>) -> SimConfig {
-        SimConfig { policies, capacities, model: None, pull_window_us: 300_000_000, prefetch: true, threads: 0 }
+        SimConfig {
+            policies,
+            capacities,
+            model: None,
+            pull_window_us: 300_000_000,
+            prefetch: true,
+            threads: 0,
+        }
     }
 }
 
@@ -270,27 +294,49 @@ impl Run {
 
     fn apply_effects(&mut self, time_us: u64, images: &ImageLayers) {
         let mut hints: Vec<(ImageId, f64)> = Vec::new();
-        count_effects(&mut self.stats, &mut self.prefetched, &self.effects, Some(&mut hints));
+        count_effects(
+            &mut self.stats,
+            &mut self.prefetched,
+            &self.effects,
+            Some(&mut hints),
+        );
         if !self.prefetch || hints.is_empty() {
             return;
         }
         // Most probable first, so a full cache spends its room on the likeliest image.
         hints.sort_by(|a, b| b.1.total_cmp(&a.1));
         for (image, _) in hints {
-            let Some(layers) = images.get(image) else { continue };
+            let Some(layers) = images.get(image) else {
+                continue;
+            };
             for &(key, size) in layers {
                 if self.policy.peek(key).is_some() {
                     continue;
                 }
-                let req = Request { time_us, key, size, category: None, image: Some(image), prefetch: true };
+                let req = Request {
+                    time_us,
+                    key,
+                    size,
+                    category: None,
+                    image: Some(image),
+                    prefetch: true,
+                };
                 self.prefetch_effects.clear();
-                if self.policy.admit(&req, &|_| false, &mut self.prefetch_effects) {
+                if self
+                    .policy
+                    .admit(&req, &|_| false, &mut self.prefetch_effects)
+                {
                     self.stats.prefetches += 1;
                     self.stats.prefetch_bytes += size;
                     self.prefetched.insert(key);
                 }
                 // Hints raised by a prefetch are dropped: prefetch never cascades.
-                count_effects(&mut self.stats, &mut self.prefetched, &self.prefetch_effects, None);
+                count_effects(
+                    &mut self.stats,
+                    &mut self.prefetched,
+                    &self.prefetch_effects,
+                    None,
+                );
             }
         }
     }
@@ -338,14 +384,22 @@ impl Run {
             slow_bytes: self.capacity.slow,
             miss_ratio: ratio(s.misses, s.requests),
             byte_miss_ratio: ratio(s.miss_bytes, s.bytes),
-            tier_hit_ratio: [ratio(s.tier_hits[0], s.requests), ratio(s.tier_hits[1], s.requests)],
+            tier_hit_ratio: [
+                ratio(s.tier_hits[0], s.requests),
+                ratio(s.tier_hits[1], s.requests),
+            ],
             stats: s,
             latency,
         }
     }
 }
 
-fn count_effects(s: &mut RunStats, prefetched: &mut FxHashSet<Key>, effects: &[Effect], mut hints: Option<&mut Vec<(ImageId, f64)>>) {
+fn count_effects(
+    s: &mut RunStats,
+    prefetched: &mut FxHashSet<Key>,
+    effects: &[Effect],
+    mut hints: Option<&mut Vec<(ImageId, f64)>>,
+) {
     for e in effects {
         match *e {
             Effect::Inserted { .. } => {}
@@ -461,9 +515,21 @@ impl Preprocessor {
             return None;
         }
         self.accesses += 1;
-        let category = e.namespace().map(|ns| self.categories.category_of(ns)).unwrap_or(NO_CATEGORY);
-        let mut req = SimRequest { time_us: e.time_us, key: e.key, size: e.size, image: 0, category, pull: 0 };
-        let (Some(repo), Some(client)) = (&e.repo, &e.client) else { return Some(req) };
+        let category = e
+            .namespace()
+            .map(|ns| self.categories.category_of(ns))
+            .unwrap_or(NO_CATEGORY);
+        let mut req = SimRequest {
+            time_us: e.time_us,
+            key: e.key,
+            size: e.size,
+            image: 0,
+            category,
+            pull: 0,
+        };
+        let (Some(repo), Some(client)) = (&e.repo, &e.client) else {
+            return Some(req);
+        };
         let slot = stable_hash(&[client, repo]);
         match e.kind {
             ObjectKind::Manifest => {
@@ -472,7 +538,15 @@ impl Preprocessor {
                 // is a second tag being pulled: a new pull, not a continuation of the first.
                 let pull = self.next_pull;
                 self.next_pull += 1;
-                self.open.insert(slot, OpenPull { image, pull, last_us: e.time_us, listed: !e.layers.is_empty() });
+                self.open.insert(
+                    slot,
+                    OpenPull {
+                        image,
+                        pull,
+                        last_us: e.time_us,
+                        listed: !e.layers.is_empty(),
+                    },
+                );
                 req.image = image;
                 req.pull = pull;
             }
@@ -510,14 +584,19 @@ pub fn simulate(
     progress: &mut dyn FnMut(u64),
 ) -> Result<SimReport, SimError> {
     if config.policies.is_empty() || config.capacities.is_empty() {
-        return Err(SimError::Config("give at least one policy and one cache size".into()));
+        return Err(SimError::Config(
+            "give at least one policy and one cache size".into(),
+        ));
     }
     if let Some(m) = &config.model {
         m.check()?;
     }
     if !format.has_repositories() {
         if let Some(p) = config.policies.iter().find(|p| needs_metadata(p)) {
-            return Err(SimError::NeedsMetadata { policy: p.to_string(), format });
+            return Err(SimError::NeedsMetadata {
+                policy: p.to_string(),
+                format,
+            });
         }
     }
     let mut policies = Vec::new();
@@ -530,15 +609,23 @@ pub fn simulate(
                     skipped.push(format!("{spec} with {}: {why}", fmt_capacity(cap)));
                 }
                 Err(e) => {
-                    return Err(SimError::Policy { policy: spec.to_string(), capacity: fmt_capacity(cap), why: e.to_string() });
+                    return Err(SimError::Policy {
+                        policy: spec.to_string(),
+                        capacity: fmt_capacity(cap),
+                        why: e.to_string(),
+                    });
                 }
             }
         }
     }
     if policies.is_empty() {
-        return Err(SimError::Config(format!("no policy accepts the cache sizes given: {}", skipped.join("; "))));
+        return Err(SimError::Config(format!(
+            "no policy accepts the cache sizes given: {}",
+            skipped.join("; ")
+        )));
     }
-    let mut report = simulate_policies(paths, format, opts, categories, config, policies, progress)?;
+    let mut report =
+        simulate_policies(paths, format, opts, categories, config, policies, progress)?;
     report.skipped = skipped;
     Ok(report)
 }
@@ -575,7 +662,9 @@ pub fn simulate_policies(
         return Err(SimError::Config("no policy to replay".into()));
     }
     let threads = match config.threads {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         n => n,
     }
     .min(runs.len())
@@ -638,7 +727,11 @@ pub fn simulate_policies(
             total.records += s.records;
             total.events += s.events;
             total.malformed += s.malformed;
-            total.samples.extend(s.samples.into_iter().take(read::MALFORMED_SAMPLES.saturating_sub(total.samples.len())));
+            total.samples.extend(
+                s.samples
+                    .into_iter()
+                    .take(read::MALFORMED_SAMPLES.saturating_sub(total.samples.len())),
+            );
         }
         pre.events = total.events;
         pre.accesses = accesses;
@@ -691,7 +784,11 @@ pub fn simulate_policies(
         runs: results.into_iter().map(|(_, r)| r).collect(),
         skipped: Vec::new(),
         wall_seconds: wall,
-        requests_per_second: if wall > 0.0 { accesses as f64 * n_runs / wall } else { 0.0 },
+        requests_per_second: if wall > 0.0 {
+            accesses as f64 * n_runs / wall
+        } else {
+            0.0
+        },
     })
 }
 
@@ -706,9 +803,15 @@ pub fn fmt_capacity(c: Capacity) -> String {
 
 /// Bytes in binary units, exact when possible (`1GiB`, `1536MiB`, `1000B`).
 pub fn fmt_bytes(b: u64) -> String {
-    const UNITS: [(&str, u64); 5] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)];
+    const UNITS: [(&str, u64); 5] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ];
     for (u, v) in UNITS {
-        if b >= v && b % v == 0 {
+        if b >= v && b.is_multiple_of(v) {
             return format!("{}{u}", b / v);
         }
     }
@@ -723,23 +826,30 @@ pub fn fmt_bytes(b: u64) -> String {
 /// Parses a size like `1GiB`, `512MB`, `1.5G`, `4096` (bytes). Binary and decimal units.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: expected a number with a unit like 1GiB"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1_048_576.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1_073_741_824.0,
-        "t" | "tb" => 1e12,
-        "tib" => 1_099_511_627_776.0,
-        _ => return Err(format!("bad size {s:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
-    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected a number with a unit like 1GiB"))?;
+    let mult: f64 =
+        match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "kib" => 1024.0,
+            "m" | "mb" => 1e6,
+            "mib" => 1_048_576.0,
+            "g" | "gb" => 1e9,
+            "gib" => 1_073_741_824.0,
+            "t" | "tb" => 1e12,
+            "tib" => 1_099_511_627_776.0,
+            _ => return Err(format!(
+                "bad size {s:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            )),
+        };
     let v = n * mult;
-    if !v.is_finite() || v < 0.0 || v > 1.8e19 {
+    if !v.is_finite() || !(0.0..=1.8e19).contains(&v) {
         return Err(format!("bad size {s:?}: out of range"));
     }
     Ok(v.round() as u64)
@@ -748,7 +858,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Parses a capacity: `1GiB` (one tier) or `1GiB+8GiB` (fast + slow).
 pub fn parse_capacity(s: &str) -> Result<Capacity, String> {
     match s.split_once('+') {
-        Some((f, sl)) => Ok(Capacity { fast: parse_size(f)?, slow: parse_size(sl)? }),
+        Some((f, sl)) => Ok(Capacity {
+            fast: parse_size(f)?,
+            slow: parse_size(sl)?,
+        }),
         None => Ok(Capacity::single(parse_size(s)?)),
     }
 }

@@ -13,7 +13,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::lines::{Line, LineReader};
-use super::{http_event, EventSource, NumOrStr, Position, ReadOptions, ReadStats, Tally, TraceError};
+use super::{
+    http_event, EventSource, NumOrStr, Position, ReadOptions, ReadStats, Tally, TraceError,
+};
 use crate::event::{parse_go_duration_us, parse_rfc3339_us, Event};
 
 #[derive(Debug, Deserialize)]
@@ -48,24 +50,43 @@ impl DistributionReader {
     pub fn open(path: &Path, opts: ReadOptions) -> Result<DistributionReader, TraceError> {
         let tally = Tally::new(path, opts);
         let input = super::open_text(path).map_err(|e| tally.io(e))?;
-        Ok(DistributionReader { lines: LineReader::new(input), buf: Vec::new(), tally })
+        Ok(DistributionReader {
+            lines: LineReader::new(input),
+            buf: Vec::new(),
+            tally,
+        })
     }
 
-    pub fn from_bufread(input: Box<dyn BufRead + Send>, name: &Path, opts: ReadOptions) -> DistributionReader {
-        DistributionReader { lines: LineReader::new(input), buf: Vec::new(), tally: Tally::new(name, opts) }
+    pub fn from_bufread(
+        input: Box<dyn BufRead + Send>,
+        name: &Path,
+        opts: ReadOptions,
+    ) -> DistributionReader {
+        DistributionReader {
+            lines: LineReader::new(input),
+            buf: Vec::new(),
+            tally: Tally::new(name, opts),
+        }
     }
 }
 
 /// Parses one log line: `Ok(None)` for a valid line that is not a request log.
 fn parse_line(text: &str) -> Result<Option<Event>, String> {
     let l: LogLine = serde_json::from_str(text).map_err(|e| format!("not a json log line: {e}"))?;
-    let Some(status) = l.status else { return Ok(None) };
+    let Some(status) = l.status else {
+        return Ok(None);
+    };
     let status = status.as_u64("http.response.status")?;
-    let status = u16::try_from(status).map_err(|_| format!("http.response.status {status} is out of range"))?;
+    let status = u16::try_from(status)
+        .map_err(|_| format!("http.response.status {status} is out of range"))?;
     let time = l.time.ok_or("request log line without \"time\"")?;
     let time_us = parse_rfc3339_us(&time)?;
-    let method = l.method.ok_or("request log line without \"http.request.method\"")?;
-    let uri = l.uri.ok_or("request log line without \"http.request.uri\"")?;
+    let method = l
+        .method
+        .ok_or("request log line without \"http.request.method\"")?;
+    let uri = l
+        .uri
+        .ok_or("request log line without \"http.request.uri\"")?;
     let written = match &l.written {
         Some(w) => w.as_u64("http.response.written")?,
         None => 0,
@@ -80,7 +101,15 @@ fn parse_line(text: &str) -> Result<Option<Event>, String> {
         }
         None => {}
     }
-    http_event(time_us, &method, &uri, l.remoteaddr.as_deref(), status, written).map(Some)
+    http_event(
+        time_us,
+        &method,
+        &uri,
+        l.remoteaddr.as_deref(),
+        status,
+        written,
+    )
+    .map(Some)
 }
 
 impl EventSource for DistributionReader {
@@ -94,7 +123,10 @@ impl EventSource for DistributionReader {
             self.tally.stats.records += 1;
             let pos = Position::Line(self.lines.line_no);
             if line == Line::TooLong {
-                self.tally.malformed(pos, format!("line longer than {} bytes", super::MAX_LINE_BYTES))?;
+                self.tally.malformed(
+                    pos,
+                    format!("line longer than {} bytes", super::MAX_LINE_BYTES),
+                )?;
                 continue;
             }
             if self.buf.iter().all(u8::is_ascii_whitespace) {
@@ -129,8 +161,13 @@ mod tests {
     use std::path::PathBuf;
 
     fn reader(text: &str) -> DistributionReader {
-        let input: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
-        DistributionReader::from_bufread(input, &PathBuf::from("registry.log"), ReadOptions::default())
+        let input: Box<dyn BufRead + Send> =
+            Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        DistributionReader::from_bufread(
+            input,
+            &PathBuf::from("registry.log"),
+            ReadOptions::default(),
+        )
     }
 
     #[test]
@@ -156,7 +193,10 @@ mod tests {
         assert_eq!(a.key, key_of_digest(&d));
         assert_eq!(a.size, 3000);
         assert_eq!(a.client.as_deref(), Some("172.17.0.1"));
-        assert_eq!(a.time_us, crate::event::parse_rfc3339_us("2024-01-02T02:04:06.5Z").unwrap());
+        assert_eq!(
+            a.time_us,
+            crate::event::parse_rfc3339_us("2024-01-02T02:04:06.5Z").unwrap()
+        );
         assert!(a.cache_access);
         let b = r.next_event().unwrap().unwrap();
         assert_eq!(b.kind, ObjectKind::Manifest);
@@ -165,7 +205,11 @@ mod tests {
         let s = r.stats();
         assert_eq!((s.events, s.skipped, s.malformed), (2, 1, 3));
         assert_eq!(s.samples[0].position, Position::Line(4));
-        assert!(s.samples[1].why.contains("duration"), "{}", s.samples[1].why);
+        assert!(
+            s.samples[1].why.contains("duration"),
+            "{}",
+            s.samples[1].why
+        );
     }
 
     proptest! {

@@ -12,7 +12,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{http_event, EventSource, NumOrStr, Position, ReadOptions, ReadStats, Tally, TraceError};
+use super::{
+    http_event, EventSource, NumOrStr, Position, ReadOptions, ReadStats, Tally, TraceError,
+};
 use crate::event::{parse_rfc3339_us, Event};
 
 /// Elements larger than this are skipped and reported (a request object is a few hundred bytes).
@@ -45,10 +47,12 @@ struct IbmRecord {
 }
 
 fn parse_element(bytes: &[u8]) -> Result<Event, String> {
-    let r: IbmRecord = serde_json::from_slice(bytes).map_err(|e| format!("not an ibm request object: {e}"))?;
+    let r: IbmRecord =
+        serde_json::from_slice(bytes).map_err(|e| format!("not an ibm request object: {e}"))?;
     let time_us = parse_rfc3339_us(&r.timestamp)?;
     let status = r.status.as_u64("http.response.status")?;
-    let status = u16::try_from(status).map_err(|_| format!("http.response.status {status} is out of range"))?;
+    let status = u16::try_from(status)
+        .map_err(|_| format!("http.response.status {status} is out of range"))?;
     let written = match &r.written {
         Some(w) => w.as_u64("http.response.written")?,
         None => 0,
@@ -56,13 +60,24 @@ fn parse_element(bytes: &[u8]) -> Result<Event, String> {
     if let Some(d) = &r.duration {
         let secs = match d {
             NumOrStr::Num(n) => *n,
-            NumOrStr::Str(s) => s.parse::<f64>().map_err(|_| "http.request.duration is not a number".to_string())?,
+            NumOrStr::Str(s) => s
+                .parse::<f64>()
+                .map_err(|_| "http.request.duration is not a number".to_string())?,
         };
         if !secs.is_finite() || secs < 0.0 {
-            return Err(format!("http.request.duration {secs} is not a duration in seconds"));
+            return Err(format!(
+                "http.request.duration {secs} is not a duration in seconds"
+            ));
         }
     }
-    http_event(time_us, &r.method, &r.uri, r.remoteaddr.as_deref(), status, written)
+    http_event(
+        time_us,
+        &r.method,
+        &r.uri,
+        r.remoteaddr.as_deref(),
+        status,
+        written,
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +110,13 @@ pub enum Scanned {
 
 impl<R: BufRead> ArrayScanner<R> {
     pub fn new(inner: R, limit: usize) -> Self {
-        ArrayScanner { inner, state: State::Start, limit, index: 0, offset: 0 }
+        ArrayScanner {
+            inner,
+            state: State::Start,
+            limit,
+            index: 0,
+            offset: 0,
+        }
     }
 
     fn peek(&mut self) -> std::io::Result<Option<u8>> {
@@ -136,7 +157,10 @@ impl<R: BufRead> ArrayScanner<R> {
                     }
                     Some(c) => {
                         self.state = State::Done;
-                        return Ok(Err(format!("expected a json array, found byte {:?} at offset {}", c as char, self.offset)));
+                        return Ok(Err(format!(
+                            "expected a json array, found byte {:?} at offset {}",
+                            c as char, self.offset
+                        )));
                     }
                     None => {
                         self.state = State::Done;
@@ -162,11 +186,17 @@ impl<R: BufRead> ArrayScanner<R> {
                     }
                     Some(c) => {
                         self.state = State::Done;
-                        return Ok(Err(format!("expected ',' or ']' after element {}, found {:?} at offset {}", self.index, c as char, self.offset)));
+                        return Ok(Err(format!(
+                            "expected ',' or ']' after element {}, found {:?} at offset {}",
+                            self.index, c as char, self.offset
+                        )));
                     }
                     None => {
                         self.state = State::Done;
-                        return Ok(Err(format!("file ends inside the array after element {}", self.index)));
+                        return Ok(Err(format!(
+                            "file ends inside the array after element {}",
+                            self.index
+                        )));
                     }
                 },
             }
@@ -222,7 +252,10 @@ impl<R: BufRead> ArrayScanner<R> {
                 b'}' | b']' => {
                     if depth == 0 {
                         self.state = State::Done;
-                        return Ok(Err(format!("unbalanced {:?} in element {}", c as char, self.index)));
+                        return Ok(Err(format!(
+                            "unbalanced {:?} in element {}",
+                            c as char, self.index
+                        )));
                     }
                     depth -= 1;
                     if depth == 0 {
@@ -232,7 +265,11 @@ impl<R: BufRead> ArrayScanner<R> {
                 _ => {}
             }
         }
-        Ok(Ok(Some(if too_long { Scanned::TooLong } else { Scanned::Element })))
+        Ok(Ok(Some(if too_long {
+            Scanned::TooLong
+        } else {
+            Scanned::Element
+        })))
     }
 }
 
@@ -247,18 +284,33 @@ impl IbmReader {
     pub fn open(path: &Path, opts: ReadOptions) -> Result<IbmReader, TraceError> {
         let tally = Tally::new(path, opts);
         let input = super::open_text(path).map_err(|e| tally.io(e))?;
-        Ok(IbmReader { scan: ArrayScanner::new(input, MAX_ELEMENT_BYTES), buf: Vec::new(), tally })
+        Ok(IbmReader {
+            scan: ArrayScanner::new(input, MAX_ELEMENT_BYTES),
+            buf: Vec::new(),
+            tally,
+        })
     }
 
-    pub fn from_bufread(input: Box<dyn BufRead + Send>, name: &Path, opts: ReadOptions) -> IbmReader {
-        IbmReader { scan: ArrayScanner::new(input, MAX_ELEMENT_BYTES), buf: Vec::new(), tally: Tally::new(name, opts) }
+    pub fn from_bufread(
+        input: Box<dyn BufRead + Send>,
+        name: &Path,
+        opts: ReadOptions,
+    ) -> IbmReader {
+        IbmReader {
+            scan: ArrayScanner::new(input, MAX_ELEMENT_BYTES),
+            buf: Vec::new(),
+            tally: Tally::new(name, opts),
+        }
     }
 }
 
 impl EventSource for IbmReader {
     fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         loop {
-            let scanned = self.scan.next(&mut self.buf).map_err(|e| self.tally.io(e))?;
+            let scanned = self
+                .scan
+                .next(&mut self.buf)
+                .map_err(|e| self.tally.io(e))?;
             let pos = Position::Record(self.scan.index);
             match scanned {
                 Ok(None) => return Ok(None),
@@ -269,7 +321,10 @@ impl EventSource for IbmReader {
                 }
                 Ok(Some(Scanned::TooLong)) => {
                     self.tally.stats.records += 1;
-                    self.tally.malformed(pos, format!("element larger than {MAX_ELEMENT_BYTES} bytes"))?;
+                    self.tally.malformed(
+                        pos,
+                        format!("element larger than {MAX_ELEMENT_BYTES} bytes"),
+                    )?;
                 }
                 Ok(Some(Scanned::Element)) => {
                     self.tally.stats.records += 1;
@@ -306,7 +361,8 @@ mod tests {
     }
 
     fn reader(text: &str) -> IbmReader {
-        let input: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        let input: Box<dyn BufRead + Send> =
+            Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
         IbmReader::from_bufread(input, &PathBuf::from("dal.json"), ReadOptions::default())
     }
 
@@ -332,7 +388,10 @@ mod tests {
         assert_eq!(evs[0].kind, ObjectKind::Blob);
         assert_eq!(evs[0].repo.as_deref(), Some("AnonUser/AnonRepo"));
         assert_eq!(evs[0].size, 1024);
-        assert_eq!(evs[1].image, Some(crate::event::image_id("AnonUser/AnonRepo", "latest")));
+        assert_eq!(
+            evs[1].image,
+            Some(crate::event::image_id("AnonUser/AnonRepo", "latest"))
+        );
         assert_eq!(evs[2].kind, ObjectKind::Upload);
         let s = r.stats();
         assert_eq!((s.records, s.events, s.malformed), (5, 3, 2));
@@ -343,8 +402,18 @@ mod tests {
     #[test]
     fn broken_structure_ends_the_file_with_a_report() {
         for (text, good) in [
-            (format!("[{} {}]", obj("0", "/v2/a/blobs/b", 200), obj("1", "/v2/a/blobs/b", 200)), 1),
-            (format!("[{}, {{\"timestamp\"", obj("0", "/v2/a/blobs/b", 200)), 1),
+            (
+                format!(
+                    "[{} {}]",
+                    obj("0", "/v2/a/blobs/b", 200),
+                    obj("1", "/v2/a/blobs/b", 200)
+                ),
+                1,
+            ),
+            (
+                format!("[{}, {{\"timestamp\"", obj("0", "/v2/a/blobs/b", 200)),
+                1,
+            ),
             ("{}".to_string(), 0),
             (String::new(), 0),
             ("[]".to_string(), 0),
@@ -362,9 +431,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.json");
         let b = dir.path().join("b.json");
-        std::fs::write(&a, format!("[{},{}]", obj("0", "/v2/a/blobs/x", 200), obj("4", "/v2/a/blobs/x", 200))).unwrap();
-        std::fs::write(&b, format!("[{},{}]", obj("1", "/v2/a/blobs/y", 200), obj("2", "/v2/a/blobs/y", 200))).unwrap();
-        let mut src = super::super::open(&[a, b], super::super::TraceFormat::Ibm, ReadOptions::default()).unwrap();
+        std::fs::write(
+            &a,
+            format!(
+                "[{},{}]",
+                obj("0", "/v2/a/blobs/x", 200),
+                obj("4", "/v2/a/blobs/x", 200)
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            &b,
+            format!(
+                "[{},{}]",
+                obj("1", "/v2/a/blobs/y", 200),
+                obj("2", "/v2/a/blobs/y", 200)
+            ),
+        )
+        .unwrap();
+        let mut src = super::super::open(
+            &[a, b],
+            super::super::TraceFormat::Ibm,
+            ReadOptions::default(),
+        )
+        .unwrap();
         let mut times = Vec::new();
         while let Some(e) = src.next_event().unwrap() {
             times.push(e.time_us);

@@ -29,7 +29,11 @@ impl<R: BufRead> LineReader<R> {
     }
 
     pub fn with_limit(inner: R, limit: usize) -> Self {
-        LineReader { inner, limit, line_no: 0 }
+        LineReader {
+            inner,
+            limit,
+            line_no: 0,
+        }
     }
 
     /// Reads the next line into `buf` (cleared first). `Ok(None)` at the end of input.

@@ -57,7 +57,10 @@ impl FromStr for TraceFormat {
             "distribution" => Ok(TraceFormat::Distribution),
             "ibm" => Ok(TraceFormat::Ibm),
             "oracle-general" | "oraclegeneral" | "oracle_general" => Ok(TraceFormat::OracleGeneral),
-            _ => Err(format!("unknown trace format {s:?}; known formats: {}", Self::NAMES.join(", "))),
+            _ => Err(format!(
+                "unknown trace format {s:?}; known formats: {}",
+                Self::NAMES.join(", ")
+            )),
         }
     }
 }
@@ -102,7 +105,13 @@ pub struct Malformed {
 
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.file.display(), self.position, self.why)
+        write!(
+            f,
+            "{}: {}: {}",
+            self.file.display(),
+            self.position,
+            self.why
+        )
     }
 }
 
@@ -146,13 +155,20 @@ impl ReadStats {
 pub enum TraceError {
     /// The file could not be opened or read.
     #[error("cannot read trace {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A malformed record, in strict mode.
     #[error("malformed record at {0} (strict mode; drop --strict to skip and count such records)")]
     Malformed(Malformed),
     /// The file is not in the format it was said to be in, at a point from which reading cannot go on.
     #[error("{path} is not a valid {format} trace: {why}")]
-    Format { path: PathBuf, format: TraceFormat, why: String },
+    Format {
+        path: PathBuf,
+        format: TraceFormat,
+        why: String,
+    },
     /// No input was given.
     #[error("no trace files given")]
     NoInput,
@@ -183,12 +199,24 @@ pub(crate) struct Tally {
 
 impl Tally {
     pub fn new(path: &Path, opts: ReadOptions) -> Tally {
-        Tally { path: path.to_path_buf(), strict: opts.strict, stats: ReadStats::default() }
+        Tally {
+            path: path.to_path_buf(),
+            strict: opts.strict,
+            stats: ReadStats::default(),
+        }
     }
 
     /// Records a malformed record; an error in strict mode.
-    pub fn malformed(&mut self, position: Position, why: impl Into<String>) -> Result<(), TraceError> {
-        let m = Malformed { file: self.path.clone(), position, why: why.into() };
+    pub fn malformed(
+        &mut self,
+        position: Position,
+        why: impl Into<String>,
+    ) -> Result<(), TraceError> {
+        let m = Malformed {
+            file: self.path.clone(),
+            position,
+            why: why.into(),
+        };
         self.stats.malformed += 1;
         if self.strict {
             return Err(TraceError::Malformed(m));
@@ -200,12 +228,19 @@ impl Tally {
     }
 
     pub fn io(&self, source: std::io::Error) -> TraceError {
-        TraceError::Io { path: self.path.clone(), source }
+        TraceError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 }
 
 /// Opens one file in `format`.
-pub fn open_file(path: &Path, format: TraceFormat, opts: ReadOptions) -> Result<Box<dyn EventSource>, TraceError> {
+pub fn open_file(
+    path: &Path,
+    format: TraceFormat,
+    opts: ReadOptions,
+) -> Result<Box<dyn EventSource>, TraceError> {
     Ok(match format {
         TraceFormat::Thaw => Box::new(ThawReader::open(path, opts)?),
         TraceFormat::Distribution => Box::new(DistributionReader::open(path, opts)?),
@@ -216,7 +251,11 @@ pub fn open_file(path: &Path, format: TraceFormat, opts: ReadOptions) -> Result<
 
 /// Opens several files of one format as one stream merged in time order (each file is assumed to
 /// be in time order itself, as registries write them; violations are counted as `out_of_order`).
-pub fn open(paths: &[PathBuf], format: TraceFormat, opts: ReadOptions) -> Result<Box<dyn EventSource>, TraceError> {
+pub fn open(
+    paths: &[PathBuf],
+    format: TraceFormat,
+    opts: ReadOptions,
+) -> Result<Box<dyn EventSource>, TraceError> {
     if paths.is_empty() {
         return Err(TraceError::NoInput);
     }
@@ -225,7 +264,11 @@ pub fn open(paths: &[PathBuf], format: TraceFormat, opts: ReadOptions) -> Result
         sources.push(open_file(p, format, opts)?);
     }
     if sources.len() == 1 {
-        return Ok(Box::new(Ordered { inner: sources.pop().expect("one source"), last: 0, out_of_order: 0 }));
+        return Ok(Box::new(Ordered {
+            inner: sources.pop().expect("one source"),
+            last: 0,
+            out_of_order: 0,
+        }));
     }
     Ok(Box::new(Merge::new(sources)))
 }
@@ -269,7 +312,14 @@ pub struct Merge {
 impl Merge {
     pub fn new(sources: Vec<Box<dyn EventSource>>) -> Merge {
         let n = sources.len();
-        Merge { sources, heads: vec![None; n], heap: BinaryHeap::new(), started: false, last: 0, out_of_order: 0 }
+        Merge {
+            sources,
+            heads: vec![None; n],
+            heap: BinaryHeap::new(),
+            started: false,
+            last: 0,
+            out_of_order: 0,
+        }
     }
 
     fn refill(&mut self, i: usize) -> Result<(), TraceError> {
@@ -289,7 +339,9 @@ impl EventSource for Merge {
                 self.refill(i)?;
             }
         }
-        let Some(Reverse((_, i))) = self.heap.pop() else { return Ok(None) };
+        let Some(Reverse((_, i))) = self.heap.pop() else {
+            return Ok(None);
+        };
         let ev = self.heads[i].take().expect("a heap entry has its event");
         self.refill(i)?;
         if ev.time_us < self.last {
@@ -318,7 +370,13 @@ pub(crate) fn strip_port(addr: &str) -> &str {
         }
     }
     match addr.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        Some((host, port))
+            if !host.contains(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            host
+        }
         _ => addr,
     }
 }
@@ -374,9 +432,12 @@ impl NumOrStr {
     pub fn as_u64(&self, what: &str) -> Result<u64, String> {
         let v = match self {
             NumOrStr::Num(n) => *n,
-            NumOrStr::Str(s) => s.trim().parse::<f64>().map_err(|_| format!("{what} {:?} is not a number", crate::event::clip(s)))?,
+            NumOrStr::Str(s) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{what} {:?} is not a number", crate::event::clip(s)))?,
         };
-        if !v.is_finite() || v < 0.0 || v > 1.8e19 {
+        if !v.is_finite() || !(0.0..=1.8e19).contains(&v) {
             return Err(format!("{what} {v} is out of range"));
         }
         Ok(v as u64)
@@ -398,7 +459,11 @@ pub(crate) fn http_event(
     let (key, image) = match (&parsed.repo, &parsed.reference, parsed.kind) {
         (Some(_), Some(rf), ObjectKind::Blob) => (key_of_digest(rf), None),
         (Some(repo), Some(rf), ObjectKind::Manifest) => {
-            let key = if rf.contains(':') { key_of_digest(rf) } else { stable_hash(&[repo, rf]) };
+            let key = if rf.contains(':') {
+                key_of_digest(rf)
+            } else {
+                stable_hash(&[repo, rf])
+            };
             (key, Some(image_id(repo, rf)))
         }
         (Some(repo), _, _) => (stable_hash(&[repo]), None),
@@ -409,7 +474,9 @@ pub(crate) fn http_event(
         && matches!(status, 200 | 206);
     Ok(Event {
         time_us,
-        client: remote.map(|r| strip_port(r).to_string()).filter(|r| !r.is_empty()),
+        client: remote
+            .map(|r| strip_port(r).to_string())
+            .filter(|r| !r.is_empty()),
         repo: parsed.repo,
         kind: parsed.kind,
         key,

@@ -46,13 +46,23 @@ impl OracleRecord {
     }
 
     pub fn to_event(self) -> Event {
-        Event::access(u64::from(self.time) * 1_000_000, self.id, u64::from(self.size))
+        Event::access(
+            u64::from(self.time) * 1_000_000,
+            self.id,
+            u64::from(self.size),
+        )
     }
 }
 
 enum Input {
-    Mapped { map: Option<Mmap>, pos: usize },
-    Zstd { dec: Box<dyn Read + Send>, eof: bool },
+    Mapped {
+        map: Option<Mmap>,
+        pos: usize,
+    },
+    Zstd {
+        dec: Box<dyn Read + Send>,
+        eof: bool,
+    },
 }
 
 /// Reads an `oracleGeneral` file.
@@ -71,7 +81,10 @@ impl OracleReader {
         let input = if n == 4 && magic == ZSTD_MAGIC {
             let f = std::fs::File::open(path).map_err(|e| tally.io(e))?;
             let dec = zstd::stream::read::Decoder::new(f).map_err(|e| tally.io(e))?;
-            Input::Zstd { dec: Box::new(std::io::BufReader::with_capacity(1 << 20, dec)), eof: false }
+            Input::Zstd {
+                dec: Box::new(std::io::BufReader::with_capacity(1 << 20, dec)),
+                eof: false,
+            }
         } else {
             let len = f.metadata().map_err(|e| tally.io(e))?.len();
             let map = if len == 0 {
@@ -89,7 +102,11 @@ impl OracleReader {
             }
             Input::Mapped { map, pos: 0 }
         };
-        Ok(OracleReader { input, index: 0, tally })
+        Ok(OracleReader {
+            input,
+            index: 0,
+            tally,
+        })
     }
 
     /// The next record; `Ok(None)` at the end.
@@ -97,10 +114,14 @@ impl OracleReader {
     pub fn next_record(&mut self) -> Result<Option<OracleRecord>, TraceError> {
         match &mut self.input {
             Input::Mapped { map, pos } => {
-                let Some(m) = map.as_ref() else { return Ok(None) };
+                let Some(m) = map.as_ref() else {
+                    return Ok(None);
+                };
                 let rest = &m[*pos..];
                 if rest.len() >= ORACLE_RECORD_BYTES {
-                    let rec = OracleRecord::decode(rest[..ORACLE_RECORD_BYTES].try_into().expect("24 bytes"));
+                    let rec = OracleRecord::decode(
+                        rest[..ORACLE_RECORD_BYTES].try_into().expect("24 bytes"),
+                    );
                     *pos += ORACLE_RECORD_BYTES;
                     self.index += 1;
                     self.tally.stats.records += 1;
@@ -113,7 +134,10 @@ impl OracleReader {
                 let left = rest.len();
                 *pos = m.len();
                 self.tally.stats.records += 1;
-                self.tally.malformed(Position::Record(self.index), format!("file ends with a partial record of {left} bytes"))?;
+                self.tally.malformed(
+                    Position::Record(self.index),
+                    format!("file ends with a partial record of {left} bytes"),
+                )?;
                 Ok(None)
             }
             Input::Zstd { dec, eof } => {
@@ -121,7 +145,10 @@ impl OracleReader {
                     return Ok(None);
                 }
                 let mut b = [0u8; ORACLE_RECORD_BYTES];
-                let n = read_full(dec, &mut b).map_err(|e| TraceError::Io { path: self.tally.path.clone(), source: e })?;
+                let n = read_full(dec, &mut b).map_err(|e| TraceError::Io {
+                    path: self.tally.path.clone(),
+                    source: e,
+                })?;
                 if n == ORACLE_RECORD_BYTES {
                     self.index += 1;
                     self.tally.stats.records += 1;
@@ -131,7 +158,10 @@ impl OracleReader {
                 *eof = true;
                 if n > 0 {
                     self.tally.stats.records += 1;
-                    self.tally.malformed(Position::Record(self.index), format!("file ends with a partial record of {n} bytes"))?;
+                    self.tally.malformed(
+                        Position::Record(self.index),
+                        format!("file ends with a partial record of {n} bytes"),
+                    )?;
                 }
                 Ok(None)
             }
@@ -146,7 +176,11 @@ impl OracleReader {
             let whole = (m.len() - *pos) / ORACLE_RECORD_BYTES;
             let n = whole.min(max);
             let bytes = &m[*pos..*pos + n * ORACLE_RECORD_BYTES];
-            out.extend(bytes.chunks_exact(ORACLE_RECORD_BYTES).map(|c| OracleRecord::decode(c.try_into().expect("24 bytes"))));
+            out.extend(
+                bytes
+                    .chunks_exact(ORACLE_RECORD_BYTES)
+                    .map(|c| OracleRecord::decode(c.try_into().expect("24 bytes"))),
+            );
             *pos += n * ORACLE_RECORD_BYTES;
             self.index += n as u64;
             self.tally.stats.records += n as u64;
@@ -245,7 +279,9 @@ mod tests {
         std::fs::write(&p, [0u8; 30]).unwrap();
         let mut r = OracleReader::open(&p, ReadOptions { strict: true }).unwrap();
         assert!(r.next_record().unwrap().is_some());
-        assert!(matches!(r.next_record(), Err(TraceError::Malformed(m)) if m.position == Position::Record(1)));
+        assert!(
+            matches!(r.next_record(), Err(TraceError::Malformed(m)) if m.position == Position::Record(1))
+        );
         let empty = dir.path().join("e");
         std::fs::write(&empty, []).unwrap();
         assert_eq!(read_all(&empty).0.len(), 0);

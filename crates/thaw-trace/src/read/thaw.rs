@@ -24,12 +24,20 @@ impl ThawReader {
     }
 
     /// Reads from any buffered reader; `name` is used in error positions.
-    pub fn from_bufread(input: Box<dyn BufRead + Send>, name: &Path, opts: ReadOptions) -> ThawReader {
+    pub fn from_bufread(
+        input: Box<dyn BufRead + Send>,
+        name: &Path,
+        opts: ReadOptions,
+    ) -> ThawReader {
         Self::from_reader(input, Tally::new(name, opts))
     }
 
     fn from_reader(input: Box<dyn BufRead + Send>, tally: Tally) -> ThawReader {
-        ThawReader { lines: LineReader::new(input), buf: Vec::new(), tally }
+        ThawReader {
+            lines: LineReader::new(input),
+            buf: Vec::new(),
+            tally,
+        }
     }
 }
 
@@ -58,7 +66,11 @@ pub fn request_to_event(r: &RequestRecord) -> Event {
         status: r.status,
         image,
         cache_access: r.is_cache_access(),
-        layers: r.layers.iter().map(|l| (key_of_digest(&l.digest), l.size)).collect(),
+        layers: r
+            .layers
+            .iter()
+            .map(|l| (key_of_digest(&l.digest), l.size))
+            .collect(),
     }
 }
 
@@ -73,7 +85,10 @@ impl EventSource for ThawReader {
             self.tally.stats.records += 1;
             let pos = Position::Line(self.lines.line_no);
             if line == Line::TooLong {
-                self.tally.malformed(pos, format!("line longer than {} bytes", super::MAX_LINE_BYTES))?;
+                self.tally.malformed(
+                    pos,
+                    format!("line longer than {} bytes", super::MAX_LINE_BYTES),
+                )?;
                 continue;
             }
             if self.buf.iter().all(u8::is_ascii_whitespace) {
@@ -119,7 +134,11 @@ mod tests {
             user_agent: None,
             upstream: None,
             repo: Some("web/app".into()),
-            tag: if kind == ObjectKind::Manifest { Some("v1".into()) } else { None },
+            tag: if kind == ObjectKind::Manifest {
+                Some("v1".into())
+            } else {
+                None
+            },
             digest: Some(digest.into()),
             kind,
             size: Some(100),
@@ -130,7 +149,10 @@ mod tests {
             outcome: CacheOutcome::Hit,
             range: None,
             layers: if kind == ObjectKind::Manifest {
-                vec![LayerRef { digest: format!("sha256:{}", "c".repeat(64)), size: 7 }]
+                vec![LayerRef {
+                    digest: format!("sha256:{}", "c".repeat(64)),
+                    size: 7,
+                }]
             } else {
                 vec![]
             },
@@ -138,8 +160,10 @@ mod tests {
     }
 
     fn read_all(text: &str, strict: bool) -> (Vec<Event>, ReadStats, Option<TraceError>) {
-        let input: Box<dyn BufRead + Send> = Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
-        let mut r = ThawReader::from_bufread(input, &PathBuf::from("t.jsonl"), ReadOptions { strict });
+        let input: Box<dyn BufRead + Send> =
+            Box::new(std::io::Cursor::new(text.as_bytes().to_vec()));
+        let mut r =
+            ThawReader::from_bufread(input, &PathBuf::from("t.jsonl"), ReadOptions { strict });
         let mut out = Vec::new();
         loop {
             match r.next_event() {

@@ -5,26 +5,58 @@ use thaw_policy::{Lru, POLICY_NAMES};
 use thaw_record::{CacheOutcome, LayerRef, Record, RequestRecord, SCHEMA_VERSION};
 
 fn oracle_file(dir: &Path, reqs: &[(u64, u32)]) -> PathBuf {
-    let recs: Vec<OracleRecord> =
-        reqs.iter().enumerate().map(|(i, &(id, size))| OracleRecord { time: i as u32, id, size, next: -1 }).collect();
+    let recs: Vec<OracleRecord> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, &(id, size))| OracleRecord {
+            time: i as u32,
+            id,
+            size,
+            next: -1,
+        })
+        .collect();
     let p = dir.join("t.oracleGeneral");
     let mut f = std::fs::File::create(&p).unwrap();
     write_records(&mut f, &recs).unwrap();
     p
 }
 
-fn run_oracle(path: &Path, policies: Vec<Box<dyn CachePolicy>>, model: Option<LatencyModel>) -> SimReport {
+fn run_oracle(
+    path: &Path,
+    policies: Vec<Box<dyn CachePolicy>>,
+    model: Option<LatencyModel>,
+) -> SimReport {
     let mut cfg = SimConfig::new(vec![], vec![]);
     cfg.model = model;
-    simulate_policies(&[path.to_path_buf()], TraceFormat::OracleGeneral, ReadOptions::default(), CategoryMap::by_namespace(), &cfg, policies, &mut |_| {})
-        .unwrap()
+    simulate_policies(
+        &[path.to_path_buf()],
+        TraceFormat::OracleGeneral,
+        ReadOptions::default(),
+        CategoryMap::by_namespace(),
+        &cfg,
+        policies,
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 #[test]
 fn lru_hand_computed() {
     let dir = tempfile::tempdir().unwrap();
     // capacity 30: 1 2 3 miss; 1 hit; 4 miss (evicts 2); 2 miss (evicts 3); 1 hit; 50 too large
-    let p = oracle_file(dir.path(), &[(1, 10), (2, 10), (3, 10), (1, 10), (4, 10), (2, 10), (1, 10), (9, 50)]);
+    let p = oracle_file(
+        dir.path(),
+        &[
+            (1, 10),
+            (2, 10),
+            (3, 10),
+            (1, 10),
+            (4, 10),
+            (2, 10),
+            (1, 10),
+            (9, 50),
+        ],
+    );
     let rep = run_oracle(&p, vec![Box::new(Lru::new(30))], None);
     let s = &rep.runs[0].stats;
     assert_eq!((s.requests, s.hits, s.misses), (8, 2, 6));
@@ -42,34 +74,77 @@ fn several_runs_in_one_pass_match_single_runs_and_keep_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = crate::rng::Rng::new(9);
     let z = crate::rng::Zipf::new(500, 0.9);
-    let reqs: Vec<(u64, u32)> = (0..20_000).map(|_| { let k = z.sample(&mut rng) as u64; (k, 100 + (k % 7) as u32 * 50) }).collect();
+    let reqs: Vec<(u64, u32)> = (0..20_000)
+        .map(|_| {
+            let k = z.sample(&mut rng) as u64;
+            (k, 100 + (k % 7) as u32 * 50)
+        })
+        .collect();
     let p = oracle_file(dir.path(), &reqs);
     let sizes = [5_000u64, 10_000, 20_000, 40_000];
-    let all = run_oracle(&p, sizes.iter().map(|&c| Box::new(Lru::new(c)) as Box<dyn CachePolicy>).collect(), None);
+    let all = run_oracle(
+        &p,
+        sizes
+            .iter()
+            .map(|&c| Box::new(Lru::new(c)) as Box<dyn CachePolicy>)
+            .collect(),
+        None,
+    );
     for (i, &c) in sizes.iter().enumerate() {
         let one = run_oracle(&p, vec![Box::new(Lru::new(c))], None);
         assert_eq!(all.runs[i].fast_bytes, c);
         assert_eq!(all.runs[i].stats, one.runs[0].stats);
     }
     // LRU has the inclusion property: a bigger cache never misses more
-    assert!(all.runs.windows(2).all(|w| w[0].stats.misses >= w[1].stats.misses));
+    assert!(all
+        .runs
+        .windows(2)
+        .all(|w| w[0].stats.misses >= w[1].stats.misses));
 }
 
 #[test]
 fn every_policy_replays() {
     let dir = tempfile::tempdir().unwrap();
     let mut out = Vec::new();
-    let params = crate::gen::GenParams { requests: 4_000, duration_s: 3_600.0, seed: 5, ..Default::default() };
+    let params = crate::gen::GenParams {
+        requests: 4_000,
+        duration_s: 3_600.0,
+        seed: 5,
+        ..Default::default()
+    };
     crate::gen::generate(&params, TraceFormat::Thaw, &mut out).unwrap();
     let p = dir.path().join("g.jsonl");
     std::fs::write(&p, out).unwrap();
     let specs: Vec<PolicySpec> = POLICY_NAMES.iter().map(|n| n.parse().unwrap()).collect();
-    let caps = vec![Capacity::single(200 << 20), Capacity { fast: 100 << 20, slow: 400 << 20 }];
-    let cfg = SimConfig { model: Some(LatencyModel::default()), ..SimConfig::new(specs.clone(), caps) };
-    let rep = simulate(&[p], TraceFormat::Thaw, ReadOptions { strict: true }, CategoryMap::by_namespace(), &cfg, &mut |_| {}).unwrap();
+    let caps = vec![
+        Capacity::single(200 << 20),
+        Capacity {
+            fast: 100 << 20,
+            slow: 400 << 20,
+        },
+    ];
+    let cfg = SimConfig {
+        model: Some(LatencyModel::default()),
+        ..SimConfig::new(specs.clone(), caps)
+    };
+    let rep = simulate(
+        &[p],
+        TraceFormat::Thaw,
+        ReadOptions { strict: true },
+        CategoryMap::by_namespace(),
+        &cfg,
+        &mut |_| {},
+    )
+    .unwrap();
     for spec in &specs {
         let name = spec.to_string();
-        assert!(rep.runs.iter().any(|r| r.policy.starts_with(name.split(':').next().unwrap())), "{name} never ran: {:?}", rep.skipped);
+        assert!(
+            rep.runs
+                .iter()
+                .any(|r| r.policy.starts_with(name.split(':').next().unwrap())),
+            "{name} never ran: {:?}",
+            rep.skipped
+        );
     }
     for r in &rep.runs {
         let s = &r.stats;
@@ -91,8 +166,22 @@ fn metadata_policies_are_refused_on_oracle_traces() {
     };
     let dir = tempfile::tempdir().unwrap();
     let p = oracle_file(dir.path(), &[(1, 1)]);
-    let cfg = SimConfig::new(vec![name.parse().unwrap()], vec![Capacity { fast: 100, slow: 100 }]);
-    let err = simulate(&[p], TraceFormat::OracleGeneral, ReadOptions::default(), CategoryMap::by_namespace(), &cfg, &mut |_| {}).unwrap_err();
+    let cfg = SimConfig::new(
+        vec![name.parse().unwrap()],
+        vec![Capacity {
+            fast: 100,
+            slow: 100,
+        }],
+    );
+    let err = simulate(
+        &[p],
+        TraceFormat::OracleGeneral,
+        ReadOptions::default(),
+        CategoryMap::by_namespace(),
+        &cfg,
+        &mut |_| {},
+    )
+    .unwrap_err();
     assert!(matches!(err, SimError::NeedsMetadata { .. }), "{err}");
     assert!(err.to_string().contains("oracle-general"));
 }
@@ -101,12 +190,21 @@ fn metadata_policies_are_refused_on_oracle_traces() {
 fn latency_model_hand_computed() {
     let dir = tempfile::tempdir().unwrap();
     let p = oracle_file(dir.path(), &[(1, 100_000_000), (1, 100_000_000)]);
-    let m = LatencyModel { fast_bps: 1e9, slow_bps: 1e8, backend_rtt_us: 50_000.0, backend_bps: 1e8 };
+    let m = LatencyModel {
+        fast_bps: 1e9,
+        slow_bps: 1e8,
+        backend_rtt_us: 50_000.0,
+        backend_bps: 1e8,
+    };
     let rep = run_oracle(&p, vec![Box::new(Lru::new(1 << 30))], Some(m));
     let lat = rep.runs[0].latency.as_ref().unwrap();
     // miss: 50 ms + 1 s; hit: 0.1 s
     assert_eq!(lat.pulls, 2);
-    assert!((lat.avg_pull_us - (1_050_000.0 + 100_000.0) / 2.0).abs() < 1.0, "{}", lat.avg_pull_us);
+    assert!(
+        (lat.avg_pull_us - (1_050_000.0 + 100_000.0) / 2.0).abs() < 1.0,
+        "{}",
+        lat.avg_pull_us
+    );
     assert!((lat.p99_pull_us as f64 - 1_050_000.0).abs() < 1_050_000.0 * 0.01);
 }
 
@@ -130,11 +228,17 @@ impl CachePolicy for SizeSplit {
     }
     fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, fx: &mut Vec<Effect>) -> bool {
         let start = fx.len();
-        let ok = if req.size < self.threshold { self.fast.admit(req, pinned, fx) } else { self.slow.admit(req, pinned, fx) };
+        let ok = if req.size < self.threshold {
+            self.fast.admit(req, pinned, fx)
+        } else {
+            self.slow.admit(req, pinned, fx)
+        };
         if req.size >= self.threshold {
             for e in &mut fx[start..] {
                 match e {
-                    Effect::Evicted { tier, .. } | Effect::Inserted { tier, .. } => *tier = Tier::Slow,
+                    Effect::Evicted { tier, .. } | Effect::Inserted { tier, .. } => {
+                        *tier = Tier::Slow
+                    }
                     _ => {}
                 }
             }
@@ -145,7 +249,9 @@ impl CachePolicy for SizeSplit {
         self.fast.remove(key) || self.slow.remove(key)
     }
     fn peek(&self, key: Key) -> Option<Tier> {
-        self.fast.peek(key).or(self.slow.peek(key).map(|_| Tier::Slow))
+        self.fast
+            .peek(key)
+            .or(self.slow.peek(key).map(|_| Tier::Slow))
     }
     fn used(&self, tier: Tier) -> u64 {
         match tier {
@@ -154,7 +260,10 @@ impl CachePolicy for SizeSplit {
         }
     }
     fn capacity(&self) -> Capacity {
-        Capacity { fast: self.fast.capacity().fast, slow: self.slow.capacity().fast }
+        Capacity {
+            fast: self.fast.capacity().fast,
+            slow: self.slow.capacity().fast,
+        }
     }
     fn len(&self) -> usize {
         self.fast.len() + self.slow.len()
@@ -165,9 +274,30 @@ impl CachePolicy for SizeSplit {
 fn two_tier_accounting() {
     let dir = tempfile::tempdir().unwrap();
     // small: 1, 2 (10 B); large: 3, 4 (100 B). fast holds 20 B, slow 100 B.
-    let p = oracle_file(dir.path(), &[(1, 10), (3, 100), (1, 10), (3, 100), (4, 100), (3, 100), (2, 10), (1, 10)]);
-    let m = LatencyModel { fast_bps: 1e6, slow_bps: 1e5, backend_rtt_us: 1000.0, backend_bps: 1e4 };
-    let pol = SizeSplit { fast: Lru::new(20), slow: Lru::new(100), threshold: 50 };
+    let p = oracle_file(
+        dir.path(),
+        &[
+            (1, 10),
+            (3, 100),
+            (1, 10),
+            (3, 100),
+            (4, 100),
+            (3, 100),
+            (2, 10),
+            (1, 10),
+        ],
+    );
+    let m = LatencyModel {
+        fast_bps: 1e6,
+        slow_bps: 1e5,
+        backend_rtt_us: 1000.0,
+        backend_bps: 1e4,
+    };
+    let pol = SizeSplit {
+        fast: Lru::new(20),
+        slow: Lru::new(100),
+        threshold: 50,
+    };
     let rep = run_oracle(&p, vec![Box::new(pol)], Some(m));
     let r = &rep.runs[0];
     let s = &r.stats;
@@ -182,7 +312,11 @@ fn two_tier_accounting() {
     // misses 1000 us + size/1e4 s: 10 B -> 2000 us, 100 B -> 11000 us
     let expect = (2.0 * 10.0 + 1000.0 + 2.0 * 2000.0 + 3.0 * 11_000.0) / 8.0;
     let lat = r.latency.as_ref().unwrap();
-    assert!((lat.avg_request_us - expect).abs() < 1.0, "{} vs {expect}", lat.avg_request_us);
+    assert!(
+        (lat.avg_request_us - expect).abs() < 1.0,
+        "{} vs {expect}",
+        lat.avg_request_us
+    );
 }
 
 /// LRU that hints image `hint` whenever it admits key `trigger`.
@@ -203,7 +337,10 @@ impl CachePolicy for Hinting {
         let ok = self.lru.admit(req, pinned, fx);
         if req.key == self.trigger || req.prefetch {
             // hints raised while admitting prefetches must not be followed
-            fx.push(Effect::Prefetch { image: self.hint, probability: 0.9 });
+            fx.push(Effect::Prefetch {
+                image: self.hint,
+                probability: 0.9,
+            });
         }
         ok
     }
@@ -224,7 +361,17 @@ impl CachePolicy for Hinting {
     }
 }
 
-fn req(ts: u64, method: &str, kind: ObjectKind, repo: &str, tag: Option<&str>, digest: &str, size: u64, layers: Vec<LayerRef>) -> String {
+#[allow(clippy::too_many_arguments)] // a test helper mirroring the record's fields
+fn req(
+    ts: u64,
+    method: &str,
+    kind: ObjectKind,
+    repo: &str,
+    tag: Option<&str>,
+    digest: &str,
+    size: u64,
+    layers: Vec<LayerRef>,
+) -> String {
     Record::Request(RequestRecord {
         v: SCHEMA_VERSION,
         ts_us: ts,
@@ -241,7 +388,11 @@ fn req(ts: u64, method: &str, kind: ObjectKind, repo: &str, tag: Option<&str>, d
         method: method.into(),
         status: if method == "GET" { 200 } else { 201 },
         duration_us: 1,
-        outcome: if method == "GET" { CacheOutcome::Miss } else { CacheOutcome::None },
+        outcome: if method == "GET" {
+            CacheOutcome::Miss
+        } else {
+            CacheOutcome::None
+        },
         range: None,
         layers,
     })
@@ -255,24 +406,99 @@ fn dg(c: char) -> String {
 #[test]
 fn prefetch_admits_hinted_layers_and_counts_hits() {
     let dir = tempfile::tempdir().unwrap();
-    let lb1 = LayerRef { digest: dg('1'), size: 100 };
-    let lb2 = LayerRef { digest: dg('2'), size: 200 };
+    let lb1 = LayerRef {
+        digest: dg('1'),
+        size: 100,
+    };
+    let lb2 = LayerRef {
+        digest: dg('2'),
+        size: 200,
+    };
     let mut t = String::new();
     // image B pushed (its manifest lists its layers), then A pulled, then B pulled
-    t += &req(1, "PUT", ObjectKind::Manifest, "web/b", Some("v1"), &dg('b'), 50, vec![lb1.clone(), lb2.clone()]);
-    t += &req(10, "GET", ObjectKind::Manifest, "web/a", Some("v1"), &dg('a'), 50, vec![LayerRef { digest: dg('3'), size: 10 }]);
-    t += &req(11, "GET", ObjectKind::Blob, "web/a", None, &dg('3'), 10, vec![]);
-    t += &req(20, "GET", ObjectKind::Manifest, "web/b", Some("v1"), &dg('b'), 50, vec![lb1, lb2]);
-    t += &req(21, "GET", ObjectKind::Blob, "web/b", None, &dg('1'), 100, vec![]);
-    t += &req(22, "GET", ObjectKind::Blob, "web/b", None, &dg('2'), 200, vec![]);
+    t += &req(
+        1,
+        "PUT",
+        ObjectKind::Manifest,
+        "web/b",
+        Some("v1"),
+        &dg('b'),
+        50,
+        vec![lb1.clone(), lb2.clone()],
+    );
+    t += &req(
+        10,
+        "GET",
+        ObjectKind::Manifest,
+        "web/a",
+        Some("v1"),
+        &dg('a'),
+        50,
+        vec![LayerRef {
+            digest: dg('3'),
+            size: 10,
+        }],
+    );
+    t += &req(
+        11,
+        "GET",
+        ObjectKind::Blob,
+        "web/a",
+        None,
+        &dg('3'),
+        10,
+        vec![],
+    );
+    t += &req(
+        20,
+        "GET",
+        ObjectKind::Manifest,
+        "web/b",
+        Some("v1"),
+        &dg('b'),
+        50,
+        vec![lb1, lb2],
+    );
+    t += &req(
+        21,
+        "GET",
+        ObjectKind::Blob,
+        "web/b",
+        None,
+        &dg('1'),
+        100,
+        vec![],
+    );
+    t += &req(
+        22,
+        "GET",
+        ObjectKind::Blob,
+        "web/b",
+        None,
+        &dg('2'),
+        200,
+        vec![],
+    );
     let p = dir.path().join("t.jsonl");
     std::fs::write(&p, t).unwrap();
     let trigger = crate::event::key_of_digest(&dg('a'));
     let hint = crate::event::image_id("web/b", "v1");
-    let pol = Hinting { lru: Lru::new(10_000), trigger, hint };
+    let pol = Hinting {
+        lru: Lru::new(10_000),
+        trigger,
+        hint,
+    };
     let cfg = SimConfig::new(vec![], vec![]);
-    let rep = simulate_policies(&[p.clone()], TraceFormat::Thaw, ReadOptions { strict: true }, CategoryMap::by_namespace(), &cfg, vec![Box::new(pol)], &mut |_| {})
-        .unwrap();
+    let rep = simulate_policies(
+        std::slice::from_ref(&p),
+        TraceFormat::Thaw,
+        ReadOptions { strict: true },
+        CategoryMap::by_namespace(),
+        &cfg,
+        vec![Box::new(pol)],
+        &mut |_| {},
+    )
+    .unwrap();
     let s = &rep.runs[0].stats;
     assert_eq!(rep.accesses, 5);
     assert_eq!(s.prefetches, 2, "both layers of b, once: no cascade");
@@ -280,9 +506,25 @@ fn prefetch_admits_hinted_layers_and_counts_hits() {
     assert_eq!(s.prefetch_hits, 2);
     assert_eq!((s.hits, s.misses), (2, 3));
     // with prefetch off, the same trace misses everything
-    let pol = Hinting { lru: Lru::new(10_000), trigger, hint };
-    let cfg = SimConfig { prefetch: false, ..SimConfig::new(vec![], vec![]) };
-    let rep = simulate_policies(&[p], TraceFormat::Thaw, ReadOptions::default(), CategoryMap::by_namespace(), &cfg, vec![Box::new(pol)], &mut |_| {}).unwrap();
+    let pol = Hinting {
+        lru: Lru::new(10_000),
+        trigger,
+        hint,
+    };
+    let cfg = SimConfig {
+        prefetch: false,
+        ..SimConfig::new(vec![], vec![])
+    };
+    let rep = simulate_policies(
+        &[p],
+        TraceFormat::Thaw,
+        ReadOptions::default(),
+        CategoryMap::by_namespace(),
+        &cfg,
+        vec![Box::new(pol)],
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(rep.runs[0].stats.misses, 5);
     assert_eq!(rep.runs[0].stats.prefetches, 0);
 }
@@ -292,14 +534,26 @@ fn pulls_group_layers_and_second_tags_start_new_pulls() {
     let mut pre = Preprocessor::new(CategoryMap::by_namespace(), 300_000_000);
     let mk = |ts: u64, kind: ObjectKind, tag: Option<&str>, d: char| {
         let line = req(ts, "GET", kind, "ml/x", tag, &dg(d), 5, vec![]);
-        let Record::Request(r) = Record::from_line(line.trim_end()).unwrap() else { unreachable!() };
+        let Record::Request(r) = Record::from_line(line.trim_end()).unwrap() else {
+            unreachable!()
+        };
         crate::read::request_to_event(&r)
     };
-    let a = pre.push(&mk(0, ObjectKind::Manifest, Some("v1"), 'a')).unwrap();
-    let a1 = pre.push(&mk(1_000_000, ObjectKind::Blob, None, '1')).unwrap();
-    let b = pre.push(&mk(2_000_000, ObjectKind::Manifest, Some("v2"), 'b')).unwrap();
-    let b1 = pre.push(&mk(3_000_000, ObjectKind::Blob, None, '2')).unwrap();
-    let late = pre.push(&mk(400_000_000, ObjectKind::Blob, None, '3')).unwrap();
+    let a = pre
+        .push(&mk(0, ObjectKind::Manifest, Some("v1"), 'a'))
+        .unwrap();
+    let a1 = pre
+        .push(&mk(1_000_000, ObjectKind::Blob, None, '1'))
+        .unwrap();
+    let b = pre
+        .push(&mk(2_000_000, ObjectKind::Manifest, Some("v2"), 'b'))
+        .unwrap();
+    let b1 = pre
+        .push(&mk(3_000_000, ObjectKind::Blob, None, '2'))
+        .unwrap();
+    let late = pre
+        .push(&mk(400_000_000, ObjectKind::Blob, None, '3'))
+        .unwrap();
     assert_eq!(a1.pull, a.pull);
     assert_eq!(a1.image, a.image);
     assert_ne!(b.pull, a.pull);
@@ -307,7 +561,10 @@ fn pulls_group_layers_and_second_tags_start_new_pulls() {
     assert_eq!(late.pull, 0, "outside the window: not part of a pull");
     assert_eq!(pre.categories.name(a.category), "ml");
     // blobs pulled with an image whose manifest listed nothing are learned as its layers
-    assert_eq!(pre.images.get(a.image).unwrap(), &[(crate::event::key_of_digest(&dg('1')), 5)]);
+    assert_eq!(
+        pre.images.get(a.image).unwrap(),
+        &[(crate::event::key_of_digest(&dg('1')), 5)]
+    );
 }
 
 #[test]
@@ -317,7 +574,19 @@ fn sizes_parse() {
     assert_eq!(parse_size("4096").unwrap(), 4096);
     assert!(parse_size("1 parsec").is_err());
     assert!(parse_size("").is_err());
-    assert_eq!(parse_capacity("1GiB+8GiB").unwrap(), Capacity { fast: 1 << 30, slow: 8 << 30 });
-    assert_eq!(fmt_capacity(Capacity { fast: 1 << 30, slow: 3 << 29 }), "1GiB+1536MiB");
+    assert_eq!(
+        parse_capacity("1GiB+8GiB").unwrap(),
+        Capacity {
+            fast: 1 << 30,
+            slow: 8 << 30
+        }
+    );
+    assert_eq!(
+        fmt_capacity(Capacity {
+            fast: 1 << 30,
+            slow: 3 << 29
+        }),
+        "1GiB+1536MiB"
+    );
     assert_eq!(fmt_bytes(1000), "1000B");
 }

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Simulator and analysis benchmarks of issue 3. Run from the repository root:
+#   sh bench/trace/run.sh
+# Needs: a release build of thaw, the venv at .venv with libcachesim (pip install libcachesim),
+# /usr/bin/time. Traces go to a tmpfs (/dev/shm) and are removed at the end.
+set -eu
+DIR=${BENCH_DIR:-/dev/shm/thaw-bench-trace}
+mkdir -p "$DIR"
+cargo build --release -p thaw
+THAW=target/release/thaw
+PY=${PYTHON:-.venv/bin/python}
+
+# 1. simulator throughput: 20 M requests, Zipf(1.0) over 1 M objects, 1 GiB cache
+$THAW trace gen --shape zipf --format oracle-general --requests 20000000 --objects 1000000 \
+  --alpha 1.0 --object-size 4KiB --seed 7 -o "$DIR/zipf20m.oracleGeneral"
+$PY bench/trace/sim_throughput.py "$DIR/zipf20m.oracleGeneral" --thaw $THAW --cache-size 1073741824
+
+# 2. analysis of a 24 M-request synthetic registry trace (the size of the published IBM trace)
+$THAW trace gen --requests 24000000 --days 7 --seed 7 -o "$DIR/reg24m.jsonl"
+/usr/bin/time -v $THAW trace analyze --no-progress -t "$DIR/reg24m.jsonl" > "$DIR/analyze.txt" 2> "$DIR/analyze.time"
+grep -E "Elapsed|Maximum resident" "$DIR/analyze.time"
+head -8 "$DIR/analyze.txt"
+
+# 3. LACache vs the two-tier size-threshold LRU baseline on a 7-day web/ML/IoT trace
+$THAW trace gen --requests 5000000 --days 7 --seed 3 -o "$DIR/reg7d.jsonl"
+$THAW sim --no-progress -t "$DIR/reg7d.jsonl" --policy size-tiered-lru,lacache --tiers 8GiB,64GiB --latency
+
+rm -rf "$DIR"
