@@ -782,8 +782,21 @@ impl<'o> Unpacker<'o> {
     /// content under an opaque parent either).
     fn clear_lower(&mut self, dir: Rc<OwnedFd>, joined: Vec<u8>, entry: &[u8]) -> Result<(), UnpackError> {
         use std::os::unix::ffi::OsStrExt;
-        let mut stack = vec![(dir, joined)];
-        while let Some((dir, joined)) = stack.pop() {
+        // Directories still to clear, by path: holding their descriptors instead could run out
+        // of file descriptors under a wide tree.
+        let mut stack = vec![joined.clone()];
+        let mut first = Some(dir);
+        while let Some(joined) = stack.pop() {
+            let dir = match first.take() {
+                Some(d) => d,
+                None => {
+                    let comps: Vec<&[u8]> = joined.split(|&b| b == b'/').collect();
+                    match self.parent(&comps, entry, false)? {
+                        Some(d) => d,
+                        None => continue,
+                    }
+                }
+            };
             let listing = std::fs::read_dir(sys::proc_path(dir.as_fd(), c"")).map_err(io_err(entry, "read directory"))?;
             let mut children = Vec::new();
             for child in listing {
@@ -800,8 +813,7 @@ impl<'o> Unpacker<'o> {
                 if !self.created.contains(&path) {
                     self.remove(dir.as_fd(), &c, entry)?;
                 } else if sys::lstat_at(dir.as_fd(), &c).map_err(io_err(entry, "lstat"))?.is_some_and(|st| is_dir(&st)) {
-                    let sub = sys::open_dir_at(dir.as_fd(), &c).map_err(io_err(entry, "open directory"))?;
-                    stack.push((Rc::new(sub), path));
+                    stack.push(path);
                 }
             }
         }
