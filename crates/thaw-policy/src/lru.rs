@@ -38,7 +38,7 @@ impl CachePolicy for Lru {
         if self.core.touch(req.key) {
             return Some(Tier::Fast);
         }
-        self.core.admit(req, None, Tier::Fast, effects);
+        self.core.admit_absent(req, None, Tier::Fast, effects);
         None
     }
 
