@@ -172,13 +172,15 @@ now() { date +%s.%N; }
 fsub() { python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" "$1" "$2"; }
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.2f}x' if b else 'n/a')" "$1" "$2"; }
 ratio3() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.3f}x' if b else 'n/a')" "$1" "$2"; }
+# CPU milliseconds per operation from a tick count and an operation count.
+cpu_ms() { python3 -c "import sys, os; print(f'{int(sys.argv[1]) / os.sysconf(\"SC_CLK_TCK\") / int(sys.argv[2]) * 1000:.1f}')" "$1" "$2"; }
 loadavg() { echo "load avg $(cut -d' ' -f1-3 /proc/loadavg)"; }
 median() { python3 -c "import sys, statistics; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.3f}')" "$@"; }
 mib() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1048576:.1f}')" "$1"; }
 
 # Median and stddev (seconds) of command N (0-based) in a hyperfine JSON export.
-hf_median() { jq -r ".results[$2].median * 1000 | round / 1000" "$1"; }
-hf_stddev() { jq -r ".results[$2].stddev * 1000 | round / 1000" "$1"; }
+hf_median() { printf '%.3f' "$(jq -r ".results[$2].median" "$1")"; }
+hf_stddev() { printf '%.3f' "$(jq -r ".results[$2].stddev" "$1")"; }
 
 result() { printf '%s\n' "$*" | tee -a "$WORK/results.txt" >&2; }
 
@@ -279,6 +281,11 @@ case1() {
     local l1 l2 fetched0
     l1=$(lines "$WORK/logs/up-thaw.log"); l2=$(lines "$WORK/logs/up-proxy.log")
     fetched0=$(thaw_metric "$ta" thaw_upstream_bytes_total)
+    # Server CPU over the timed pulls: less sensitive than wall time to load from other processes
+    # (skopeo's own hashing and writing dominate a warm pull's wall time).
+    local ct0 cd0 cp0
+    ct0=$(cpu_ticks "$(cat "$WORK/thaw1.pid")"); cd0=$(cpu_ticks "$(cat "$WORK/direct.pid")")
+    cp0=$(( $(cpu_ticks "$(cat "$WORK/proxy1.pid")") + $(cpu_ticks "$(cat "$WORK/up-proxy.pid")") ))
     local cmd_t="$SKOPEO docker://$ta/bench/img50:v1 dir:$out"
     local cmd_d="$SKOPEO docker://127.0.0.1:$pd/bench/img50:v1 dir:$out"
     local cmd_p="$SKOPEO docker://127.0.0.1:$pp/bench/img50:v1 dir:$out"
@@ -290,13 +297,19 @@ case1() {
     read -r tn td tb < <(reg_requests "$WORK/logs/up-thaw.log" "$l1")
     read -r pn pdg pb < <(reg_requests "$WORK/logs/up-proxy.log" "$l2")
     local fetched; fetched=$(( $(thaw_metric "$ta" thaw_upstream_bytes_total) - fetched0 ))
+    local hz; hz=$(getconf CLK_TCK)
+    local ct cd cp
+    ct=$(cpu_ms "$(( $(cpu_ticks "$(cat "$WORK/thaw1.pid")") - ct0 ))" "$n_warm")
+    cd=$(cpu_ms "$(( $(cpu_ticks "$(cat "$WORK/direct.pid")") - cd0 ))" "$n_warm")
+    cp=$(cpu_ms "$(( $(cpu_ticks "$(cat "$WORK/proxy1.pid")") + $(cpu_ticks "$(cat "$WORK/up-proxy.pid")") - cp0 ))" "$n_warm")
     result ""
     result "## 1. warm pull of img50 ($(mib "$IMG50_BYTES") MiB), loopback, hyperfine $RUNS runs (+2 warmup), medians; $(loadavg)"
     result "command: hyperfine -N --warmup 2 --runs $RUNS --prepare 'rm -rf OUT' '$SKOPEO docker://ADDR/bench/img50:v1 dir:OUT'"
-    result "$(printf '%-24s %10s %8s %10s  %s' target median_s stddev vs_best "upstream requests during $n_warm warm pulls (by digest), body bytes")"
-    result "$(printf '%-24s %10s %8s %10s  %s' thaw "$t" "$(hf_stddev "$json" 0)" "$(ratio "$t" "$best")" "$tn ($td), $tb B; thaw_upstream_bytes_total +$fetched")"
-    result "$(printf '%-24s %10s %8s %10s  %s' docker-registry "$d" "$(hf_stddev "$json" 1)" "$(ratio "$d" "$best")" "-")"
-    result "$(printf '%-24s %10s %8s %10s  %s' docker-registry-proxy "$p" "$(hf_stddev "$json" 2)" "$(ratio "$p" "$best")" "$pn ($pdg), $pb B")"
+    result "$(printf '%-24s %9s %7s %8s %13s  %s' target median_s stddev vs_best server_cpu_ms "upstream requests during $n_warm warm pulls (by digest), body bytes")"
+    result "$(printf '%-24s %9s %7s %8s %13s  %s' thaw "$t" "$(hf_stddev "$json" 0)" "$(ratio "$t" "$best")" "$ct" "$tn ($td), $tb B; thaw_upstream_bytes_total +$fetched")"
+    result "$(printf '%-24s %9s %7s %8s %13s  %s' docker-registry "$d" "$(hf_stddev "$json" 1)" "$(ratio "$d" "$best")" "$cd" "-")"
+    result "$(printf '%-24s %9s %7s %8s %13s  %s' docker-registry-proxy "$p" "$(hf_stddev "$json" 2)" "$(ratio "$p" "$best")" "$cp" "$pn ($pdg), $pb B")"
+    result "(server_cpu_ms: user+sys CPU of the serving process per pull; for the proxy, proxy + its upstream)"
     result "goal: thaw <= 1.00x the fastest of the others: $(ratio "$t" "$best"); zero upstream requests by digest: $td"
     stop_thaw thaw1
     for n in direct up-thaw up-proxy proxy1; do stop_pid "$(cat "$WORK/$n.pid")"; done
@@ -498,12 +511,13 @@ case4() {
     local kind reps r n one many
     for kind in thaw proxy; do
         reps=$REPS4; [[ $kind == proxy ]] && reps=$PROXY_REPS4
-        local walls1=() wallsN=() last1="" lastN=""
+        local walls1=() wallsN=() last1="" lastN="" bytesN=() reqsN=()
         for r in $(seq "$reps"); do
             log "case 4: $kind round $r/$reps: 1 client"
             one=$(one_round "$kind" 1); walls1+=("${one%% *}"); last1=$one
             log "case 4: $kind round $r/$reps: $CLIENTS clients"
             many=$(one_round "$kind" "$CLIENTS"); wallsN+=("${many%% *}"); lastN=$many
+            read -r _ rb _ rn _ <<<"$many"; bytesN+=("$rb"); reqsN+=("$rn")
             log "  1: $one | $CLIENTS: $many"
         done
         local m1 mN; m1=$(median "${walls1[@]}"); mN=$(median "${wallsN[@]}")
@@ -514,7 +528,8 @@ case4() {
                 "$(ratio3 "$rb" "$IMG70_BYTES")" "$(ratio3 "$link" "$IMG70_BYTES")" "$rn" \
                 "$([[ $kind == thaw ]] && ratio3 "$met" "$IMG70_BYTES" || echo -)" "$(python3 -c "print(f'{$hwm / 1024:.1f}')")")"
         done
-        result "  ($kind: wall = median of $reps rounds: 1 client ${walls1[*]}; $CLIENTS clients ${wallsN[*]}; byte columns from the last round)"
+        result "  ($kind: wall = median of $reps rounds: 1 client ${walls1[*]}; $CLIENTS clients ${wallsN[*]}; other columns from the last round;"
+        result "   $CLIENTS-client rounds: upstream body bytes ${bytesN[*]} (image $IMG70_BYTES), upstream requests ${reqsN[*]})"
     done
     result "goals: thaw upstream bytes exactly 1.0x the image; $CLIENTS-client wall <= 1.5x one client"
 }
