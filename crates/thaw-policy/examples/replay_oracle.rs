@@ -75,7 +75,7 @@ fn main() {
                 eprintln!("replay_oracle: cannot read {}: {e}", args[1]);
                 std::process::exit(1)
             });
-            if bytes.len() % 24 != 0 {
+            if !bytes.len().is_multiple_of(24) {
                 eprintln!("replay_oracle: {} is not a whole number of 24-byte oracleGeneral records", args[1]);
                 std::process::exit(1);
             }

@@ -66,7 +66,7 @@ fn check(policy: &mut dyn CachePolicy, reqs: &[Request], pinned_mod: u64) -> Res
     for req in reqs {
         let key = req.key;
         fx.clear();
-        let pinned = |k: u64| pinned_mod != 0 && k % pinned_mod == 0 && k != key;
+        let pinned = |k: u64| pinned_mod != 0 && k.is_multiple_of(pinned_mod) && k != key;
         let hit = policy.lookup_pinned(req, &pinned, &mut fx);
         prop_assert_eq!(hit.is_some(), resident.contains_key(&key), "{}: hit for a non-resident key or miss for a resident one", name);
         let lookup_effects = fx.len();

@@ -83,7 +83,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Prints a byte count in the largest binary unit that divides it exactly.
 fn format_bytes(n: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
