@@ -21,9 +21,9 @@
 # python3, iproute2; thaw built with `cargo build --release -p thaw`.
 #
 # Environment knobs: THAW (binary), RUNS (hyperfine runs, default 20), CASES, CLIENTS (16),
-# RATE (tbf rate, 100mbit), REPS4 (thaw repetitions of case 4, default 3), PROXY_REPS4 (1),
-# WORK (work dir, default /dev/shm/thaw-rbench.PID), KEEP=1 keeps WORK, RESULTS (file that also
-# receives the results table).
+# RATE (tbf rate, 100mbit), DELAY_MS (one-way delay added to the link by delay_relay.py; 0 = none),
+# REPS4 (thaw rounds of case 4, default 3), PROXY_REPS4 (1), WORK (work dir, default
+# /dev/shm/thaw-rbench.PID), KEEP=1 keeps WORK, RESULTS (file that also receives the results table).
 
 set -euo pipefail
 
@@ -198,6 +198,7 @@ RUNS=${RUNS:-20}
 CASES=${CASES:-1 2 3 4}
 CLIENTS=${CLIENTS:-16}
 RATE=${RATE:-100mbit}
+DELAY_MS=${DELAY_MS:-0}
 REPS4=${REPS4:-3}
 PROXY_REPS4=${PROXY_REPS4:-1}
 ID=rb$$
@@ -260,6 +261,17 @@ setup_wan() {
     ip netns exec "$NS_UP" tc qdisc add dev eth0 root tbf rate "$RATE" burst 256kb latency 50ms
     start_registry wan 10.201.0.2:5000 "$WORK/reg-up" "" "$NS_UP"
     WAN=10.201.0.2:5000
+    WAN_DESC="tbf $RATE"
+    if [[ $DELAY_MS != 0 ]]; then
+        # Latency from a userspace relay in front of the link (no netem in this kernel).
+        python3 "$HERE/delay_relay.py" 127.0.0.1:0 "$WAN" --delay-ms "$DELAY_MS" >"$WORK/logs/relay.out" 2>"$WORK/logs/relay.err" &
+        local pid=$! i
+        track "$pid"
+        for i in $(seq 50); do grep -q '^listening ' "$WORK/logs/relay.out" && break; sleep 0.1; done
+        WAN=$(sed -n 's/^listening //p' "$WORK/logs/relay.out")
+        [[ -n $WAN ]] || die "the delay relay did not start: $(cat "$WORK/logs/relay.err")"
+        WAN_DESC="tbf $RATE + ${DELAY_MS} ms each way (relay $WAN)"
+    fi
 }
 
 # ------------------------------------------------------------------ case 1: warm pull, loopback
@@ -340,7 +352,7 @@ case2() {
     local link=$(( $(if_bytes "$UP_DEV" rx) - b0 ))
     local ideal; ideal=$(python3 -c "print(f'{$IMG50_BYTES * 8 / 100e6:.3f}')")
     result ""
-    result "## 2. pull of img50 ($(mib "$IMG50_BYTES") MiB), upstream in a netns behind tbf $RATE (ideal transfer ${ideal} s), hyperfine $RUNS runs, medians; $(loadavg)"
+    result "## 2. pull of img50 ($(mib "$IMG50_BYTES") MiB), upstream in a netns behind $WAN_DESC (ideal transfer ${ideal} s), hyperfine $RUNS runs, medians; $(loadavg)"
     result "command: hyperfine -N --warmup 1 --runs $RUNS --prepare '<fresh thaw, empty store>' '$SKOPEO docker://127.0.0.1:PORT/bench/img50:v1 dir:OUT' --prepare 'rm -rf OUT' '$SKOPEO docker://$WAN/bench/img50:v1 dir:OUT' ..."
     result "$(printf '%-24s %10s %8s %10s' target median_s stddev vs_direct)"
     result "$(printf '%-24s %10s %8s %10s' thaw-cold "$c" "$(hf_stddev "$json" 0)" "$(ratio "$c" "$d")")"
@@ -505,7 +517,7 @@ case4() {
     log "case 4: $CLIENTS clients in namespaces on a bridge, cold img70, upstream over $RATE"
     setup_bridge
     result ""
-    result "## 4. $CLIENTS clients (one netns each, on a bridge) pulling cold img70 ($IMG70_BYTES B) at once; upstream behind tbf $RATE; $(loadavg) at start"
+    result "## 4. $CLIENTS clients (one netns each, on a bridge) pulling cold img70 ($IMG70_BYTES B) at once; upstream behind $WAN_DESC; $(loadavg) at start"
     result "command: per client 'ip netns exec NS $SKOPEO docker://10.202.0.1:PORT/bench/img70:v1 dir:OUT', all started together; mirror restarted with an empty store each round"
     result "$(printf '%-22s %8s %9s %14s %14s %9s %13s %11s' mirror/clients wall_s vs_one up_body/img link/img up_reqs thaw_metric/img peak_rss_MiB)"
     local kind reps r n one many
