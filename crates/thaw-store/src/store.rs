@@ -363,7 +363,7 @@ fn flush_atimes(inner: &Inner) -> Result<(), StoreError> {
     if dirty.is_empty() {
         return Ok(());
     }
-    inner.meta.write(|tx| {
+    let res = inner.meta.write(|tx| {
         let mut t = tx.open_table(BLOBS)?;
         for (d, at) in &dirty {
             let key = d.to_string();
@@ -375,7 +375,17 @@ fn flush_atimes(inner: &Inner) -> Result<(), StoreError> {
             }
         }
         Ok(())
-    })
+    });
+    if res.is_err() {
+        // Put them back for the next attempt, unless a newer access or a removal came since.
+        let mut st = inner.state.lock();
+        for (d, at) in dirty {
+            if st.blobs.contains_key(&d) {
+                st.dirty_atime.entry(d).or_insert(at);
+            }
+        }
+    }
+    res
 }
 
 /// Reads the pid a lock holder wrote, retrying briefly: the holder writes it right after locking.

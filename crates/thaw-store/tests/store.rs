@@ -422,3 +422,47 @@ fn store_handle_is_send_sync_clone() {
     assert_send::<thaw_store::BlobWriter>();
     assert_send::<thaw_store::Pin>();
 }
+
+#[test]
+fn access_times_that_fail_to_save_are_kept_for_the_next_attempt() {
+    let dir = scratch();
+    let b: Vec<Vec<u8>> = (0..4).map(|i| blob(80 + i, 1000)).collect();
+    let d: Vec<Digest> = b.iter().map(|x| Digest::sha256_of(x)).collect();
+    {
+        let fs = Arc::new(thaw_store::FaultFs::new());
+        let s = BlobStore::open_with_fs(dir.path(), cfg(Some(3000)), fs.clone()).unwrap();
+        for x in &b[..3] {
+            put(&s, x).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        s.get(&d[0]).unwrap().unwrap();
+        fs.fail_at(fs.ops() + 1); // the metadata commit of the flush
+        assert!(s.flush_access_times().is_err());
+        s.flush_access_times().unwrap();
+        fs.crash_now(); // nothing more reaches the disk, not even the flush at close
+    }
+    let s = BlobStore::open(dir.path(), cfg(Some(3000))).unwrap();
+    assert_eq!(put(&s, &b[3]).unwrap(), Committed::Stored);
+    assert_eq!(s.stat(&d[1]).unwrap(), None, "blob 0's access survived the failed save");
+    assert!(s.stat(&d[0]).unwrap().is_some());
+}
+
+#[test]
+fn segmented_lru_evictions_on_hits_delete_files() {
+    let dir = scratch();
+    let spec: PolicySpec = "slru".parse().unwrap();
+    let s = BlobStore::open(dir.path(), StoreConfig { capacity: Some(8000), policy: spec }).unwrap();
+    let b: Vec<Vec<u8>> = (0..12).map(|i| blob(90 + i, 900)).collect();
+    for round in 0..3 {
+        for (i, x) in b.iter().enumerate() {
+            let dg = Digest::sha256_of(x);
+            if (i + round) % 3 == 0 || s.get(&dg).unwrap().is_none() {
+                let _ = put(&s, x).unwrap();
+            }
+        }
+    }
+    assert!(s.stats().evictions > 0);
+    assert!(s.stats().bytes <= 8000);
+    let report = s.check().unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
