@@ -223,6 +223,8 @@ struct UploadState {
     size: u64,
     /// Set when the upload was finished or cancelled, for appenders that raced with that.
     gone: bool,
+    /// The last time the upload was started, appended to, or found at open.
+    touched: Instant,
 }
 
 struct Inner {
@@ -592,7 +594,7 @@ impl BlobStore {
         for e in fs.read_dir(&layout.uploads).map_err(StoreError::io("list", &layout.uploads))? {
             match e.name.parse::<UploadId>() {
                 Ok(id) if !e.is_dir => {
-                    uploads.insert(id, Arc::new(Mutex::new(UploadState { size: e.len, gone: false })));
+                    uploads.insert(id, Arc::new(Mutex::new(UploadState { size: e.len, gone: false, touched: Instant::now() })));
                 }
                 _ => tracing::warn!(entry = %e.name, dir = %layout.uploads.display(), "ignoring unexpected entry in the uploads directory"),
             }
@@ -1088,7 +1090,7 @@ impl BlobStore {
         let f = inner.fs.create_new(&path).map_err(StoreError::io("create upload file", &path))?;
         inner.fs.sync_file(&f).map_err(StoreError::io("sync", &path))?;
         inner.fs.sync_dir(&inner.layout.uploads).map_err(StoreError::io("sync", &inner.layout.uploads))?;
-        inner.uploads.lock().insert(id, Arc::new(Mutex::new(UploadState { size: 0, gone: false })));
+        inner.uploads.lock().insert(id, Arc::new(Mutex::new(UploadState { size: 0, gone: false, touched: Instant::now() })));
         Ok(id)
     }
 
@@ -1122,6 +1124,7 @@ impl BlobStore {
         match res {
             Ok(()) => {
                 up.size += data.len() as u64;
+                up.touched = Instant::now();
                 Ok(up.size)
             }
             Err(e) => {
@@ -1170,6 +1173,40 @@ impl BlobStore {
         let out = self.install(&path, d, len, true);
         finished(&mut up);
         out
+    }
+
+    /// Ids of the uploads in progress, sorted.
+    pub fn uploads(&self) -> Vec<UploadId> {
+        let mut v: Vec<UploadId> = self.inner.uploads.lock().keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Garbage-collects abandoned uploads: cancels every upload not started or appended to for
+    /// `idle` (uploads found at open count as touched at open, so a restart gives each a fresh
+    /// grace period). Returns how many were cancelled.
+    pub fn expire_uploads(&self, idle: Duration) -> Result<usize, StoreError> {
+        let candidates: Vec<(UploadId, Arc<Mutex<UploadState>>)> =
+            self.inner.uploads.lock().iter().map(|(id, e)| (*id, e.clone())).collect();
+        let mut n = 0;
+        for (id, entry) in candidates {
+            let stale = {
+                let up = entry.lock();
+                !up.gone && up.touched.elapsed() >= idle
+            };
+            if stale {
+                match self.upload_cancel(&id) {
+                    Ok(()) => n += 1,
+                    // finished or cancelled meanwhile
+                    Err(StoreError::UnknownUpload { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(expired = n, "removed abandoned uploads");
+        }
+        Ok(n)
     }
 
     /// Cancels an upload and deletes its data.

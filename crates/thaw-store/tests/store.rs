@@ -466,3 +466,19 @@ fn segmented_lru_evictions_on_hits_delete_files() {
     let report = s.check().unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
 }
+
+#[test]
+fn abandoned_uploads_expire_and_active_ones_stay() {
+    let dir = scratch();
+    let s = BlobStore::open(dir.path(), StoreConfig::default()).unwrap();
+    let old = s.upload_start().unwrap();
+    s.upload_append(&old, 0, b"abc").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    let fresh = s.upload_start().unwrap();
+    assert_eq!(s.expire_uploads(std::time::Duration::from_millis(50)).unwrap(), 1);
+    assert_eq!(s.uploads(), vec![fresh]);
+    assert!(matches!(s.upload_size(&old), Err(StoreError::UnknownUpload { .. })));
+    assert_eq!(s.upload_size(&fresh).unwrap(), 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("uploads")).unwrap().count(), 1);
+    assert_eq!(s.expire_uploads(std::time::Duration::from_secs(3600)).unwrap(), 0);
+}
