@@ -16,8 +16,9 @@
 //! 2. `Root`: unshare a mount namespace, mount the overlay root on a private tmpfs, unshare a PID
 //!    namespace and fork the future PID 1, which mounts /proc and the rest, masks paths and
 //!    switches root, then waits.
-//! 3. `Start`: hand the process config and stdio to PID 1, which drops privileges, installs
-//!    seccomp and execs the workload. Then relay signals and report the exit status.
+//! 3. The helper hands PID 1's socket to the caller and supervises: it relays signals and
+//!    reports the exit status. The caller sends the process config and stdio straight to PID 1,
+//!    which drops privileges, installs seccomp and execs the workload.
 //!
 //! Steps 1 and 2 are what the pools do ahead of time; a cold start sends all three at once.
 //! Nothing after step 1 writes `cgroup.procs`: PID 1 is born inside the cgroup.
@@ -63,11 +64,9 @@ fn micros(t: Instant) -> u64 {
 
 fn serve(ctrl: BorrowedFd<'_>) -> Result<()> {
     let mut shell_done = false;
-    let mut parked: Option<Parked> = None;
     loop {
-        let Some((req, fds)) = proto::recv::<Request>(ctrl)? else {
-            // The owner is gone before the sandbox ran (a pool being drained): just exit; PID 1,
-            // if forked, sees its socket close and exits too, and the kernel frees the rest.
+        let Some((req, _fds)) = proto::recv::<Request>(ctrl)? else {
+            // The owner is gone before a root was built (a pool being drained): just exit.
             return Ok(());
         };
         match req {
@@ -77,16 +76,17 @@ fn serve(ctrl: BorrowedFd<'_>) -> Result<()> {
                 let netns = std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
                 proto::send(ctrl, &Reply::ShellReady { pid: std::process::id() as i32, netns, stages }, &[])?;
             }
-            Request::Root(plan) if shell_done && parked.is_none() => {
+            Request::Root(plan) if shell_done => {
                 let (p, stages) = root(&plan, ctrl)?;
-                parked = Some(p);
-                proto::send(ctrl, &Reply::RootReady { stages }, &[])?;
-            }
-            Request::Start(plan) => {
-                let Some(p) = parked.take() else {
-                    return Err(Error::Protocol("start requested before the root was built".into()));
-                };
-                return start_and_supervise(ctrl, p, &plan, fds);
+                proto::send(ctrl, &Reply::RootReady { pid: p.pid.as_raw(), stages }, &[p.sock.as_raw_fd()])?;
+                let pid = p.pid;
+                // Our copy goes: from now on only the caller and PID 1 hold the socket, so the
+                // caller closing it (a drained pool) makes PID 1 exit.
+                drop(p.sock);
+                // Parked: sleeping costs nothing, and the exit report is on the critical path
+                // of the sandbox's end, so supervise at normal priority.
+                set_idle_priority(false);
+                return supervise(ctrl, pid);
             }
             Request::Signal(_) => {}
             other => return Err(Error::Protocol(format!("unexpected request {other:?} in this state"))),
@@ -182,6 +182,7 @@ fn pid1(root: &std::path::Path, plan: &RootPlan, sock: OwnedFd) -> ! {
     if let Err(e) = proto::send_bytes(sock.as_fd(), b"ok", &[]) {
         fail(&sock, e);
     }
+    set_idle_priority(false);
     let (plan, fds) = match proto::recv::<ProcessPlan>(sock.as_fd()) {
         Ok(Some(x)) => x,
         // SAFETY: as above; the helper is gone or the pool is being drained.
@@ -205,19 +206,20 @@ fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-fn start_and_supervise(ctrl: BorrowedFd<'_>, p: Parked, plan: &ProcessPlan, fds: Vec<OwnedFd>) -> Result<()> {
-    let t = Instant::now();
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let bytes = serde_json::to_vec(plan).map_err(|e| Error::Protocol(e.to_string()))?;
-    proto::send_bytes(p.sock.as_fd(), &bytes, &raw)?;
-    drop(fds);
-    // PID 1's end of the socket is close-on-exec: end-of-file means the exec succeeded.
-    if let Some((b, _)) = proto::recv_bytes(p.sock.as_fd())? {
-        let _ = waitpid(p.pid, None);
-        return Err(Error::Helper(String::from_utf8_lossy(&b).into_owned()));
-    }
-    proto::send(ctrl, &Reply::Started { pid: p.pid.as_raw(), stages: vec![("exec".into(), micros(t))] }, &[])?;
-    let pidfd = pidfd_open(p.pid)?;
+/// Switches the calling thread to `SCHED_IDLE` (`idle`) or back to the normal policy. Pool
+/// refills build at idle priority; the start of a sandbox and its workload run at normal
+/// priority. Failure only costs speed, so it is ignored.
+pub fn set_idle_priority(idle: bool) {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle { libc::SCHED_IDLE } else { libc::SCHED_OTHER };
+    // SAFETY: sched_setscheduler reads the parameter struct we pass; pid 0 is the caller.
+    unsafe { libc::sched_setscheduler(0, policy, &param) };
+}
+
+/// Relays signals to PID 1 and reports how it ended. PID 1 may still be parked: if the owner
+/// goes away first, PID 1 is killed.
+fn supervise(ctrl: BorrowedFd<'_>, pid: Pid) -> Result<()> {
+    let pidfd = pidfd_open(pid)?;
     let mut owner_gone = false;
     loop {
         let mut pfds = vec![libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
@@ -234,7 +236,7 @@ fn start_and_supervise(ctrl: BorrowedFd<'_>, p: Parked, plan: &ProcessPlan, fds:
             return Err(Error::sys("poll", e));
         }
         if pfds[0].revents != 0 {
-            let status = match waitpid(p.pid, None).map_err(|e| Error::sys("waitpid", e))? {
+            let status = match waitpid(pid, None).map_err(|e| Error::sys("waitpid", e))? {
                 WaitStatus::Exited(_, c) => ExitStatus::Code(c),
                 WaitStatus::Signaled(_, s, _) => ExitStatus::Signal(s as i32),
                 other => return Err(Error::Helper(format!("unexpected wait status {other:?}"))),
@@ -246,13 +248,13 @@ fn start_and_supervise(ctrl: BorrowedFd<'_>, p: Parked, plan: &ProcessPlan, fds:
             match proto::recv::<Request>(ctrl)? {
                 Some((Request::Signal(s), _)) => {
                     if let Ok(sig) = Signal::try_from(s) {
-                        let _ = nix::sys::signal::kill(p.pid, sig);
+                        let _ = nix::sys::signal::kill(pid, sig);
                     }
                 }
                 Some(_) => {}
                 None => {
                     owner_gone = true;
-                    let _ = nix::sys::signal::kill(p.pid, Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 }
             }
         }

@@ -86,6 +86,8 @@ impl Runtime {
 }
 
 fn fill(s: &Shared) {
+    // The filler thread itself (it forks and execs helpers) also yields to everything else.
+    crate::helper::set_idle_priority(true);
     let mut backoff = Duration::from_millis(10);
     loop {
         {
@@ -98,7 +100,7 @@ fn fill(s: &Shared) {
             }
         }
         let t = Instant::now();
-        match s.rt.build_part(&s.cfg.profile, s.cfg.rootfs.as_ref()) {
+        match s.rt.build_part(&s.cfg.profile, s.cfg.rootfs.as_ref(), true) {
             Ok(mut part) => {
                 part.timings.pooled = true;
                 s.stats.built.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +185,7 @@ impl Pool {
             other => {
                 drop(other);
                 self.shared.stats.misses.fetch_add(1, Ordering::Relaxed);
-                let mut p = self.shared.rt.build_part(&cfg.profile, Some(rootfs))?;
+                let mut p = self.shared.rt.build_part(&cfg.profile, Some(rootfs), false)?;
                 p.timings.pooled = false;
                 p
             }

@@ -28,8 +28,6 @@ pub enum Request {
     /// Build the per-image part: a mount namespace holding the overlay root, and the future
     /// PID 1 already forked into a new PID namespace with the root switched.
     Root(RootPlan),
-    /// Run the workload; three descriptors (stdin, stdout, stderr) travel with this message.
-    Start(ProcessPlan),
     /// Send this signal to the workload.
     Signal(i32),
 }
@@ -53,7 +51,8 @@ pub struct RootPlan {
     pub staging: PathBuf,
 }
 
-/// The workload.
+/// The workload; sent by the caller directly to PID 1 with three descriptors (stdin, stdout,
+/// stderr).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProcessPlan {
     /// What to run and as whom.
@@ -74,14 +73,12 @@ pub enum Reply {
         /// Stage durations in microseconds.
         stages: Vec<(String, u64)>,
     },
-    /// The root is built and PID 1 is parked inside it.
+    /// The root is built and PID 1 is parked inside it. PID 1's socket travels with this
+    /// message: the caller sends the [`ProcessPlan`] and the workload's stdio straight to PID 1,
+    /// and end-of-file on that socket means the exec succeeded (PID 1's end is close-on-exec).
+    /// The critical path of a start therefore wakes no process but PID 1.
     RootReady {
-        /// Stage durations in microseconds.
-        stages: Vec<(String, u64)>,
-    },
-    /// The workload was executed.
-    Started {
-        /// Its pid in the host PID namespace.
+        /// Host pid of PID 1 (the future workload).
         pid: i32,
         /// Stage durations in microseconds.
         stages: Vec<(String, u64)>,

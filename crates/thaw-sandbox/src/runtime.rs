@@ -275,7 +275,7 @@ impl Runtime {
     /// The cold path: builds every part on demand, then starts the workload.
     pub fn start(&self, spec: &SandboxSpec, io: StdioFds) -> Result<Sandbox> {
         let t0 = Instant::now();
-        let mut part = self.build_part(&spec.profile, Some(&spec.rootfs))?;
+        let mut part = self.build_part(&spec.profile, Some(&spec.rootfs), false)?;
         part.timings.pooled = false;
         self.start_on(part, &spec.rootfs, &spec.process, spec.profile.seccomp, io, t0)
     }
@@ -286,11 +286,13 @@ impl Runtime {
     }
 
     /// Builds a part: a helper with its shell (and its root, if `rootfs` is given) ready.
-    pub(crate) fn build_part(&self, profile: &Profile, rootfs: Option<&RootfsConfig>) -> Result<Part> {
+    /// `background`: build at idle CPU priority (pool refills), so that on a busy machine the
+    /// starts being served win the CPU over the parts being prepared for later.
+    pub(crate) fn build_part(&self, profile: &Profile, rootfs: Option<&RootfsConfig>, background: bool) -> Result<Part> {
         let id = format!("s{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let cgroup = CgroupPlan::new(&self.inner.layout, &self.inner.names.cgroup_parent, &id, profile.limits.clone());
         let t = Instant::now();
-        let (ctrl, child) = self.spawn_helper()?;
+        let (ctrl, child) = self.spawn_helper(background)?;
         let mut part = Part {
             ctrl: Some(Arc::new(ctrl)),
             child: Some(child),
@@ -298,6 +300,7 @@ impl Runtime {
             rootfs: None,
             timings: Timings::default(),
             netns: 0,
+            pid1: None,
             rt: self.inner.clone(),
         };
         self.inner.counters.parts_built.fetch_add(1, Ordering::Relaxed);
@@ -317,11 +320,7 @@ impl Runtime {
             other => return Err(unexpected(other)),
         }
         if let Some(r) = rootfs {
-            match recv_reply(&ctrl)? {
-                Reply::RootReady { stages } => part.timings.add(&stages),
-                other => return Err(unexpected(other)),
-            }
-            part.rootfs = Some(r.clone());
+            part.take_root(&ctrl, r)?;
         }
         Ok(part)
     }
@@ -343,36 +342,33 @@ impl Runtime {
         let ctrl = part.ctrl();
         if part.rootfs.is_none() {
             proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(rootfs)), &[])?;
-            match recv_reply(&ctrl)? {
-                Reply::RootReady { stages } => part.timings.add(&stages),
-                other => return Err(unexpected(other)),
-            }
-            part.rootfs = Some(rootfs.clone());
+            part.take_root(&ctrl, rootfs)?;
         } else if part.rootfs.as_ref() != Some(rootfs) {
             return Err(Error::Config("the pooled part holds a different root filesystem".into()));
         }
+        let t = Instant::now();
         let plan = ProcessPlan { process: process.clone(), seccomp: (*self.seccomp(seccomp_opts)?).clone() };
         let fds = [io.stdin.as_raw_fd(), io.stdout.as_raw_fd(), io.stderr.as_raw_fd()];
-        proto::send(ctrl.as_fd(), &Request::Start(plan), &fds)?;
+        let (pid, sock) = part.pid1.take().ok_or_else(|| Error::Protocol("part has no parked PID 1".into()))?;
+        proto::send(sock.as_fd(), &plan, &fds)?;
         drop(io);
-        let pid = match recv_reply(&ctrl)? {
-            Reply::Started { pid, stages } => {
-                part.timings.add(&stages);
-                pid
-            }
-            other => return Err(unexpected(other)),
-        };
+        // PID 1's end is close-on-exec: end-of-file means the workload runs; a message is the
+        // reason it could not start.
+        if let Some((b, _)) = proto::recv_bytes(sock.as_fd())? {
+            return Err(Error::Helper(String::from_utf8_lossy(&b).into_owned()));
+        }
+        part.timings.stages.push(("exec".into(), t.elapsed()));
         part.timings.to_exec = t0.elapsed();
         Ok(Sandbox { part, pid })
     }
 
-    fn spawn_helper(&self) -> Result<(OwnedFd, Child)> {
+    fn spawn_helper(&self, background: bool) -> Result<(OwnedFd, Child)> {
         let (mine, theirs) = proto::seqpacket_pair()?;
         let raw = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.inner.helper.program);
         cmd.args(&self.inner.helper.args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
         // SAFETY: the closure runs between fork and exec and only calls sigemptyset, sigprocmask,
-        // dup2 and fcntl, which are async-signal-safe; it touches no memory of the parent beyond
+        // sched_setscheduler, dup2 and fcntl, which are async-signal-safe; it touches no memory of the parent beyond
         // the copied integer and a stack-local signal set.
         unsafe {
             cmd.pre_exec(move || {
@@ -380,6 +376,10 @@ impl Runtime {
                 let mut empty: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut empty);
                 libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                if background {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+                }
                 if raw == crate::helper::CONTROL_FD {
                     if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
                         return Err(std::io::Error::last_os_error());
@@ -431,10 +431,26 @@ pub(crate) struct Part {
     pub(crate) rootfs: Option<RootfsConfig>,
     pub(crate) timings: Timings,
     netns: u64,
+    /// Host pid of the parked PID 1 and the socket to hand it the workload.
+    pid1: Option<(i32, OwnedFd)>,
     rt: Arc<Inner>,
 }
 
 impl Part {
+    fn take_root(&mut self, ctrl: &OwnedFd, r: &RootfsConfig) -> Result<()> {
+        match proto::recv::<Reply>(ctrl.as_fd())? {
+            Some((Reply::RootReady { pid, stages }, mut fds)) if fds.len() == 1 => {
+                self.timings.add(&stages);
+                self.pid1 = Some((pid, fds.remove(0)));
+                self.rootfs = Some(r.clone());
+                Ok(())
+            }
+            Some((Reply::Failed(e), _)) => Err(Error::Helper(e)),
+            Some((other, _)) => Err(unexpected(other)),
+            None => Err(Error::Helper("the helper exited without a reply; see its messages on stderr".into())),
+        }
+    }
+
     fn ctrl(&self) -> Arc<OwnedFd> {
         self.ctrl.clone().expect("control socket present until drop")
     }
@@ -447,7 +463,8 @@ impl Part {
 
 impl Drop for Part {
     fn drop(&mut self) {
-        // Closing our end makes the helper kill its PID 1 (if started) and exit.
+        // Closing our ends makes a parked PID 1 exit and the helper kill a started one and exit.
+        self.pid1.take();
         self.ctrl.take();
         if let Some(child) = self.child.take() {
             let tx = self.rt.reaper.lock().clone();

@@ -86,7 +86,7 @@ fn process_properties(kind: Kind) {
     let Some(f) = Fixture::new("process_properties") else { return };
     let script = "cat /proc/self/status; echo @@; for n in net uts ipc mnt pid cgroup; do readlink /proc/self/ns/$n; done; \
                   echo @@; cat /proc/self/limits; echo @@; cat /proc/self/cgroup; echo @@; cat /proc/self/mountinfo; \
-                  echo @@; hostname; cat /sys/class/net/lo/flags; echo $$";
+                  echo @@; hostname; cat /sys/class/net/lo/flags; echo $$; cat /proc/self/stat";
     let spec = f.spec(&["sh", "-c", script]);
     // Namespace ids are inode numbers the kernel reuses once a namespace is gone, so the
     // other sandbox must be alive while this one looks.
@@ -138,6 +138,9 @@ fn process_properties(kind: Kind) {
     assert_eq!(tail[0], "thaw");
     assert_eq!(tail[1], "0x9", "loopback not up");
     assert_eq!(tail[2], "1", "the workload is not PID 1");
+    // Pool refills build at SCHED_IDLE; the workload must run at the normal policy (0).
+    let after_comm = tail[3].rsplit_once(") ").unwrap().1;
+    assert_eq!(after_comm.split(' ').nth(38), Some("0"), "scheduling policy of the workload: {}", tail[3]);
 }
 
 fn cgroup_membership_and_signals(kind: Kind) {
