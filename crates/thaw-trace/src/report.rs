@@ -51,7 +51,7 @@ fn fmt_value(v: f64, unit: Unit) -> String {
     }
 }
 
-/// Bytes with a decimal-prefixed binary unit, 3 significant digits (`1.50 MiB`).
+/// Bytes in binary units with 3 significant digits (`1.5 MiB`, `977 KiB`).
 pub fn human_bytes(v: f64) -> String {
     const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut x = v;
@@ -60,11 +60,18 @@ pub fn human_bytes(v: f64) -> String {
         x /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{x:.0} B")
+    let digits = if i == 0 || x >= 100.0 {
+        0
+    } else if x >= 10.0 {
+        1
     } else {
-        format!("{x:.3} {}", U[i]).replace(".000 ", " ")
+        2
+    };
+    let mut n = format!("{x:.digits$}");
+    if n.contains('.') {
+        n = n.trim_end_matches('0').trim_end_matches('.').to_string();
     }
+    format!("{n} {}", U[i])
 }
 
 /// Seconds as s, min, h or d.
@@ -114,36 +121,28 @@ pub fn cdf_svg(
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err(title))?;
-        let xmax = series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0))
-            .max()
-            .unwrap_or(1)
-            .max(2) as f64;
-        let xmin = series
-            .iter()
-            .flat_map(|s| s.points.iter().map(|p| p.0))
-            .filter(|&v| v > 0)
-            .min()
-            .unwrap_or(1)
-            .max(1) as f64;
-        let (xmin, xmax) = if xmin >= xmax {
-            (xmax / 10.0, xmax * 10.0)
-        } else {
-            (xmin, xmax * 1.5)
-        };
+        // The x axis is linear over log_b(value), labelled with b^tick: powers of two for bytes
+        // (1 MiB, 2 MiB, ...), of ten otherwise, so ticks land on round values.
+        let base: f64 = if matches!(unit, Unit::Bytes) { 2.0 } else { 10.0 };
+        let to_axis = move |v: f64| v.max(1.0).log(base);
+        let values = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+        let xmax = values().max().unwrap_or(1).max(2) as f64;
+        let xmin = values().filter(|&v| v > 0).min().unwrap_or(1).max(1) as f64;
+        let (lo, hi) = (to_axis(xmin).floor(), to_axis(xmax).ceil());
+        let hi = if hi <= lo { lo + 1.0 } else { hi };
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(42)
             .y_label_area_size(52)
-            .build_cartesian_2d((xmin..xmax).log_scale(), 0f64..1.0)
+            .build_cartesian_2d(lo..hi, 0f64..1.0)
             .map_err(plot_err(title))?;
         chart
             .configure_mesh()
             .x_desc(x_label)
             .y_desc("share (CDF)")
-            .x_label_formatter(&|v| fmt_value(*v, unit))
+            .x_labels(10)
+            .x_label_formatter(&|v| fmt_value(base.powf(*v), unit))
             .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
@@ -157,7 +156,7 @@ pub fn cdf_svg(
             let mut pts = Vec::with_capacity(s.points.len() * 2);
             let mut prev = 0.0;
             for &(x, y) in s.points {
-                let x = (x as f64).max(xmin);
+                let x = to_axis(x as f64);
                 pts.push((x, prev));
                 pts.push((x, y));
                 prev = y;
@@ -182,8 +181,8 @@ pub fn cdf_svg(
     Ok(svg)
 }
 
-/// Miss-ratio curves: for each policy, miss ratio (objects, and bytes dashed... no: a second plot)
-/// over total cache size. Only single-tier runs are drawn; two-tier runs are plotted by total size.
+/// Miss-ratio curves: for each policy, the miss ratio (or byte miss ratio)
+/// over the cache size; two-tier runs are placed at their total size (fast + slow).
 pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
     let title = if bytes {
         "byte miss ratio over cache size"
@@ -200,19 +199,17 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
     {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err(title))?;
+        // x: log2 of the total cache size, labelled in bytes (powers of two are round sizes).
         let sizes: Vec<f64> = sim
             .runs
             .iter()
             .map(|r| (r.fast_bytes + r.slow_bytes) as f64)
             .filter(|&s| s > 0.0)
+            .map(f64::log2)
             .collect();
         let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = sizes.iter().copied().fold(0.0, f64::max);
-        let (lo, hi) = if !lo.is_finite() || lo >= hi {
-            (lo.max(1.0) / 2.0, lo.max(1.0) * 2.0)
-        } else {
-            (lo / 1.2, hi * 1.2)
-        };
+        let (lo, hi) = if lo.is_finite() { (lo.floor() - 0.5, hi.ceil() + 0.5) } else { (0.0, 1.0) };
         let ymax = sim
             .runs
             .iter()
@@ -231,7 +228,7 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
             .margin(12)
             .x_label_area_size(42)
             .y_label_area_size(52)
-            .build_cartesian_2d((lo..hi).log_scale(), 0f64..ymax)
+            .build_cartesian_2d(lo..hi, 0f64..ymax)
             .map_err(plot_err(title))?;
         chart
             .configure_mesh()
@@ -241,7 +238,7 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
             } else {
                 "miss ratio"
             })
-            .x_label_formatter(&|v| human_bytes(*v))
+            .x_label_formatter(&|v| human_bytes(v.exp2()))
             .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
@@ -254,7 +251,7 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
                 .filter(|r| r.policy == *p)
                 .map(|r| {
                     (
-                        (r.fast_bytes + r.slow_bytes) as f64,
+                        ((r.fast_bytes + r.slow_bytes) as f64).max(1.0).log2(),
                         if bytes {
                             r.byte_miss_ratio
                         } else {
@@ -724,7 +721,9 @@ mod tests {
     #[test]
     fn human_units() {
         assert_eq!(human_bytes(512.0), "512 B");
-        assert_eq!(human_bytes(1536.0), "1.500 KiB");
+        assert_eq!(human_bytes(1536.0), "1.5 KiB");
+        assert_eq!(human_bytes(1000.0 * 1024.0), "1000 KiB");
+        assert_eq!(human_bytes(9.77 * 1024.0), "9.77 KiB");
         assert_eq!(human_bytes(1048576.0), "1 MiB");
         assert_eq!(human_seconds(90.0), "90.0 s");
         assert_eq!(human_seconds(3.0 * 86_400.0), "3.0 d");
