@@ -391,7 +391,8 @@ impl LaCache {
 
     /// Makes `size` bytes of room in the fast tier by demoting (or, when the slow tier cannot take
     /// them, evicting) victims; false if pins prevent it, in which case nothing moved.
-    fn room_in_fast(&mut self, now: u64, size: u64, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+    /// `adapt` is false for prefetch admissions, which must not tune lifetimes.
+    fn room_in_fast(&mut self, now: u64, size: u64, adapt: bool, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
         if size > self.capacity.fast {
             return false;
         }
@@ -405,7 +406,7 @@ impl LaCache {
         while self.used[0] + size > self.capacity.fast {
             let (id, expired) = self.fast_victim(now, pinned).expect("unpinned fast bytes were counted");
             let e = *self.slab.get(id);
-            if !expired {
+            if !expired && adapt {
                 // memory is too small for the current lifetimes
                 let idle = now.saturating_sub(e.last_access_us) as f64;
                 self.step_lifetime(e.slot as usize, idle);
@@ -443,7 +444,7 @@ impl LaCache {
                 // Take it out of the slow tier first, so that demotions making room in the fast
                 // tier can use its space.
                 self.unlink(id);
-                if self.room_in_fast(req.time_us, e.size, pinned, effects) {
+                if self.room_in_fast(req.time_us, e.size, true, pinned, effects) {
                     self.link_front(id, Tier::Fast);
                     effects.push(Effect::Promoted { key: e.key, size: e.size });
                     Some(Tier::Fast)
@@ -466,7 +467,7 @@ impl LaCache {
                 self.reuse_after_eviction(g.slot as usize, req.time_us.saturating_sub(g.last_access_us));
             }
         }
-        let tier = if self.room_in_fast(req.time_us, req.size, pinned, effects) {
+        let tier = if self.room_in_fast(req.time_us, req.size, !req.prefetch, pinned, effects) {
             Tier::Fast
         } else if self.room_in_slow(req.size, pinned, effects) {
             Tier::Slow
@@ -609,6 +610,18 @@ mod tests {
         let before = p.lifetime_us(Some(1));
         assert_eq!(p.access(&req(100 * S, 1, 1, Some(1)), &mut fx), None);
         assert!(p.lifetime_us(Some(1)) > before);
+    }
+
+    #[test]
+    fn prefetch_admissions_do_not_tune_lifetimes() {
+        let mut p = LaCache::new(Capacity { fast: 1, slow: 10 }, cfg());
+        let mut fx = Vec::new();
+        p.access(&req(0, 1, 1, Some(0)), &mut fx);
+        let mut r = req(20 * S, 2, 1, Some(0));
+        r.prefetch = true;
+        p.access(&r, &mut fx); // demotes live object 1, but as a prefetch: no adaptation
+        assert_eq!(p.peek(1), Some(Tier::Slow));
+        assert_eq!(p.lifetime_us(Some(0)), 100 * S);
     }
 
     #[test]

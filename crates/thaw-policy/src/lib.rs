@@ -18,8 +18,28 @@
 //!
 //! What the policy decides is reported as [`Effect`]s, which the store turns into file operations
 //! and the simulator into counters. Pinned objects (being served, or in use by a sandbox) are never
-//! chosen as victims: `admit` takes a predicate that tells which keys are pinned; the simulator
-//! passes one that pins nothing, so both run the same code.
+//! chosen as victims: `admit` and [`CachePolicy::lookup_pinned`] (a hit can evict in some
+//! policies) take a predicate that tells which keys are pinned; the simulator passes one that pins
+//! nothing, so both run the same code. [`CachePolicy::access`] is the simulator's shortcut for
+//! "lookup, then admit with nothing pinned"; policies override it with a faster path whose
+//! decisions the conformance suite checks to be identical.
+//!
+//! # Policies
+//!
+//! | name (command line)            | type              | tiers | reference                        |
+//! |--------------------------------|-------------------|-------|----------------------------------|
+//! | `fifo`                         | [`Fifo`]          | 1     | libCacheSim `FIFO`, exact        |
+//! | `lru`                          | [`Lru`]           | 1     | libCacheSim `LRU`, exact         |
+//! | `clock`, `clock:BITS`          | [`Clock`]         | 1     | libCacheSim `Clock`, exact       |
+//! | `lfu`                          | [`Lfu`]           | 1     | libCacheSim `LFU`, exact         |
+//! | `slru`, `slru:SEGMENTS`        | [`Slru`]          | 1     | libCacheSim `SLRU`, exact        |
+//! | `s3fifo`                       | [`S3Fifo`]        | 1     | libCacheSim `S3FIFO`, exact      |
+//! | `sieve`                        | [`Sieve`]         | 1     | libCacheSim `Sieve`, exact       |
+//! | `size-tiered-lru[:THRESHOLD]`  | [`SizeTieredLru`] | 2     | the registry papers' "SLRU"      |
+//! | `lacache`                      | [`LaCache`]       | 2     | the LACache paper, see its module |
+//!
+//! [`build`] makes one from a [`PolicySpec`]; `lacache` built that way has no association table,
+//! so to prefetch, build [`LaCache::new`] with a [`LaCacheConfig`] directly.
 //!
 //! # Conventions (shared with libCacheSim, the reference implementation)
 //!

@@ -10,8 +10,8 @@
 //! Why: a linked-list move-to-front touches four scattered nodes per hit (the object, its two
 //! neighbours and the old head), and on a simulator replaying tens of millions of requests those
 //! cache misses are the whole cost. Here a hit is one hash probe plus an append to a ring buffer.
-//! Stale records are purged when they outnumber live ones (amortised O(1) per hit), so the queue
-//! stays within about twice the number of resident objects.
+//! Stale records are purged when they outnumber live ones three to one (amortised O(1) per hit),
+//! so the queue stays within about four times the number of resident objects.
 //!
 //! FIFO is the same queue without re-stamping on a hit.
 
@@ -90,7 +90,10 @@ impl QueueCore {
 
     #[inline]
     fn maybe_compact(&mut self) {
-        if self.queue.len() > 2 * self.map.len() + 1024 {
+        // Purging reads every record's stamp from the map, so it is done rarely: with up to three
+        // stale records per live one, a purge costs about 1.3 probes per hit that made a stale
+        // record, at 16 bytes per record.
+        if self.queue.len() > 4 * self.map.len() + 1024 {
             let map = &self.map;
             self.queue.retain(|&(k, st)| Self::is_live(map, k, st));
         }
@@ -194,7 +197,7 @@ mod tests {
         for i in 0..100_000u64 {
             q.touch(i % 10);
         }
-        assert!(q.queue.len() <= 2 * 10 + 1025);
+        assert!(q.queue.len() <= 4 * 10 + 1025);
         q.touch(3);
         let order: Vec<Key> = q.keys_oldest_first().collect();
         assert_eq!(order, vec![0, 1, 2, 4, 5, 6, 7, 8, 9, 3]);

@@ -139,10 +139,21 @@ impl S3Fifo {
         e
     }
 
-    /// Moves `id` to the head of `to` with counter `freq` (libCacheSim removes and re-inserts).
+    /// Moves `id` to the head of `to` with counter `freq`. libCacheSim removes the object and
+    /// inserts a copy; relinking the same slot gives the same order without touching the map.
     fn requeue(&mut self, id: Idx, to: Queue, freq: u32) {
-        let e = self.drop_entry(id);
-        self.push(to, e.key, e.size, freq);
+        let e = *self.slab.get(id);
+        let mut from = std::mem::take(self.fifo(e.queue));
+        self.slab.unlink(&mut from.list, id);
+        from.bytes -= e.size;
+        *self.fifo(e.queue) = from;
+        let mut dest = std::mem::take(self.fifo(to));
+        self.slab.push_front(&mut dest.list, id);
+        dest.bytes += e.size;
+        *self.fifo(to) = dest;
+        let e = self.slab.get_mut(id);
+        e.queue = to;
+        e.freq = freq;
     }
 
     /// `ghost_fifo->get`: a byte-bounded FIFO of keys.
