@@ -110,6 +110,8 @@ fn wrong_bytes_cut_every_waiter_and_nothing_is_stored() {
         metric_with(&thaw, "thaw_cache_misses_total", "kind=\"blob\"") + thaw.metric("thaw_coalesced_waiters_total") >= CLIENTS as f64
     });
     assert_eq!(metric_with(&thaw, "thaw_cache_misses_total", "kind=\"blob\""), 1.0, "one flight for all clients");
+    // Release only once the flight's request is at the upstream and its body is being held.
+    wait_until("the flight's GET reached the upstream", || fake.count("GET", &path) == 1);
     fake.release();
     for t in tasks {
         match rt.block_on(t).unwrap() {
@@ -118,8 +120,11 @@ fn wrong_bytes_cut_every_waiter_and_nothing_is_stored() {
             Ok((status, got, cut)) => {
                 assert!(
                     got.len() < layer.len(),
-                    "a client received the full {} bytes of a blob that failed verification (status {status}, cut {cut})",
-                    got.len()
+                    "a client received the full {} bytes of a blob that failed verification (status {status}, cut {cut}, right bytes {}, mismatches {}, log {:?})",
+                    got.len(),
+                    got == layer,
+                    thaw.metric("thaw_digest_mismatches_total"),
+                    fake.log()
                 );
                 assert!(status != 200 || cut, "a 200 body ended cleanly although it was short");
             }
@@ -482,3 +487,4 @@ fn chunked_upstream_blob_is_relayed_and_verified() {
     wait_until("the blob is committed", || stored(&thaw, &ld));
     assert_eq!(fake.count("GET", &format!("/v2/{REPO}/blobs/{ld}")), 1);
 }
+

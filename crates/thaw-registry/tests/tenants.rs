@@ -1,0 +1,498 @@
+//! Tenant isolation (issue 2, item 5): thaw in process in front of the fake upstream's token
+//! flow, with a public repository and private ones readable by some users only.
+//!
+//! The centre is a model-based property test: random sequences of requests from anonymous
+//! clients, token holders (mode a: the client's own upstream token, forwarded by thaw) and thaw
+//! accounts (mode b: Basic auth, mapped to upstream users), for manifests by tag and by digest and
+//! for blobs, asked through their own repository's name or through another's, with the upstream
+//! going down and coming back. A small model says who may read what; thaw must never serve what
+//! the model forbids, and must serve what it allows while the upstream is up. The deterministic
+//! tests below it pin the individual rules the model relies on.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use thaw_registry::config::{Account, Credentials};
+use thaw_registry::RegistryConfig;
+use thaw_testkit::fake_upstream::{FakeImage, FakeUpstream};
+use thaw_testkit::{filler, upstream, Thaw};
+
+const USERS: [(&str, &str); 3] = [("u1", "pw1"), ("u2", "pw2"), ("u3", "pw3")];
+/// Repository 0 is public; 1 is readable by u1; 2 by u1 and u2. u3 reads only the public one.
+const REPOS: [&str; 3] = ["pub/base", "priv/a", "priv/b"];
+/// thaw accounts (mode b) and the upstream user each maps to.
+const ACCOUNTS: [(&str, &str, usize); 3] = [("alice", "apw", 0), ("bob", "bpw", 1), ("carol", "cpw", 2)];
+
+fn readable(user: Option<usize>, repo: usize) -> bool {
+    match repo {
+        0 => true,
+        1 => user == Some(0),
+        2 => matches!(user, Some(0 | 1)),
+        _ => false,
+    }
+}
+
+/// The fake upstream with the three repositories, their ACL, and one image each. priv/a's image
+/// shares pub/base's first layer (a public base layer under private content, as real images do).
+struct World {
+    fake: FakeUpstream,
+    images: Vec<FakeImage>,
+}
+
+fn world(jwt: bool, token_ttl: Duration) -> World {
+    let fake = FakeUpstream::start();
+    fake.enable_auth(jwt, token_ttl);
+    for (u, p) in USERS {
+        fake.add_user(u, p);
+    }
+    fake.make_public(REPOS[0]);
+    fake.allow(REPOS[1], "u1");
+    fake.allow(REPOS[2], "u1");
+    fake.allow(REPOS[2], "u2");
+    let base = filler(100, 20_000);
+    let images = vec![
+        fake.put_image(REPOS[0], "v1", &[base.clone(), filler(101, 15_000)]),
+        fake.put_image(REPOS[1], "v1", &[base, filler(111, 15_000)]),
+        fake.put_image(REPOS[2], "v1", &[filler(121, 20_000), filler(122, 15_000)]),
+    ];
+    World { fake, images }
+}
+
+fn accounts() -> Vec<Account> {
+    ACCOUNTS
+        .iter()
+        .map(|(name, pw, u)| Account {
+            username: name.to_string(),
+            password: pw.to_string(),
+            upstream: [("fake".to_string(), Credentials { username: USERS[*u].0.into(), password: USERS[*u].1.into() })].into(),
+        })
+        .collect()
+}
+
+fn thaw_for(w: &World, with_accounts: bool, auth_ttl: Duration) -> Thaw {
+    let cfg = RegistryConfig {
+        upstreams: vec![upstream("fake", &w.fake.url(), true)],
+        accounts: if with_accounts { accounts() } else { Vec::new() },
+        auth_ttl,
+        upstream_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    Thaw::start(cfg)
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// Gets a token from the fake's token service as a mode (a) client does after a challenge.
+fn upstream_token(c: &reqwest::blocking::Client, fake: &FakeUpstream, user: Option<usize>, repo: &str) -> String {
+    let mut req = c.get(fake.realm()).query(&[("service", "fake"), ("scope", &format!("repository:{repo}:pull"))]);
+    if let Some(u) = user {
+        req = req.basic_auth(USERS[u].0, Some(USERS[u].1));
+    }
+    let r = req.send().unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().unwrap();
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// Who sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Who {
+    Anonymous,
+    /// Mode (a): a token from the upstream for this upstream user (`None`: an anonymous token).
+    Token(Option<usize>),
+    /// Mode (b): this thaw account.
+    Account(usize),
+}
+
+impl Who {
+    fn user(self) -> Option<usize> {
+        match self {
+            Who::Anonymous | Who::Token(None) => None,
+            Who::Token(Some(u)) => Some(u),
+            Who::Account(a) => Some(ACCOUNTS[a].2),
+        }
+    }
+}
+
+/// What is asked for.
+#[derive(Debug, Clone, Copy)]
+enum Obj {
+    /// `manifests/v1` of the repository asked through.
+    Tag,
+    /// Manifest of image `i`, by digest.
+    Manifest(usize),
+    /// Blob `b` (0 = config, 1.. = layers) of image `i`.
+    Blob(usize, usize),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Get { who: Who, via: usize, obj: Obj, head: bool },
+    Down,
+    Up,
+}
+
+struct Object {
+    path: String,
+    body: Vec<u8>,
+    digest: String,
+    /// Repositories the object belongs to upstream.
+    owners: BTreeSet<usize>,
+}
+
+fn object(w: &World, via: usize, obj: Obj) -> Object {
+    let owners_of = |d: &str| -> BTreeSet<usize> {
+        w.images
+            .iter()
+            .enumerate()
+            .filter(|(_, im)| im.manifest_digest == d || im.config_digest == d || im.layers.iter().any(|(l, _)| l == d))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    match obj {
+        Obj::Tag => {
+            let im = &w.images[via];
+            Object { path: "manifests/v1".into(), body: im.manifest.clone(), digest: im.manifest_digest.clone(), owners: [via].into() }
+        }
+        Obj::Manifest(i) => {
+            let im = &w.images[i];
+            Object { path: format!("manifests/{}", im.manifest_digest), body: im.manifest.clone(), digest: im.manifest_digest.clone(), owners: owners_of(&im.manifest_digest) }
+        }
+        Obj::Blob(i, b) => {
+            let im = &w.images[i];
+            let (d, body) = if b == 0 { (im.config_digest.clone(), im.config.clone()) } else { im.layers[b - 1].clone() };
+            Object { path: format!("blobs/{d}"), owners: owners_of(&d), body, digest: d }
+        }
+    }
+}
+
+fn who_strategy(mode_b: bool) -> BoxedStrategy<Who> {
+    let tokens = prop_oneof![Just(Who::Token(None)), (0..3usize).prop_map(|u| Who::Token(Some(u)))];
+    if mode_b {
+        prop_oneof![1 => Just(Who::Anonymous), 3 => (0..3usize).prop_map(Who::Account), 1 => tokens].boxed()
+    } else {
+        prop_oneof![1 => Just(Who::Anonymous), 3 => tokens].boxed()
+    }
+}
+
+fn obj_strategy() -> impl Strategy<Value = Obj> {
+    prop_oneof![
+        2 => Just(Obj::Tag),
+        2 => (0..3usize).prop_map(Obj::Manifest),
+        4 => (0..3usize, 0..3usize).prop_map(|(i, b)| Obj::Blob(i, b)),
+    ]
+}
+
+fn ops_strategy(mode_b: bool) -> impl Strategy<Value = Vec<Op>> {
+    let get = (who_strategy(mode_b), 0..3usize, obj_strategy(), proptest::bool::weighted(0.15))
+        .prop_map(|(who, via, obj, head)| Op::Get { who, via, obj, head });
+    proptest::collection::vec(prop_oneof![12 => get, 1 => Just(Op::Down), 1 => Just(Op::Up)], 4..24)
+}
+
+/// Runs one sequence against a fresh upstream and thaw, checking every answer against the model.
+fn run_case(mode_b: bool, jwt: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let w = world(jwt, Duration::from_secs(300));
+    let thaw = thaw_for(&w, mode_b, Duration::from_secs(60));
+    let c = http();
+    let mut tokens: HashMap<(Option<usize>, usize), String> = HashMap::new();
+    let mut up = true;
+    // (identity, repository) pairs the upstream said yes to while up: thaw may remember those
+    // (for auth_ttl) and serve cached private content to them during an outage; nobody else.
+    let mut granted: HashSet<(Who, usize)> = HashSet::new();
+    for (step, op) in ops.iter().enumerate() {
+        let (who, via, obj, head) = match op {
+            Op::Down => {
+                if up {
+                    w.fake.go_down();
+                    up = false;
+                }
+                continue;
+            }
+            Op::Up => {
+                if !up {
+                    w.fake.come_up();
+                    up = true;
+                }
+                continue;
+            }
+            Op::Get { who, via, obj, head } => (*who, *via, *obj, *head),
+        };
+        let o = object(&w, via, obj);
+        let url = format!("{}/v2/{}/{}", thaw.url(), REPOS[via], o.path);
+        let mut req = if head { c.head(&url) } else { c.get(&url) };
+        match who {
+            Who::Anonymous => {}
+            Who::Token(u) => {
+                if !up && !tokens.contains_key(&(u, via)) {
+                    // The token service is down too: such a client cannot even ask.
+                    continue;
+                }
+                let t = tokens.entry((u, via)).or_insert_with(|| upstream_token(&c, &w.fake, u, REPOS[via])).clone();
+                req = req.bearer_auth(t);
+            }
+            Who::Account(a) => req = req.basic_auth(ACCOUNTS[a].0, Some(ACCOUNTS[a].1)),
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        let digest_hdr = resp.headers().get("docker-content-digest").map(|v| v.to_str().unwrap().to_string());
+        let body = resp.bytes().map(|b| b.to_vec()).unwrap_or_default();
+        let ctx = format!("step {step}: {who:?} {} {} via {} (up={up}) -> {status}", if head { "HEAD" } else { "GET" }, o.path, REPOS[via]);
+
+        let user_may_read_repo = readable(who.user(), via);
+        let belongs = o.owners.contains(&via);
+        let allowed = user_may_read_repo && belongs;
+        let served = (200..300).contains(&status);
+        if !allowed {
+            prop_assert!(!served, "LEAK {ctx}");
+            if !head {
+                prop_assert!(body != o.body, "LEAK of the body in an error answer: {ctx}");
+            }
+            if up {
+                if user_may_read_repo {
+                    // Naming another repository's digest through a readable repository: not found,
+                    // exactly as the upstream would say.
+                    prop_assert_eq!(status, 404, "{}", ctx);
+                } else {
+                    prop_assert!(matches!(status, 401 | 403 | 404), "{ctx}");
+                }
+            }
+            continue;
+        }
+        if up {
+            prop_assert_eq!(status, 200, "{}", ctx);
+            prop_assert_eq!(digest_hdr.as_deref(), Some(o.digest.as_str()), "{}", ctx);
+            if !head {
+                prop_assert!(body == o.body, "wrong content: {ctx}");
+            }
+            if via != 0 && who.user().is_some() {
+                granted.insert((who, via));
+            }
+        } else {
+            // Down: cached content may be served (public content to anyone; private content to an
+            // identity the upstream recently said yes to) — and then it must be right; private
+            // content to anyone else fails closed.
+            if via != 0 && !granted.contains(&(who, via)) {
+                prop_assert!(!served, "private content served while the upstream cannot be asked, to an identity never authorised: {ctx}");
+            }
+            if served && !head {
+                prop_assert!(body == o.body, "wrong content: {ctx}");
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, max_shrink_iters: 64, ..ProptestConfig::default() })]
+
+    /// No tenant is ever served content the model forbids, in either mode, through outages.
+    #[test]
+    fn tenant_model_finds_no_leak(
+        (mode_b, jwt, ops) in (any::<bool>(), any::<bool>()).prop_flat_map(|(m, j)| (Just(m), Just(j), ops_strategy(m)))
+    ) {
+        run_case(mode_b, jwt, &ops)?;
+    }
+}
+
+// ---------------------------------------------------------------------- the rules one by one
+
+fn get(c: &reqwest::blocking::Client, url: &str, auth: Option<&Who>, token: Option<&str>) -> reqwest::blocking::Response {
+    let mut r = c.get(url);
+    match (auth, token) {
+        (_, Some(t)) => r = r.bearer_auth(t),
+        (Some(Who::Account(a)), None) => r = r.basic_auth(ACCOUNTS[*a].0, Some(ACCOUNTS[*a].1)),
+        _ => {}
+    }
+    r.send().unwrap()
+}
+
+/// Mode (a): thaw relays the upstream's challenge with the repository scope; the token a client
+/// gets by following it works through thaw, and only for users the upstream lets in.
+#[test]
+fn mode_a_relays_the_challenge_and_forwards_the_clients_token() {
+    let w = world(false, Duration::from_secs(300));
+    let thaw = thaw_for(&w, false, Duration::from_secs(60));
+    let c = http();
+    let url = format!("{}/v2/{}/manifests/v1", thaw.url(), REPOS[1]);
+    let r = get(&c, &url, None, None);
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_string();
+    let parsed = thaw_registry::upstream::parse_bearer_challenge(&challenge).expect("a Bearer challenge");
+    assert_eq!(parsed.realm, w.fake.realm(), "{challenge}");
+    assert_eq!(parsed.scope.as_deref(), Some("repository:priv/a:pull"));
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED");
+
+    // Follow the challenge as u1 (allowed) and as u2 (not allowed).
+    let follow = |user: usize| {
+        let r = c
+            .get(&parsed.realm)
+            .query(&[("service", parsed.service.as_deref().unwrap()), ("scope", parsed.scope.as_deref().unwrap())])
+            .basic_auth(USERS[user].0, Some(USERS[user].1))
+            .send()
+            .unwrap();
+        r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_string()
+    };
+    let t1 = follow(0);
+    let r = get(&c, &url, None, Some(&t1));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), w.images[1].manifest.as_slice());
+    assert!(w.fake.log().iter().any(|l| l.method == "GET" && l.path == "/v2/priv/a/manifests/v1" && l.auth.as_deref() == Some("Bearer")));
+    let t2 = follow(1);
+    let r = get(&c, &url, None, Some(&t2));
+    assert_eq!(r.status(), 401, "u2 was served priv/a");
+    // A made-up token gets nothing either.
+    let r = get(&c, &url, None, Some("not-a-token"));
+    assert_eq!(r.status(), 401);
+    // Public content needs no token at all.
+    let r = get(&c, &format!("{}/v2/{}/manifests/v1", thaw.url(), REPOS[0]), None, None);
+    assert_eq!(r.status(), 200);
+}
+
+/// Mode (b): thaw's accounts with Basic auth, each mapped to its own upstream user.
+#[test]
+fn mode_b_accounts_map_to_their_own_upstream_users() {
+    let w = world(false, Duration::from_secs(300));
+    let thaw = thaw_for(&w, true, Duration::from_secs(60));
+    let c = http();
+    let url = format!("{}/v2/{}/manifests/v1", thaw.url(), REPOS[2]);
+    let r = get(&c, &url, None, None);
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"), "thaw asks for its own accounts");
+    for (a, expect) in [(0usize, 200u16), (1, 200), (2, 401)] {
+        let r = get(&c, &url, Some(&Who::Account(a)), None);
+        assert_eq!(r.status().as_u16(), expect, "account {}", ACCOUNTS[a].0);
+        if expect == 200 {
+            assert_eq!(r.bytes().unwrap().as_ref(), w.images[2].manifest.as_slice());
+        }
+    }
+    let r = c.get(&url).basic_auth("alice", Some("wrong")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    // carol reads the public repository, and the blob alice cached for priv/b stays closed to her.
+    let (ld, _) = &w.images[2].layers[0];
+    let blob = format!("{}/v2/{}/blobs/{ld}", thaw.url(), REPOS[2]);
+    assert_eq!(get(&c, &blob, Some(&Who::Account(0)), None).status(), 200);
+    assert_eq!(get(&c, &blob, Some(&Who::Account(2)), None).status(), 401);
+    assert_eq!(get(&c, &format!("{}/v2/{}/manifests/v1", thaw.url(), REPOS[0]), Some(&Who::Account(2)), None).status(), 200);
+}
+
+/// A private digest asked through a public repository's name: 404, as if it did not exist — for
+/// anonymous clients and for users who may read the private repository alike, cached or not.
+#[test]
+fn private_digest_through_a_public_name_reveals_nothing() {
+    let w = world(false, Duration::from_secs(300));
+    let thaw = thaw_for(&w, true, Duration::from_secs(60));
+    let c = http();
+    let private = &w.images[1];
+    let (priv_layer, _) = &private.layers[1];
+    // alice caches priv/a completely.
+    for p in [format!("manifests/{}", private.manifest_digest), format!("blobs/{}", private.config_digest), format!("blobs/{priv_layer}")] {
+        assert_eq!(get(&c, &format!("{}/v2/{}/{p}", thaw.url(), REPOS[1]), Some(&Who::Account(0)), None).status(), 200);
+    }
+    for who in [None, Some(Who::Account(0)), Some(Who::Account(2))] {
+        for p in [format!("manifests/{}", private.manifest_digest), format!("blobs/{}", private.config_digest), format!("blobs/{priv_layer}")] {
+            let r = get(&c, &format!("{}/v2/{}/{p}", thaw.url(), REPOS[0]), who.as_ref(), None);
+            assert_eq!(r.status(), 404, "{who:?} {p}");
+            let v: serde_json::Value = r.json().unwrap();
+            assert!(matches!(v["errors"][0]["code"].as_str(), Some("BLOB_UNKNOWN" | "MANIFEST_UNKNOWN")), "{v}");
+            let m = v["errors"][0]["message"].as_str().unwrap();
+            assert!(!m.contains("priv/a"), "the error names the private repository: {m}");
+        }
+    }
+    // The shared public base layer is served through both names to those who may read them.
+    let (base, data) = &w.images[0].layers[0];
+    for repo in [REPOS[0], REPOS[1]] {
+        let r = get(&c, &format!("{}/v2/{repo}/blobs/{base}", thaw.url()), Some(&Who::Account(0)), None);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().unwrap().as_ref(), data.as_slice());
+    }
+}
+
+/// Grants expire: after `auth_ttl` the upstream is asked again (a revoked user is refused), and a
+/// grant never outlives the JWT it was given for.
+#[test]
+fn grants_expire_with_auth_ttl_and_with_the_token() {
+    // auth_ttl: revocation upstream takes effect through thaw once the grant lapses.
+    let w = world(false, Duration::from_secs(300));
+    let ttl = Duration::from_millis(700);
+    let thaw = thaw_for(&w, true, ttl);
+    let c = http();
+    let (ld, data) = w.images[2].layers[0].clone();
+    let blob = format!("{}/v2/{}/blobs/{ld}", thaw.url(), REPOS[2]);
+    let bob = Who::Account(1);
+    let r = get(&c, &blob, Some(&bob), None);
+    assert_eq!(r.bytes().unwrap().as_ref(), data.as_slice());
+    w.fake.revoke(REPOS[2], "u2");
+    std::thread::sleep(ttl + Duration::from_millis(400));
+    let r = get(&c, &blob, Some(&bob), None);
+    assert_eq!(r.status(), 401, "a revoked user was still served after auth_ttl");
+    // alice, still on the ACL, is served from the cache.
+    let r = get(&c, &blob, Some(&Who::Account(0)), None);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-thaw-cache"], "hit");
+
+    // A JWT living 2 s, auth_ttl a minute: the grant dies with the token.
+    let w = world(true, Duration::from_secs(2));
+    let thaw = thaw_for(&w, false, Duration::from_secs(60));
+    let (ld, data) = w.images[1].layers[1].clone();
+    let blob = format!("{}/v2/{}/blobs/{ld}", thaw.url(), REPOS[1]);
+    let tok = upstream_token(&c, &w.fake, Some(0), REPOS[1]);
+    assert_eq!(tok.split('.').count(), 3, "the fake issues JWT-shaped tokens here");
+    let r = get(&c, &blob, None, Some(&tok));
+    assert_eq!(r.bytes().unwrap().as_ref(), data.as_slice());
+    std::thread::sleep(Duration::from_millis(3100));
+    let before = w.fake.registry_requests();
+    let r = get(&c, &blob, None, Some(&tok));
+    assert_eq!(r.status(), 401, "an expired token was still honoured");
+    assert!(w.fake.registry_requests() > before, "thaw did not ask the upstream again");
+}
+
+/// Fail closed: while the upstream cannot be asked, cached private content goes to no identity
+/// the upstream has not recently authorised; cached public content is still served.
+#[test]
+fn private_content_fails_closed_when_the_upstream_is_down() {
+    let w = world(false, Duration::from_secs(300));
+    let thaw = thaw_for(&w, true, Duration::from_secs(60));
+    let c = http();
+    let (ld, _) = w.images[2].layers[1].clone();
+    let blob = format!("{}/v2/{}/blobs/{ld}", thaw.url(), REPOS[2]);
+    assert_eq!(get(&c, &blob, Some(&Who::Account(0)), None).status(), 200);
+    let (pub_layer, pub_data) = w.images[0].layers[1].clone();
+    let pub_blob = format!("{}/v2/{}/blobs/{pub_layer}", thaw.url(), REPOS[0]);
+    assert_eq!(get(&c, &pub_blob, None, None).status(), 200);
+    // A token u2 got before the outage, never used through thaw.
+    let t_u2 = upstream_token(&c, &w.fake, Some(1), REPOS[2]);
+    w.fake.go_down();
+    for (who, tok) in [(Some(Who::Account(1)), None), (Some(Who::Account(2)), None), (None, None), (None, Some(t_u2.as_str()))] {
+        let r = get(&c, &blob, who.as_ref(), tok);
+        assert!(!r.status().is_success(), "{who:?} {tok:?} was served private content with the upstream down");
+    }
+    let r = get(&c, &pub_blob, None, None);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), pub_data.as_slice());
+}
+
+/// Operator credentials (`credentials` of an upstream): content fetched with them is shared by
+/// every client of that upstream — the operator's documented choice (see `UpstreamConfig`).
+#[test]
+fn operator_credentials_share_content_with_every_client() {
+    let w = world(false, Duration::from_secs(300));
+    let mut up = upstream("fake", &w.fake.url(), true);
+    up.credentials = Some(Credentials { username: "u1".into(), password: "pw1".into() });
+    let thaw = Thaw::start(RegistryConfig { upstreams: vec![up], ..Default::default() });
+    let c = http();
+    for repo in [1usize, 2] {
+        let r = get(&c, &format!("{}/v2/{}/manifests/v1", thaw.url(), REPOS[repo]), None, None);
+        assert_eq!(r.status(), 200, "{}", REPOS[repo]);
+        assert_eq!(r.bytes().unwrap().as_ref(), w.images[repo].manifest.as_slice());
+    }
+    // Still nothing beyond what the operator's user may read upstream: a repository u1 cannot
+    // read stays closed.
+    w.fake.put_image("priv/c", "v1", &[filler(130, 1000)]);
+    w.fake.allow("priv/c", "u3");
+    let r = get(&c, &format!("{}/v2/priv/c/manifests/v1", thaw.url()), None, None);
+    assert_eq!(r.status(), 401);
+}
