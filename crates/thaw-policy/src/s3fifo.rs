@@ -225,16 +225,34 @@ impl S3Fifo {
     }
 
     fn admit_inner(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
-        let mut hit_on_ghost = false;
-        if let Some(&id) = self.map.get(&req.key) {
+        let found = self.map.get(&req.key).copied();
+        if let Some(id) = found {
             if self.slab.get(id).queue != Queue::Ghost {
                 return true;
             }
-            self.drop_entry(id);
-            hit_on_ghost = true;
         }
+        self.admit_found(req, found, pinned, effects)
+    }
+
+    /// Admission of a non-resident key; `ghost` is its ghost entry, if it has one.
+    fn admit_found(&mut self, req: &Request, ghost: Option<Idx>, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+        // A ghost hit takes the key out of the ghost queue at once (libCacheSim does it in
+        // `S3FIFO_find`, before anything else). Its slot and map entry are kept, detached from
+        // every queue, to become the main-queue entry below: one hash update fewer per ghost hit.
+        if let Some(id) = ghost {
+            let size = self.slab.get(id).size;
+            self.slab.unlink(&mut self.ghost.list, id);
+            self.ghost.bytes -= size;
+        }
+        let refuse = |this: &mut Self| {
+            if let Some(id) = ghost {
+                this.slab.release(id);
+                this.map.remove(&req.key);
+            }
+            false
+        };
         if req.size > self.small.capacity || req.size > self.capacity {
-            return false;
+            return refuse(self);
         }
         let need = (self.used_bytes() + req.size).saturating_sub(self.capacity);
         if let Some(p) = pinned {
@@ -244,22 +262,26 @@ impl S3Fifo {
                 .chain(self.slab.iter_from_back(&self.main.list))
                 .map(|(_, e)| (e.key, e.size));
             if !enough_unpinned(all, need, p) {
-                return false;
+                return refuse(self);
             }
         }
         while self.used_bytes() + req.size > self.capacity {
             self.evict(pinned, effects);
         }
-        let queue = if hit_on_ghost {
-            Queue::Main
-        } else if req.size >= self.small.capacity {
-            return false;
-        } else if !self.has_evicted && self.small.bytes >= self.small.capacity {
-            Queue::Main
+        if let Some(id) = ghost {
+            *self.slab.get_mut(id) = Entry { key: req.key, size: req.size, freq: 0, queue: Queue::Main };
+            self.slab.push_front(&mut self.main.list, id);
+            self.main.bytes += req.size;
         } else {
-            Queue::Small
-        };
-        self.push(queue, req.key, req.size, 0);
+            let queue = if req.size >= self.small.capacity {
+                return false;
+            } else if !self.has_evicted && self.small.bytes >= self.small.capacity {
+                Queue::Main
+            } else {
+                Queue::Small
+            };
+            self.push(queue, req.key, req.size, 0);
+        }
         self.resident += 1;
         effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
         true
@@ -280,10 +302,16 @@ impl CachePolicy for S3Fifo {
     }
 
     fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
-        if self.hit(req.key) {
-            return Some(Tier::Fast);
+        // one hash probe decides hit, ghost hit or plain miss
+        let found = self.map.get(&req.key).copied();
+        if let Some(id) = found {
+            let e = self.slab.get_mut(id);
+            if e.queue != Queue::Ghost {
+                e.freq = e.freq.saturating_add(1);
+                return Some(Tier::Fast);
+            }
         }
-        self.admit_inner(req, None, effects);
+        self.admit_found(req, found, None, effects);
         None
     }
 
