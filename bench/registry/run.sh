@@ -20,7 +20,8 @@
 # Needs root (network namespaces, tc), and: docker-registry, skopeo, hyperfine, nginx, curl, jq,
 # python3, iproute2; thaw built with `cargo build --release -p thaw`.
 #
-# Environment knobs: THAW (binary), RUNS (hyperfine runs, default 20), CASES, CLIENTS (16),
+# Environment knobs: THAW (binary), RUNS (hyperfine runs, default 20), ROUNDS1 (case 1 splits its
+# runs into this many hyperfine rounds with rotated order, default 4), CASES, CLIENTS (16),
 # RATE (tbf rate, 100mbit), DELAY_MS (one-way delay added to the link by delay_relay.py; 0 = none),
 # REPS4 (thaw rounds of case 4, default 3), PROXY_REPS4 (1), WORK (work dir, default
 # /dev/shm/thaw-rbench.PID), KEEP=1 keeps WORK, RESULTS (file that also receives the results table).
@@ -180,6 +181,20 @@ mib() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1048576:.1f}')" "$1"
 
 # Median and stddev (seconds) of command N (0-based) in a hyperfine JSON export.
 hf_median() { printf '%.3f' "$(jq -r ".results[$2].median" "$1")"; }
+# Median, standard deviation and count of the run times of the command named NAME, pooled over
+# several hyperfine JSON exports.
+hf_pool() {
+    python3 - "$@" <<'EOF'
+import json, statistics, sys
+name, times = sys.argv[1], []
+for path in sys.argv[2:]:
+    with open(path) as f:
+        for r in json.load(f)["results"]:
+            if r["command"] == name:
+                times += r["times"]
+print(f"{statistics.median(times):.3f} {statistics.stdev(times):.3f} {len(times)}")
+EOF
+}
 hf_stddev() { printf '%.3f' "$(jq -r ".results[$2].stddev" "$1")"; }
 
 result() { printf '%s\n' "$*" | tee -a "$WORK/results.txt" >&2; }
@@ -195,6 +210,7 @@ for t in docker-registry skopeo hyperfine nginx curl jq python3 ip tc awk; do
     command -v "$t" >/dev/null || die "$t is not installed (Debian: docker-registry skopeo hyperfine nginx-light curl jq python3 iproute2)"
 done
 RUNS=${RUNS:-20}
+ROUNDS1=${ROUNDS1:-4}
 CASES=${CASES:-1 2 3 4}
 CLIENTS=${CLIENTS:-16}
 RATE=${RATE:-100mbit}
@@ -278,7 +294,7 @@ setup_wan() {
 
 case1() {
     log "case 1: warm pull, loopback"
-    local pd pu1 pu2 pp out="$WORK/out" json="$WORK/case1.json"
+    local pd pu1 pu2 pp out="$WORK/out"
     pd=$(free_port); start_registry direct "127.0.0.1:$pd" "$WORK/reg-up"
     pu1=$(free_port); start_registry up-thaw "127.0.0.1:$pu1" "$WORK/reg-up"
     pu2=$(free_port); start_registry up-proxy "127.0.0.1:$pu2" "$WORK/reg-up"
@@ -301,10 +317,24 @@ case1() {
     local cmd_t="$SKOPEO docker://$ta/bench/img50:v1 dir:$out"
     local cmd_d="$SKOPEO docker://127.0.0.1:$pd/bench/img50:v1 dir:$out"
     local cmd_p="$SKOPEO docker://127.0.0.1:$pp/bench/img50:v1 dir:$out"
-    hyperfine -N --style basic --warmup 2 --runs "$RUNS" --prepare "rm -rf $out" --export-json "$json" \
-        -n thaw "$cmd_t" -n docker-registry "$cmd_d" -n docker-registry-proxy "$cmd_p" >&2
-    local n_warm=$((RUNS + 2))
-    local t d p; t=$(hf_median "$json" 0); d=$(hf_median "$json" 1); p=$(hf_median "$json" 2)
+    # hyperfine runs every run of one command before the next, so a change of load from other
+    # processes during the run lands on one target only. The runs are therefore split into
+    # ROUNDS1 hyperfine invocations with the order of the targets rotated each time, and the
+    # medians are taken over the pooled run times of all rounds.
+    local names=(thaw docker-registry docker-registry-proxy) cmds=("$cmd_t" "$cmd_d" "$cmd_p")
+    local per=$(( (RUNS + ROUNDS1 - 1) / ROUNDS1 )) r i j args jsons=()
+    ((per >= 2)) || per=2
+    for r in $(seq 0 $((ROUNDS1 - 1))); do
+        args=()
+        for i in 0 1 2; do j=$(( (i + r) % 3 )); args+=(-n "${names[$j]}" "${cmds[$j]}"); done
+        hyperfine -N --style basic --warmup 1 --runs "$per" --prepare "rm -rf $out" --export-json "$WORK/case1-$r.json" "${args[@]}" >&2
+        jsons+=("$WORK/case1-$r.json")
+    done
+    local n_warm=$(( ROUNDS1 * (per + 1) ))
+    local t d p ts ds ps
+    read -r t ts _ < <(hf_pool thaw "${jsons[@]}")
+    read -r d ds _ < <(hf_pool docker-registry "${jsons[@]}")
+    read -r p ps _ < <(hf_pool docker-registry-proxy "${jsons[@]}")
     local best; best=$(python3 -c "print(min($d, $p))")
     read -r tn td tb < <(reg_requests "$WORK/logs/up-thaw.log" "$l1")
     read -r pn pdg pb < <(reg_requests "$WORK/logs/up-proxy.log" "$l2")
@@ -315,12 +345,12 @@ case1() {
     cd=$(cpu_ms "$(( $(cpu_ticks "$(cat "$WORK/direct.pid")") - cd0 ))" "$n_warm")
     cp=$(cpu_ms "$(( $(cpu_ticks "$(cat "$WORK/proxy1.pid")") + $(cpu_ticks "$(cat "$WORK/up-proxy.pid")") - cp0 ))" "$n_warm")
     result ""
-    result "## 1. warm pull of img50 ($(mib "$IMG50_BYTES") MiB), loopback, hyperfine $RUNS runs (+2 warmup), medians; $(loadavg)"
-    result "command: hyperfine -N --warmup 2 --runs $RUNS --prepare 'rm -rf OUT' '$SKOPEO docker://ADDR/bench/img50:v1 dir:OUT'"
+    result "## 1. warm pull of img50 ($(mib "$IMG50_BYTES") MiB), loopback, $((ROUNDS1 * per)) runs per target ($ROUNDS1 hyperfine rounds of $per, target order rotated), medians; $(loadavg)"
+    result "command: hyperfine -N --warmup 1 --runs $per --prepare 'rm -rf OUT' '$SKOPEO docker://ADDR/bench/img50:v1 dir:OUT' (x3 targets, x$ROUNDS1 rounds)"
     result "$(printf '%-24s %9s %7s %8s %13s  %s' target median_s stddev vs_best server_cpu_ms "upstream requests during $n_warm warm pulls (by digest), body bytes")"
-    result "$(printf '%-24s %9s %7s %8s %13s  %s' thaw "$t" "$(hf_stddev "$json" 0)" "$(ratio "$t" "$best")" "$ct" "$tn ($td), $tb B; thaw_upstream_bytes_total +$fetched")"
-    result "$(printf '%-24s %9s %7s %8s %13s  %s' docker-registry "$d" "$(hf_stddev "$json" 1)" "$(ratio "$d" "$best")" "$cd" "-")"
-    result "$(printf '%-24s %9s %7s %8s %13s  %s' docker-registry-proxy "$p" "$(hf_stddev "$json" 2)" "$(ratio "$p" "$best")" "$cp" "$pn ($pdg), $pb B")"
+    result "$(printf '%-24s %9s %7s %8s %13s  %s' thaw "$t" "$ts" "$(ratio "$t" "$best")" "$ct" "$tn ($td), $tb B; thaw_upstream_bytes_total +$fetched")"
+    result "$(printf '%-24s %9s %7s %8s %13s  %s' docker-registry "$d" "$ds" "$(ratio "$d" "$best")" "$cd" "-")"
+    result "$(printf '%-24s %9s %7s %8s %13s  %s' docker-registry-proxy "$p" "$ps" "$(ratio "$p" "$best")" "$cp" "$pn ($pdg), $pb B")"
     result "(server_cpu_ms: user+sys CPU of the serving process per pull; for the proxy, proxy + its upstream)"
     result "goal: thaw <= 1.00x the fastest of the others: $(ratio "$t" "$best"); zero upstream requests by digest: $td"
     stop_thaw thaw1
@@ -486,7 +516,8 @@ pull_many() {
 }
 
 # one_round KIND N: a fresh mirror (empty store), N clients at once; prints
-# "wall_s upstream_log_bytes link_bytes upstream_requests thaw_metric_bytes peak_rss_kib".
+# "wall_s upstream_log_bytes link_bytes upstream_requests thaw_metric_bytes peak_rss_kib cpu_ticks"
+# (peak RSS and CPU of the mirror process over its whole life, which is this round).
 one_round() {
     local kind=$1 n=$2 addr l0 b0 wall met=0 hwm=0 pid
     local port; port=$(free_port)
@@ -507,10 +538,11 @@ one_round() {
     sleep 2
     [[ $kind == thaw ]] && met=$(thaw_metric "$addr" thaw_upstream_bytes_total)
     hwm=$(vm_hwm "$pid")
+    local cpu; cpu=$(cpu_ticks "$pid")
     read -r rn _ rb < <(reg_requests "$WORK/logs/wan.log" "$l0")
     local link=$(( $(if_bytes "$UP_DEV" rx) - b0 ))
     if [[ $kind == thaw ]]; then stop_thaw thaw4; else stop_pid "$pid"; fi
-    echo "$wall $rb $link $rn $met $hwm"
+    echo "$wall $rb $link $rn $met $hwm $cpu"
 }
 
 case4() {
@@ -519,7 +551,7 @@ case4() {
     result ""
     result "## 4. $CLIENTS clients (one netns each, on a bridge) pulling cold img70 ($IMG70_BYTES B) at once; upstream behind $WAN_DESC; $(loadavg) at start"
     result "command: per client 'ip netns exec NS $SKOPEO docker://10.202.0.1:PORT/bench/img70:v1 dir:OUT', all started together; mirror restarted with an empty store each round"
-    result "$(printf '%-22s %8s %9s %14s %14s %9s %13s %11s' mirror/clients wall_s vs_one up_body/img link/img up_reqs thaw_metric/img peak_rss_MiB)"
+    result "$(printf '%-16s %8s %7s %12s %10s %8s %15s %12s %10s' mirror/clients wall_s vs_one up_body/img link/img up_reqs thaw_metric/img peak_rss_MiB cpu_s)"
     local kind reps r n one many
     for kind in thaw proxy; do
         reps=$REPS4; [[ $kind == proxy ]] && reps=$PROXY_REPS4
@@ -535,12 +567,13 @@ case4() {
         local m1 mN; m1=$(median "${walls1[@]}"); mN=$(median "${wallsN[@]}")
         for n in 1 "$CLIENTS"; do
             local row w; if [[ $n == 1 ]]; then row=$last1; w=$m1; else row=$lastN; w=$mN; fi
-            read -r _ rb link rn met hwm <<<"$row"
-            result "$(printf '%-22s %8s %9s %14s %14s %9s %13s %11s' "$kind/$n" "$w" "$(ratio "$w" "$m1")" \
+            read -r _ rb link rn met hwm cpu <<<"$row"
+            result "$(printf '%-16s %8s %7s %12s %10s %8s %15s %12s %10s' "$kind/$n" "$w" "$(ratio "$w" "$m1")" \
                 "$(ratio3 "$rb" "$IMG70_BYTES")" "$(ratio3 "$link" "$IMG70_BYTES")" "$rn" \
-                "$([[ $kind == thaw ]] && ratio3 "$met" "$IMG70_BYTES" || echo -)" "$(python3 -c "print(f'{$hwm / 1024:.1f}')")")"
+                "$([[ $kind == thaw ]] && ratio3 "$met" "$IMG70_BYTES" || echo -)" "$(python3 -c "print(f'{$hwm / 1024:.1f}')")" \
+                "$(python3 -c "import os; print(f'{$cpu / os.sysconf(\"SC_CLK_TCK\"):.2f}')")")"
         done
-        result "  ($kind: wall = median of $reps rounds: 1 client ${walls1[*]}; $CLIENTS clients ${wallsN[*]}; other columns from the last round;"
+        result "  ($kind: wall = median of $reps rounds: 1 client ${walls1[*]}; $CLIENTS clients ${wallsN[*]}; other columns from the last round; cpu_s = mirror user+sys CPU in the round;"
         result "   $CLIENTS-client rounds: upstream body bytes ${bytesN[*]} (image $IMG70_BYTES), upstream requests ${reqsN[*]})"
     done
     result "goals: thaw upstream bytes exactly 1.0x the image; $CLIENTS-client wall <= 1.5x one client"
