@@ -64,6 +64,11 @@ pub fn identify(headers: &HeaderMap, accounts: &[Account]) -> Result<Identity, A
         let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| AuthFailure::Malformed)?;
         let raw = String::from_utf8(raw).map_err(|_| AuthFailure::Malformed)?;
         let (user, pass) = raw.split_once(':').ok_or(AuthFailure::Malformed)?;
+        if user.is_empty() && pass.is_empty() {
+            // What containers/image sends after a Basic challenge when it has no credentials:
+            // a client that chose not to authenticate.
+            return Ok(Identity::Anonymous);
+        }
         // Compare every account in constant time so timing tells nothing about which names exist.
         let mut found = None;
         for (i, a) in accounts.iter().enumerate() {
@@ -199,6 +204,8 @@ mod tests {
         assert_eq!(identify(&hdr("Bearer tok"), &acc), Ok(Identity::Token("tok".into())));
         assert_eq!(identify(&hdr("Digest x"), &acc), Err(AuthFailure::Malformed));
         assert_eq!(identify(&hdr("Basic !!!"), &acc), Err(AuthFailure::Malformed));
+        assert_eq!(identify(&hdr(&basic_header("", "")), &acc), Ok(Identity::Anonymous));
+        assert_eq!(identify(&hdr(&basic_header("", "s3cret")), &acc), Err(AuthFailure::BadAccount));
     }
 
     #[test]

@@ -242,6 +242,14 @@ impl Registry {
                 let ns = query_param(&query, "ns");
                 match endpoint {
                     None => Err(ApiError::new(StatusCode::NOT_FOUND, Code::Unsupported, format!("{path} is not a registry API endpoint"))),
+                    // With accounts, the version check is where clients learn that thaw wants
+                    // Basic credentials: containers/image (skopeo, podman) and docker decide from
+                    // this ping's challenge whether to send credentials at all, and never send
+                    // them on a later 401. Clients without credentials answer the challenge with
+                    // an empty user, which `auth::identify` treats as anonymous.
+                    Some(Endpoint::Version) if ident == Identity::Anonymous && !accounts.is_empty() && parts.headers.get(header::AUTHORIZATION).is_none() => {
+                        Err(self.unauthorized(None, "this mirror has accounts; send Basic credentials, or an empty user name for public content"))
+                    }
                     Some(Endpoint::Version) => Ok(version_response()),
                     Some(Endpoint::Manifest { name, reference }) => {
                         self.manifest(&mut ctx, &parts.method, &parts.headers, &name, &reference, ns.as_deref(), &ident, body).await
