@@ -167,7 +167,7 @@ fn root(plan: &RootPlan, ctrl: BorrowedFd<'_>) -> Result<(Parked, Vec<(String, u
 }
 
 /// PID 1 of the sandbox, before and up to exec.
-fn pid1(root: &std::path::Path, plan: &RootPlan, sock: OwnedFd) -> ! {
+fn pid1(root: &std::path::Path, root_plan: &RootPlan, sock: OwnedFd) -> ! {
     // If the helper dies, PID 1 (and with it the whole PID namespace) goes too.
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
@@ -176,7 +176,7 @@ fn pid1(root: &std::path::Path, plan: &RootPlan, sock: OwnedFd) -> ! {
         // SAFETY: _exit ends the process without running destructors of the parent's state.
         unsafe { libc::_exit(127) }
     };
-    if let Err(e) = crate::rootfs::finish_and_pivot(root, &plan.rootfs) {
+    if let Err(e) = crate::rootfs::finish_and_pivot(root, &root_plan.rootfs) {
         fail(&sock, e);
     }
     if let Err(e) = proto::send_bytes(sock.as_fd(), b"ok", &[]) {
@@ -190,7 +190,7 @@ fn pid1(root: &std::path::Path, plan: &RootPlan, sock: OwnedFd) -> ! {
         Err(e) => fail(&sock, e),
     };
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    match crate::process::exec_workload(&plan, fds) {
+    match crate::process::exec_workload(&plan, &root_plan.seccomp, fds) {
         Err(e) => fail(&sock, e),
         Ok(never) => match never {},
     }

@@ -68,7 +68,7 @@ fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
 }
 
 /// Turns the calling process into the workload. Returns only on failure.
-pub fn exec_workload(plan: &ProcessPlan, stdio: Vec<OwnedFd>) -> Result<Infallible> {
+pub fn exec_workload(plan: &ProcessPlan, seccomp: &crate::seccomp::CompiledSeccomp, stdio: Vec<OwnedFd>) -> Result<Infallible> {
     let p = &plan.process;
     // A session of its own: no controlling terminal of the host reaches the workload.
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
@@ -105,7 +105,7 @@ pub fn exec_workload(plan: &ProcessPlan, stdio: Vec<OwnedFd>) -> Result<Infallib
     // Without no_new_privs the kernel only lets a process with CAP_SYS_ADMIN install a filter,
     // so install it now, before capabilities go.
     if !p.no_new_privs {
-        plan.seccomp.apply()?;
+        seccomp.apply()?;
     }
     nix::unistd::chdir(p.cwd.as_str()).map_err(|e| Error::sys(format!("chdir {} in the sandbox", p.cwd), e))?;
     // SAFETY: prctl with integer arguments only.
@@ -139,7 +139,7 @@ pub fn exec_workload(plan: &ProcessPlan, stdio: Vec<OwnedFd>) -> Result<Infallib
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(Error::sys("prctl(PR_SET_NO_NEW_PRIVS)", nix::errno::Errno::last()));
         }
-        plan.seccomp.apply()?;
+        seccomp.apply()?;
     }
     // Only stdin, stdout and stderr reach the workload; the helper's sockets are close-on-exec
     // already, this catches anything else.

@@ -49,6 +49,9 @@ pub struct RootPlan {
     /// Host directory the sandbox's private tmpfs (upper, work and root) is mounted on, inside
     /// the sandbox's own mount namespace only.
     pub staging: PathBuf,
+    /// The compiled seccomp profile PID 1 installs before exec. It belongs to the profile, so it
+    /// travels ahead of time and the start message stays small.
+    pub seccomp: CompiledSeccomp,
 }
 
 /// The workload; sent by the caller directly to PID 1 with three descriptors (stdin, stdout,
@@ -57,8 +60,6 @@ pub struct RootPlan {
 pub struct ProcessPlan {
     /// What to run and as whom.
     pub process: ProcessConfig,
-    /// The compiled seccomp programs.
-    pub seccomp: CompiledSeccomp,
 }
 
 /// Helper to caller.

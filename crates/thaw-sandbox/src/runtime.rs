@@ -309,7 +309,7 @@ impl Runtime {
         // Send both requests before reading the first reply: the helper works while we wait.
         proto::send(ctrl.as_fd(), &Request::Shell(ShellPlan { cgroup, hostname: profile.hostname.clone() }), &[])?;
         if let Some(r) = rootfs {
-            proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(r)), &[])?;
+            proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(r, profile.seccomp)?), &[])?;
         }
         match recv_reply(&ctrl)? {
             Reply::ShellReady { netns, stages, .. } => {
@@ -325,8 +325,12 @@ impl Runtime {
         Ok(part)
     }
 
-    fn root_plan(&self, r: &RootfsConfig) -> RootPlan {
-        RootPlan { rootfs: r.clone(), staging: self.inner.names.mount_prefix.clone() }
+    fn root_plan(&self, r: &RootfsConfig, seccomp: SeccompOptions) -> Result<RootPlan> {
+        Ok(RootPlan {
+            rootfs: r.clone(),
+            staging: self.inner.names.mount_prefix.clone(),
+            seccomp: (*self.seccomp(seccomp)?).clone(),
+        })
     }
 
     /// Takes a built part to a running sandbox. `t0` is when the request arrived.
@@ -341,13 +345,13 @@ impl Runtime {
     ) -> Result<Sandbox> {
         let ctrl = part.ctrl();
         if part.rootfs.is_none() {
-            proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(rootfs)), &[])?;
+            proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(rootfs, seccomp_opts)?), &[])?;
             part.take_root(&ctrl, rootfs)?;
         } else if part.rootfs.as_ref() != Some(rootfs) {
             return Err(Error::Config("the pooled part holds a different root filesystem".into()));
         }
         let t = Instant::now();
-        let plan = ProcessPlan { process: process.clone(), seccomp: (*self.seccomp(seccomp_opts)?).clone() };
+        let plan = ProcessPlan { process: process.clone() };
         let fds = [io.stdin.as_raw_fd(), io.stdout.as_raw_fd(), io.stderr.as_raw_fd()];
         let (pid, sock) = part.pid1.take().ok_or_else(|| Error::Protocol("part has no parked PID 1".into()))?;
         proto::send(sock.as_fd(), &plan, &fds)?;
