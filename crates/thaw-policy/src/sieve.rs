@@ -55,6 +55,17 @@ impl Sieve {
         if self.map.contains_key(&req.key) {
             return true;
         }
+        self.admit_absent(req, pinned, effects)
+    }
+
+    /// [`Self::admit_inner`] for a key the caller just found absent.
+    #[inline]
+    fn admit_absent(
+        &mut self,
+        req: &Request,
+        pinned: Option<&dyn Fn(Key) -> bool>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if req.size > self.capacity {
             return false;
         }
@@ -123,7 +134,7 @@ impl CachePolicy for Sieve {
         if self.hit(req.key) {
             return Some(Tier::Fast);
         }
-        self.admit_inner(req, None, effects);
+        self.admit_absent(req, None, effects);
         None
     }
 

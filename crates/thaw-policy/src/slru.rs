@@ -166,6 +166,11 @@ impl Slru {
         if self.map.contains_key(&req.key) {
             return true;
         }
+        self.admit_absent(req, pinned, effects)
+    }
+
+    /// [`Self::admit_inner`] for a key the caller just found absent.
+    fn admit_absent(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
         // `SLRU_can_insert`: fits the cache and one segment's quota.
         if req.size > self.capacity || req.size > self.segs[0].quota {
             return false;
@@ -226,7 +231,7 @@ impl CachePolicy for Slru {
         if self.hit(req.key, None, effects) {
             return Some(Tier::Fast);
         }
-        self.admit_inner(req, None, effects);
+        self.admit_absent(req, None, effects);
         None
     }
 
