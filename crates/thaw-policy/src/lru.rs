@@ -100,4 +100,33 @@ mod tests {
         assert!(fx.is_empty());
         assert_eq!(lru.len(), 3);
     }
+
+    proptest::proptest! {
+        /// The lazy queue decides exactly as a textbook LRU list (a `Vec` in recency order) on any
+        /// trace, including zero-size and larger-than-cache objects, and keeps the same order.
+        #[test]
+        fn matches_a_textbook_lru(
+            reqs in proptest::collection::vec((0u64..30, 0u64..40), 1..600),
+            cap in 1u64..200,
+        ) {
+            let mut lru = Lru::new(cap);
+            let mut model: Vec<(u64, u64)> = Vec::new(); // front = least recent
+            let mut fx = Vec::new();
+            for (k, s) in reqs {
+                let hit = lru.access(&Request::new(0, k, s), &mut fx).is_some();
+                let pos = model.iter().position(|e| e.0 == k);
+                proptest::prop_assert_eq!(hit, pos.is_some());
+                match pos {
+                    Some(p) => { let e = model.remove(p); model.push(e); }
+                    None if s <= cap => {
+                        while model.iter().map(|e| e.1).sum::<u64>() + s > cap { model.remove(0); }
+                        model.push((k, s));
+                    }
+                    None => {}
+                }
+                let keys: Vec<u64> = lru.keys_oldest_first().collect();
+                proptest::prop_assert_eq!(keys, model.iter().map(|e| e.0).collect::<Vec<_>>());
+            }
+        }
+    }
 }
