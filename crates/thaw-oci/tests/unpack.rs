@@ -385,9 +385,13 @@ fn old_style_directories_and_root_entry() {
         .raw(EntryType::Regular, b"v7dir/", b"", 0o700, b"")
         .file("v7dir/f", b"in")
         .file("./a//b/./c", b"normalised")
+        .raw(EntryType::Regular, b"open", b"", 0o666, b"w")
+        .raw(EntryType::Regular, b"none", b"", 0o000, b"n")
         .finish();
     let r = unpack(&a[..], &s.root(), &opts()).unwrap();
-    assert_eq!(r.entries, 4);
+    assert_eq!(r.entries, 6);
+    assert_eq!(fs::metadata(s.root().join("open")).unwrap().permissions().mode() & 0o7777, 0o666, "not narrowed by the umask");
+    assert_eq!(fs::metadata(s.root().join("none")).unwrap().permissions().mode() & 0o7777, 0);
     assert!(fs::metadata(s.root().join("v7dir")).unwrap().is_dir());
     assert_eq!(fs::metadata(s.root().join("v7dir")).unwrap().permissions().mode() & 0o777, 0o700);
     assert_eq!(fs::read(s.root().join("a/b/c")).unwrap(), b"normalised");
@@ -455,4 +459,29 @@ mod random_hostile {
             prop_assert_eq!(beside.len(), 2);
         }
     }
+}
+
+#[test]
+fn a_refused_layer_is_not_read_to_its_end() {
+    // A hostile entry first, then a gigabyte the unpacker must not spend time reading.
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    struct Endless(Arc<AtomicU64>);
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.load(Ordering::SeqCst) >= 1 << 30 {
+                return Ok(0);
+            }
+            buf.fill(0);
+            self.0.fetch_add(buf.len() as u64, Ordering::SeqCst);
+            Ok(buf.len())
+        }
+    }
+    let read = Arc::new(AtomicU64::new(0));
+    let mut head = Tar::new().file("../evil", b"x").bytes.clone();
+    head.extend_from_slice(&[1u8; 512]); // not an end-of-archive block
+    let s = Scratch::new();
+    let e = unpack(std::io::Read::chain(&head[..], Endless(read.clone())), &s.root(), &opts()).unwrap_err();
+    assert!(matches!(e, UnpackError::DotDot { .. }), "{e}");
+    assert!(read.load(Ordering::SeqCst) < 64 << 20, "read {} bytes after the refusal", read.load(Ordering::SeqCst));
 }

@@ -62,7 +62,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
 /// Where a layer's bytes come from.
 pub trait LayerSource {
     /// Opens the layer stream (compressed or not; the unpacker detects which).
-    fn open(&self) -> io::Result<Box<dyn Read + '_>>;
+    fn open(&self) -> io::Result<Box<dyn Read + Send + '_>>;
     /// The digest of the bytes `open` returns (a blob digest), when known: it is verified too.
     fn digest(&self) -> Option<Digest>;
     /// For error messages: where the layer came from.
@@ -76,14 +76,14 @@ pub struct ReaderSource<R> {
     name: String,
 }
 
-impl<R: Read> ReaderSource<R> {
+impl<R: Read + Send> ReaderSource<R> {
     pub fn new(reader: R, digest: Option<Digest>, name: impl Into<String>) -> Self {
         ReaderSource { reader: Mutex::new(Some(reader)), digest, name: name.into() }
     }
 }
 
-impl<R: Read> LayerSource for ReaderSource<R> {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+impl<R: Read + Send> LayerSource for ReaderSource<R> {
+    fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
         match self.reader.lock().take() {
             Some(r) => Ok(Box::new(r)),
             None => Err(io::Error::other("this reader was already consumed by an earlier attempt")),
@@ -104,7 +104,7 @@ pub struct BlobSource<'a> {
 }
 
 impl LayerSource for BlobSource<'_> {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+    fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
         let handle = self
             .store
             .get(&self.digest)
@@ -139,7 +139,7 @@ pub struct LayoutSource<'a> {
 }
 
 impl LayerSource for LayoutSource<'_> {
-    fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+    fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
         let p = self.layout.blob_path(&self.layer.descriptor.digest);
         Ok(Box::new(io::BufReader::with_capacity(1 << 20, File::open(p)?)))
     }
@@ -524,7 +524,7 @@ mod tests {
     }
 
     impl LayerSource for Counting {
-        fn open(&self) -> io::Result<Box<dyn Read + '_>> {
+        fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
             self.opens.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(50));
             Ok(Box::new(&self.data[..]))

@@ -51,7 +51,8 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
-use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use tar::EntryType;
 
@@ -213,7 +214,7 @@ pub enum UnpackError {
 /// On an error, `target` may hold part of the layer: unpack into a scratch directory and rename
 /// it into place only on success (the layer store does exactly that). Digests are checked when
 /// the stream ends, after the entries were written, for the same reason.
-pub fn unpack<R: Read>(input: R, target: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+pub fn unpack<R: Read + Send>(input: R, target: &Path, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
     let root = File::open(target).map_err(|source| UnpackError::Target { path: target.display().to_string(), source })?;
     if !root.metadata().map(|m| m.is_dir()).unwrap_or(false) {
         return Err(UnpackError::Target {
@@ -225,8 +226,12 @@ pub fn unpack<R: Read>(input: R, target: &Path, opts: &UnpackOptions) -> Result<
 }
 
 /// Like [`unpack`], with the target given as an open directory descriptor.
-pub fn unpack_at<R: Read>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
-    let over = Rc::new(Cell::new(false));
+///
+/// Reading, decompressing and hashing run on a helper thread that hands the uncompressed
+/// stream over in chunks, so they overlap with the file-system work on this thread (the same
+/// overlap `tar -xz` gets from running gzip as a separate process).
+pub fn unpack_at<R: Read + Send>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Result<UnpackReport, UnpackError> {
+    let over = Arc::new(AtomicBool::new(false));
     let digest_alg = opts.expected_digest.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
     let diff_alg = opts.expected_diff_id.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
     let mut raw = Hashing::new(input, digest_alg, None, over.clone());
@@ -254,6 +259,11 @@ pub fn unpack_at<R: Read>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Resu
     } else {
         Compression::None
     };
+    // An uncompressed layer's blob digest is its diff_id: hash those bytes once, not twice.
+    let same_bytes = compression == Compression::None && digest_alg == diff_alg;
+    if same_bytes {
+        raw.hashing = false;
+    }
     let buffered = BufReader::with_capacity(256 << 10, io::Cursor::new(head.to_vec()).chain(raw));
     let decoder = match compression {
         Compression::None => Decoder::Plain(Box::new(buffered)),
@@ -262,36 +272,35 @@ pub fn unpack_at<R: Read>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Resu
     };
     let limit = opts.limits.max_uncompressed_bytes;
     let stream = Hashing::new(decoder, diff_alg, Some(limit), over.clone());
-
-    let mut archive = tar::Archive::new(stream);
-    let mut u = Unpacker::new(root, opts)?;
-    let res = u.run(&mut archive);
     let limit_err = || UnpackError::Limit { limit: "max_uncompressed_bytes", value: limit.saturating_add(1), max: limit };
-    if over.get() {
-        return Err(limit_err());
-    }
-    res?;
-    u.finish()?;
 
-    // The archive ends at its zero blocks; hash what follows too (padding), so the diff_id covers
-    // the whole stream exactly as the registry's digest does.
-    let mut stream = archive.into_inner();
-    let drained = io::copy(&mut stream, &mut io::sink());
-    if over.get() {
+    let cancel = AtomicBool::new(false);
+    let (tx, rx) = mpsc::sync_channel(8);
+    let (unpacked, totals) = std::thread::scope(|scope| {
+        let producer = scope.spawn(|| produce(stream, tx, &cancel, same_bytes));
+        let mut archive = tar::Archive::new(ChannelReader { rx, cur: Vec::new(), pos: 0 });
+        let unpacked = (|| {
+            let mut u = Unpacker::new(root, opts)?;
+            u.run(&mut archive)?;
+            u.finish()?;
+            Ok(u)
+        })();
+        // On failure the rest of the stream is not worth reading; on success it is hashed to
+        // the end (padding after the archive's zero blocks is part of the diff_id). The flag is
+        // set before the receiver goes away with the archive, which is what the producer sees.
+        if unpacked.is_err() {
+            cancel.store(true, Ordering::SeqCst);
+        }
+        drop(archive);
+        let totals = producer.join().unwrap_or_else(|_| Err(io::Error::other("layer reader thread panicked")));
+        (unpacked, totals)
+    });
+    if over.load(Ordering::SeqCst) {
         return Err(limit_err());
     }
-    drained.map_err(UnpackError::Read)?;
-    let uncompressed_bytes = stream.count;
-    let diff_id = stream.hasher.finish();
-    let mut rest = match stream.inner {
-        Decoder::Plain(b) => *b,
-        Decoder::Gzip(g) => g.into_inner(),
-        Decoder::Zstd(z) => z.finish(),
-    };
-    io::copy(&mut rest, &mut io::sink()).map_err(UnpackError::Read)?;
-    let (_, raw) = rest.into_inner().into_inner();
-    let compressed_bytes = raw.count;
-    let digest = raw.hasher.finish();
+    let u: Unpacker<'_> = unpacked?;
+    let totals = totals.map_err(UnpackError::Read)?;
+    let (diff_id, digest) = (totals.diff_id, totals.digest);
 
     if let Some(expected) = &opts.expected_diff_id {
         if *expected != diff_id {
@@ -307,13 +316,103 @@ pub fn unpack_at<R: Read>(input: R, root: OwnedFd, opts: &UnpackOptions) -> Resu
         compression,
         diff_id,
         digest,
-        uncompressed_bytes,
-        compressed_bytes,
+        uncompressed_bytes: totals.uncompressed_bytes,
+        compressed_bytes: totals.compressed_bytes,
         entries: u.entries,
         whiteouts: u.whiteouts,
         skipped_devices: u.skipped_devices,
         skipped_xattrs: u.skipped_xattrs,
     })
+}
+
+/// Digests and sizes of the whole stream, as the producer thread measured them.
+struct Totals {
+    diff_id: Digest,
+    digest: Digest,
+    uncompressed_bytes: u64,
+    compressed_bytes: u64,
+}
+
+const CHUNK: usize = 256 << 10;
+
+/// Reads, decompresses and hashes the layer, sending the uncompressed bytes to the unpacker.
+/// When the unpacker stops listening it keeps reading to the end (for the digests) unless it
+/// was cancelled.
+fn produce<R: Read>(
+    mut stream: Hashing<Decoder<R>>,
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    cancel: &AtomicBool,
+    same_bytes: bool,
+) -> io::Result<Totals> {
+    let mut sending = true;
+    let mut spare = vec![0u8; CHUNK];
+    loop {
+        let mut buf = if sending { vec![0u8; CHUNK] } else { std::mem::take(&mut spare) };
+        let n = loop {
+            match stream.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if sending {
+                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    }
+                    return Err(e);
+                }
+                Ok(n) => break n,
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        if sending {
+            buf.truncate(n);
+            if tx.send(Ok(buf)).is_err() {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(io::Error::other("unpacking stopped"));
+                }
+                sending = false;
+            }
+        } else {
+            spare = buf;
+        }
+    }
+    drop(tx);
+    let uncompressed_bytes = stream.count;
+    let diff_id = stream.hasher.finish();
+    let mut rest = match stream.inner {
+        Decoder::Plain(b) => *b,
+        Decoder::Gzip(g) => g.into_inner(),
+        Decoder::Zstd(z) => z.finish(),
+    };
+    io::copy(&mut rest, &mut io::sink())?;
+    let (_, raw) = rest.into_inner().into_inner();
+    let digest = if same_bytes { diff_id.clone() } else { raw.hasher.finish() };
+    Ok(Totals { diff_id, digest, uncompressed_bytes, compressed_bytes: raw.count })
+}
+
+/// The unpacker's end of the producer's channel.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 type Buffered<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, Hashing<R>>>;
@@ -339,26 +438,30 @@ impl<R: Read> Read for Decoder<R> {
 /// that the limit, not corruption, stopped the read).
 struct Hashing<R> {
     inner: R,
+    /// Off when another `Hashing` sees the very same bytes.
+    hashing: bool,
     hasher: Digester,
     count: u64,
     limit: Option<u64>,
-    over: Rc<Cell<bool>>,
+    over: Arc<AtomicBool>,
 }
 
 impl<R> Hashing<R> {
-    fn new(inner: R, alg: Algorithm, limit: Option<u64>, over: Rc<Cell<bool>>) -> Self {
-        Hashing { inner, hasher: Digester::new(alg), count: 0, limit, over }
+    fn new(inner: R, alg: Algorithm, limit: Option<u64>, over: Arc<AtomicBool>) -> Self {
+        Hashing { inner, hashing: true, hasher: Digester::new(alg), count: 0, limit, over }
     }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if self.hashing {
+            self.hasher.update(&buf[..n]);
+        }
         self.count += n as u64;
         if let Some(limit) = self.limit {
             if self.count > limit {
-                self.over.set(true);
+                self.over.store(true, Ordering::SeqCst);
                 return Err(io::Error::other("uncompressed size limit reached"));
             }
         }
@@ -406,8 +509,9 @@ struct Unpacker<'o> {
     root: Rc<OwnedFd>,
     opts: &'o UnpackOptions,
     chown: bool,
-    /// The last parent directory walked to, by its joined path.
-    cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
+    /// The directories of the last walk, one per component: (name, open directory, whether it
+    /// was recorded in `created`).
+    chain: Vec<(Vec<u8>, Rc<OwnedFd>, bool)>,
     /// Every path in this layer's own tree (joined by '/'): entries and the parents they were
     /// written under. Hard links may only point at these, whiteouts do not remove them, and
     /// opaque markers keep them.
@@ -423,6 +527,15 @@ struct Unpacker<'o> {
     skipped_devices: u64,
     skipped_xattrs: u64,
     buf: Vec<u8>,
+    /// This process's umask, when it can be read without changing it.
+    umask: Option<u32>,
+}
+
+/// Reads the umask from /proc (setting it to read it back would race with other threads).
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 impl<'o> Unpacker<'o> {
@@ -436,7 +549,7 @@ impl<'o> Unpacker<'o> {
             root: Rc::new(root),
             opts,
             chown,
-            cache: None,
+            chain: Vec::new(),
             created: HashSet::new(),
             whited: HashSet::new(),
             dirs: Vec::new(),
@@ -445,6 +558,7 @@ impl<'o> Unpacker<'o> {
             skipped_devices: 0,
             skipped_xattrs: 0,
             buf: vec![0; 256 << 10],
+            umask: current_umask(),
         })
     }
 
@@ -628,13 +742,20 @@ impl<'o> Unpacker<'o> {
             }
             EntryType::Regular | EntryType::Continuous => {
                 let parent = self.parent(parents, entry, true)?.expect("created");
-                self.remove(parent.as_fd(), &cname, entry)?;
-                let fd = sys::open_at(
-                    parent.as_fd(),
-                    &cname,
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                    0o600,
-                )
+                // Created with its final permission bits when the umask leaves them intact, which
+                // saves a chmod for nearly every file; O_EXCL never follows or reuses what is
+                // there, and whatever is there is removed first.
+                let perm = meta.mode & 0o777;
+                let create = |dir: BorrowedFd<'_>| {
+                    sys::open_at(dir, &cname, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, perm)
+                };
+                let fd = match create(parent.as_fd()) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        self.remove(parent.as_fd(), &cname, entry)?;
+                        create(parent.as_fd())
+                    }
+                    other => other,
+                }
                 .map_err(io_err(entry, "create file"))?;
                 let mut f = File::from(fd);
                 loop {
@@ -649,7 +770,10 @@ impl<'o> Unpacker<'o> {
                 // Order matters: chown clears setuid bits and file capabilities, so the mode and
                 // `security.capability` come after it; the mtime comes last of all.
                 self.set_owner_xattrs(f.as_fd(), None, &meta)?;
-                sys::fchmod(f.as_fd(), meta.mode & 0o7777).map_err(io_err(entry, "chmod"))?;
+                let umask_ok = self.umask.is_some_and(|m| perm & m == 0);
+                if meta.mode & 0o7000 != 0 || !umask_ok {
+                    sys::fchmod(f.as_fd(), meta.mode & 0o7777).map_err(io_err(entry, "chmod"))?;
+                }
                 sys::futimens(f.as_fd(), meta.mtime.0, meta.mtime.1).map_err(io_err(entry, "set mtime"))?;
             }
             EntryType::Symlink => {
@@ -770,7 +894,7 @@ impl<'o> Unpacker<'o> {
                 if overlay {
                     return set_opaque(dir.as_fd(), entry);
                 }
-                self.cache = None;
+                self.chain.clear();
                 self.clear_lower(dir, parent_joined, entry)
             }
         }
@@ -824,19 +948,27 @@ impl<'o> Unpacker<'o> {
     /// a symlink. Missing directories are created (0755, owned by the unpacker) when `create`;
     /// otherwise a missing one gives `Ok(None)`.
     fn parent(&mut self, parents: &[&[u8]], entry: &[u8], create: bool) -> Result<Option<Rc<OwnedFd>>, UnpackError> {
-        let joined = parents.join(&b'/');
-        if let Some((p, fd)) = &self.cache {
-            if *p == joined {
-                return Ok(Some(fd.clone()));
-            }
+        // Reuse the open directories of the previous walk for the components this path shares
+        // with it: archives list a tree depth-first, so most walks open one directory or none.
+        let mut keep = 0;
+        while keep < parents.len() && keep < self.chain.len() && self.chain[keep].0 == parents[keep] {
+            keep += 1;
         }
-        let mut cur = self.root.clone();
+        self.chain.truncate(keep);
         let mut walked: Vec<u8> = Vec::new();
-        for comp in parents {
+        for (i, comp) in parents.iter().enumerate() {
             if !walked.is_empty() {
                 walked.push(b'/');
             }
             walked.extend_from_slice(comp);
+            if i < keep {
+                if create && !self.chain[i].2 {
+                    self.created.insert(walked.clone());
+                    self.chain[i].2 = true;
+                }
+                continue;
+            }
+            let cur = self.chain.last().map_or_else(|| self.root.clone(), |l| l.1.clone());
             let c = cstring(entry, comp)?;
             let next = match sys::open_dir_at(cur.as_fd(), &c) {
                 Ok(fd) => fd,
@@ -845,16 +977,14 @@ impl<'o> Unpacker<'o> {
                         return Ok(None);
                     }
                     sys::mkdir_at(cur.as_fd(), &c, 0o755).map_err(io_err(entry, "mkdir parent"))?;
-                    self.created.insert(walked.clone());
                     sys::open_dir_at(cur.as_fd(), &c).map_err(io_err(entry, "open parent"))?
                 }
-                Err(e) if create && self.whited.remove(&walked) => {
+                Err(e) if create && self.whited.contains(&walked) && e.raw_os_error() == Some(libc::ENOTDIR) => {
                     // A whiteout device of this layer stands where an entry needs a directory:
                     // replace it with an opaque one (see `whited`).
-                    drop(e);
+                    self.whited.remove(&walked);
                     sys::unlink_at(cur.as_fd(), &c, 0).map_err(io_err(entry, "unlink whiteout"))?;
                     sys::mkdir_at(cur.as_fd(), &c, 0o755).map_err(io_err(entry, "mkdir parent"))?;
-                    self.created.insert(walked.clone());
                     let dir = sys::open_dir_at(cur.as_fd(), &c).map_err(io_err(entry, "open parent"))?;
                     set_opaque(dir.as_fd(), entry)?;
                     dir
@@ -876,10 +1006,9 @@ impl<'o> Unpacker<'o> {
                 // marker keeps them (overlayfs shows the layer's own directories).
                 self.created.insert(walked.clone());
             }
-            cur = Rc::new(next);
+            self.chain.push((comp.to_vec(), Rc::new(next), create));
         }
-        self.cache = Some((joined, cur.clone()));
-        Ok(Some(cur))
+        Ok(Some(self.chain.last().map_or_else(|| self.root.clone(), |l| l.1.clone())))
     }
 
     /// Removes `name` below `dir` if it exists: a directory with everything in it, anything else
@@ -889,7 +1018,7 @@ impl<'o> Unpacker<'o> {
             None => Ok(()),
             Some(st) if is_dir(&st) => {
                 // The cached parent may be inside what is removed.
-                self.cache = None;
+                self.chain.clear();
                 std::fs::remove_dir_all(sys::proc_path(dir, name)).map_err(io_err(entry, "remove directory"))
             }
             Some(_) => sys::unlink_at(dir, name, 0).map_err(io_err(entry, "unlink")),
