@@ -81,6 +81,16 @@ pub struct Timings {
     pub to_exec: Duration,
     /// Whether the parts came from a pool.
     pub pooled: bool,
+    /// Index into `stages` of the first stage done after the request arrived (the stages before
+    /// it were done ahead of time, in a pool).
+    pub critical_from: usize,
+}
+
+impl Timings {
+    /// Names of the stages on the critical path of the start.
+    pub fn critical_stages(&self) -> Vec<&str> {
+        self.stages[self.critical_from.min(self.stages.len())..].iter().map(|(n, _)| n.as_str()).collect()
+    }
 }
 
 impl Timings {
@@ -344,6 +354,9 @@ impl Runtime {
         t0: Instant,
     ) -> Result<Sandbox> {
         let ctrl = part.ctrl();
+        if part.timings.pooled {
+            part.timings.critical_from = part.timings.stages.len();
+        }
         if part.rootfs.is_none() {
             proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(rootfs, seccomp_opts)?), &[])?;
             part.take_root(&ctrl, rootfs)?;
@@ -619,11 +632,7 @@ pub fn capture(start: impl FnOnce(StdioFds) -> Result<Sandbox>) -> Result<Output
     };
     let ro = reader(out_r);
     let re = reader(err_r);
-    let sb = start(StdioFds { stdin, stdout: out_w, stderr: err_w });
-    let sb = match sb {
-        Ok(s) => s,
-        Err(e) => return Err(e),
-    };
+    let sb = start(StdioFds { stdin, stdout: out_w, stderr: err_w })?;
     let timings = sb.timings().clone();
     let status = sb.wait()?;
     let stdout = ro.join().unwrap_or_default();
