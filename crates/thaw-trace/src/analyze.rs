@@ -254,11 +254,12 @@ struct OpenPull {
     last_us: u64,
 }
 
+/// A pull in the association window. `seq` numbers pulls in trace order.
 struct WindowPull {
+    seq: u64,
     time_us: u64,
     image: u64,
     client: u64,
-    credited: Vec<u64>,
 }
 
 /// The streaming analysis. Feed events with [`Analyzer::push`], then call [`Analyzer::finish`].
@@ -279,6 +280,10 @@ pub struct Analyzer {
     open: FxHashMap<u64, OpenPull>,
     last_sweep: u64,
     window: VecDeque<WindowPull>,
+    pull_seq: u64,
+    /// Sequence number of the last pull of each image (registry-wide) or of each (client, image)
+    /// (same-client mode).
+    last_seq: FxHashMap<u64, u64>,
     pairs: FxHashMap<(u64, u64), u32>,
     prune_floor: u64,
     truncated: u64,
@@ -303,6 +308,8 @@ impl Analyzer {
             open: FxHashMap::default(),
             last_sweep: 0,
             window: VecDeque::new(),
+            pull_seq: 0,
+            last_seq: FxHashMap::default(),
             pairs: FxHashMap::default(),
             prune_floor: 0,
             truncated: 0,
@@ -491,11 +498,15 @@ impl Analyzer {
         if let Some(iv) = interval {
             acc.pull_interval_s.record(iv / 1_000_000);
         }
-        self.associate(img, chash, t);
+        self.associate(img, chash, pair, t);
     }
 
-    /// Credits (A, img) for every pull of another image A in the window.
-    fn associate(&mut self, img: u64, client: u64, t: u64) {
+    /// Credits (A, img) for every pull of another image A in the window that no earlier pull of
+    /// img followed. Those are exactly the window's pulls newer than img's previous pull (by the
+    /// same client in same-client mode): older ones were credited by that previous pull already.
+    /// So each pull of A counts at most once per B, with no per-pull bookkeeping, and the work per
+    /// pull is the number of pulls since the previous pull of the same image.
+    fn associate(&mut self, img: u64, client: u64, client_image: u64, t: u64) {
         let w = self.cfg.assoc.window_us;
         while let Some(front) = self.window.front() {
             if t.saturating_sub(front.time_us) > w
@@ -507,19 +518,37 @@ impl Analyzer {
             }
         }
         let same_client = self.cfg.assoc.same_client;
-        for wp in self.window.iter_mut() {
-            if wp.image == img || (same_client && wp.client != client) || wp.credited.contains(&img)
-            {
+        self.pull_seq += 1;
+        let seq = self.pull_seq;
+        let slot = if same_client { client_image } else { img };
+        let last = match self.last_seq.get_mut(&slot) {
+            Some(s) => std::mem::replace(s, seq),
+            None => {
+                if self.last_seq.len() < self.cfg.limits.max_client_pairs {
+                    self.last_seq.insert(slot, seq);
+                    0
+                } else {
+                    // Untracked: crediting without knowing the previous pull could count a pull
+                    // of A twice, so this pull credits nothing.
+                    self.truncated += 1;
+                    u64::MAX
+                }
+            }
+        };
+        for wp in self.window.iter().rev() {
+            if wp.seq <= last {
+                break;
+            }
+            if wp.image == img || (same_client && wp.client != client) {
                 continue;
             }
-            wp.credited.push(img);
             *self.pairs.entry((wp.image, img)).or_insert(0) += 1;
         }
         self.window.push_back(WindowPull {
+            seq,
             time_us: t,
             image: img,
             client,
-            credited: Vec::new(),
         });
         if self.pairs.len() > self.cfg.limits.max_pairs {
             // Lossy counting: drop the rarest pairs. A dropped pair that comes back restarts at

@@ -133,6 +133,22 @@ pub fn stable_hash(parts: &[&str]) -> u64 {
 /// The cache key of a content reference: a valid digest's own key, otherwise a stable hash of the
 /// string (anonymised traces replace digests by opaque tokens).
 pub fn key_of_digest(reference: &str) -> u64 {
+    // Fast path for the common case, without allocating: a well-formed sha256/sha512 digest's key
+    // is its first 16 hex digits, exactly what `Digest::key64` computes.
+    let hex = match reference.split_once(':') {
+        Some(("sha256", h)) if h.len() == 64 => Some(h),
+        Some(("sha512", h)) if h.len() == 128 => Some(h),
+        _ => None,
+    };
+    if let Some(h) = hex {
+        if h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            if let Ok(k) = u64::from_str_radix(&h[..16], 16) {
+                return k;
+            }
+        }
+    }
     match reference.parse::<Digest>() {
         Ok(d) => d.key64(),
         Err(_) => stable_hash(&[reference]),
@@ -507,6 +523,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn digest_keys_match_oci(hex in "[0-9a-f]{64}", junk in "[a-zA-Z0-9:]{0,80}") {
+            let d = format!("sha256:{hex}");
+            prop_assert_eq!(key_of_digest(&d), d.parse::<Digest>().unwrap().key64());
+            let want = match junk.parse::<Digest>() { Ok(x) => x.key64(), Err(_) => stable_hash(&[&junk]) };
+            prop_assert_eq!(key_of_digest(&junk), want);
+        }
+
         #[test]
         fn rfc3339_round_trips(us in 0u64..4_000_000_000_000_000) {
             prop_assert_eq!(parse_rfc3339_us(&format_rfc3339_us(us)).unwrap(), us);

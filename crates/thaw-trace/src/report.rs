@@ -123,7 +123,11 @@ pub fn cdf_svg(
         root.fill(&WHITE).map_err(plot_err(title))?;
         // The x axis is linear over log_b(value), labelled with b^tick: powers of two for bytes
         // (1 MiB, 2 MiB, ...), of ten otherwise, so ticks land on round values.
-        let base: f64 = if matches!(unit, Unit::Bytes) { 2.0 } else { 10.0 };
+        let base: f64 = if matches!(unit, Unit::Bytes) {
+            2.0
+        } else {
+            10.0
+        };
         let to_axis = move |v: f64| v.max(1.0).log(base);
         let values = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
         let xmax = values().max().unwrap_or(1).max(2) as f64;
@@ -209,7 +213,11 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
             .collect();
         let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = sizes.iter().copied().fold(0.0, f64::max);
-        let (lo, hi) = if lo.is_finite() { (lo.floor() - 0.5, hi.ceil() + 0.5) } else { (0.0, 1.0) };
+        let (lo, hi) = if lo.is_finite() {
+            (lo.floor() - 0.5, hi.ceil() + 0.5)
+        } else {
+            (0.0, 1.0)
+        };
         let ymax = sim
             .runs
             .iter()

@@ -283,7 +283,11 @@ impl Run {
                 // Every policy reports its insertions (thaw-policy's conformance suite holds them to
                 // it), so a miss without one was refused, with no extra lookup.
                 let key = r.key;
-                if !self.effects.iter().any(|e| matches!(*e, Effect::Inserted { key: k, .. } if k == key)) {
+                if !self
+                    .effects
+                    .iter()
+                    .any(|e| matches!(*e, Effect::Inserted { key: k, .. } if k == key))
+                {
                     s.not_admitted += 1;
                 }
                 self.model.map(|m| m.miss_us(r.size))
@@ -742,7 +746,9 @@ pub fn simulate_policies(
         pre.accesses = accesses;
         read_stats = total;
     } else {
-        let mut src: Box<dyn EventSource> = read::open(paths, format, opts)?;
+        // Parsing text runs on its own thread, overlapping with the replay.
+        let mut src: Box<dyn EventSource> =
+            Box::new(read::Background::new(read::open(paths, format, opts)?));
         loop {
             chunk.clear();
             let mut done = false;
@@ -838,21 +844,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("bad size {s:?}: expected a number with a unit like 1GiB"))?;
-    let mult: f64 =
-        match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "k" | "kb" => 1e3,
-            "kib" => 1024.0,
-            "m" | "mb" => 1e6,
-            "mib" => 1_048_576.0,
-            "g" | "gb" => 1e9,
-            "gib" => 1_073_741_824.0,
-            "t" | "tb" => 1e12,
-            "tib" => 1_099_511_627_776.0,
-            _ => return Err(format!(
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1_048_576.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1_073_741_824.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1_099_511_627_776.0,
+        _ => {
+            return Err(format!(
                 "bad size {s:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            )),
-        };
+            ))
+        }
+    };
     let v = n * mult;
     if !v.is_finite() || !(0.0..=1.8e19).contains(&v) {
         return Err(format!("bad size {s:?}: out of range"));

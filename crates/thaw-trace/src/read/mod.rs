@@ -22,7 +22,7 @@ pub use distribution::DistributionReader;
 pub use ibm::{IbmReader, MAX_ELEMENT_BYTES};
 pub use lines::{LineReader, MAX_LINE_BYTES};
 pub use oracle::{write_records, OracleReader, OracleRecord, ORACLE_RECORD_BYTES};
-pub use thaw::{request_to_event, ThawReader};
+pub use thaw::{request_into_event, request_to_event, ThawReader};
 
 use crate::event::Event;
 
@@ -488,4 +488,160 @@ pub(crate) fn http_event(
         cache_access,
         layers: Vec::new(),
     })
+}
+
+/// Events decoded per batch by [`Background`].
+pub const BACKGROUND_BATCH: usize = 4096;
+/// Batches in flight between the decoding thread and the consumer.
+const BACKGROUND_DEPTH: usize = 4;
+
+type Batch = Result<(Vec<Event>, ReadStats), TraceError>;
+
+/// Decodes another source on its own thread, so parsing (the costly part of text formats)
+/// overlaps with whatever consumes the events. At most `BACKGROUND_DEPTH` batches of
+/// [`BACKGROUND_BATCH`] events are buffered: memory stays bounded.
+pub struct Background {
+    rx: std::sync::mpsc::Receiver<Batch>,
+    current: std::vec::IntoIter<Event>,
+    stats: ReadStats,
+    done: bool,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn new(mut src: Box<dyn EventSource>) -> Background {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(BACKGROUND_DEPTH);
+        let worker = std::thread::spawn(move || loop {
+            let mut batch = Vec::with_capacity(BACKGROUND_BATCH);
+            let mut end = false;
+            while batch.len() < BACKGROUND_BATCH {
+                match src.next_event() {
+                    Ok(Some(e)) => batch.push(e),
+                    Ok(None) => {
+                        end = true;
+                        break;
+                    }
+                    Err(e) => {
+                        // Deliver the events before the error first, as a direct reader would.
+                        if !batch.is_empty() && tx.send(Ok((batch, src.stats()))).is_err() {
+                            return;
+                        }
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            // The receiver hung up: nobody wants the rest.
+            if tx.send(Ok((batch, src.stats()))).is_err() || end {
+                return;
+            }
+        });
+        Background {
+            rx,
+            current: Vec::new().into_iter(),
+            stats: ReadStats::default(),
+            done: false,
+            worker: Some(worker),
+        }
+    }
+}
+
+impl EventSource for Background {
+    fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
+        loop {
+            if let Some(e) = self.current.next() {
+                return Ok(Some(e));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.rx.recv() {
+                Ok(Ok((batch, stats))) => {
+                    self.stats = stats;
+                    if batch.is_empty() {
+                        self.done = true;
+                    }
+                    self.current = batch.into_iter();
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The worker ended after sending its last (possibly full) batch.
+                Err(_) => {
+                    self.done = true;
+                    if let Some(w) = self.worker.take() {
+                        let _ = w.join();
+                    }
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> ReadStats {
+        self.stats.clone()
+    }
+}
+
+#[cfg(test)]
+mod background_tests {
+    use super::*;
+
+    struct Counting {
+        n: u64,
+        fail_at: Option<u64>,
+    }
+
+    impl EventSource for Counting {
+        fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
+            if Some(self.n) == self.fail_at {
+                return Err(TraceError::NoInput);
+            }
+            if self.n == 10_000 {
+                return Ok(None);
+            }
+            self.n += 1;
+            Ok(Some(Event::access(self.n, self.n, 1)))
+        }
+        fn stats(&self) -> ReadStats {
+            ReadStats {
+                events: self.n,
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn passes_every_event_in_order_and_the_final_stats() {
+        let mut b = Background::new(Box::new(Counting {
+            n: 0,
+            fail_at: None,
+        }));
+        let mut last = 0;
+        while let Some(e) = b.next_event().unwrap() {
+            assert_eq!(e.key, last + 1);
+            last = e.key;
+        }
+        assert_eq!(last, 10_000);
+        assert_eq!(b.stats().events, 10_000);
+        assert!(b.next_event().unwrap().is_none());
+    }
+
+    #[test]
+    fn errors_reach_the_consumer() {
+        let mut b = Background::new(Box::new(Counting {
+            n: 0,
+            fail_at: Some(5000),
+        }));
+        let mut seen = 0;
+        let err = loop {
+            match b.next_event() {
+                Ok(Some(_)) => seen += 1,
+                Ok(None) => panic!("the error was lost"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(seen, 5000);
+        assert!(matches!(err, TraceError::NoInput));
+    }
 }

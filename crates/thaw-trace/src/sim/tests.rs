@@ -590,3 +590,46 @@ fn sizes_parse() {
     );
     assert_eq!(fmt_bytes(1000), "1000B");
 }
+
+#[test]
+fn distribution_logs_replay_with_pulls_and_categories() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let line = |t: &str, uri: &str, status: u16, written: u64| {
+        format!(
+            "{{\"time\":\"{t}\",\"http.request.method\":\"GET\",\"http.request.uri\":\"{uri}\",\"http.request.remoteaddr\":\"10.1.1.1:5000\",\
+             \"http.response.status\":{status},\"http.response.written\":{written},\"http.response.duration\":\"2ms\"}}\n"
+        )
+    };
+    for minute in 0..3 {
+        let t = |s: u32| format!("2024-05-01T10:0{minute}:0{s}Z");
+        text += &line(&t(0), "/v2/web/shop/manifests/v1", 200, 500);
+        text += &line(&t(1), &format!("/v2/web/shop/blobs/{}", dg('1')), 200, 1000);
+        text += &line(&t(2), &format!("/v2/web/shop/blobs/{}", dg('2')), 200, 2000);
+        text += &line(&t(3), &format!("/v2/web/shop/blobs/{}", dg('9')), 404, 0);
+    }
+    text += "this line is not json\n";
+    let p = dir.path().join("registry.log");
+    std::fs::write(&p, text).unwrap();
+    let cfg = SimConfig {
+        model: Some(LatencyModel::default()),
+        ..SimConfig::new(vec![], vec![])
+    };
+    let rep = simulate_policies(
+        &[p],
+        TraceFormat::Distribution,
+        ReadOptions::default(),
+        CategoryMap::by_namespace(),
+        &cfg,
+        vec![Box::new(Lru::new(1 << 20))],
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(rep.events, 12);
+    assert_eq!(rep.accesses, 9, "404s are not accesses");
+    assert_eq!(rep.read.malformed, 1);
+    let r = &rep.runs[0];
+    assert_eq!((r.stats.misses, r.stats.hits), (3, 6));
+    // three pulls of manifest + two layers each
+    assert_eq!(r.latency.as_ref().unwrap().pulls, 3);
+}

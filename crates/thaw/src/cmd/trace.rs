@@ -285,9 +285,10 @@ pub fn warn_malformed(stats: &ReadStats) {
 fn run_analysis(input: &TraceInput, flags: &AnalysisFlags) -> anyhow::Result<AnalysisReport> {
     let cfg = flags.config()?;
     let cats = input.category_map()?;
-    let mut src = read::open(&input.trace, input.format, input.options())?;
+    // Parsing runs on its own thread, overlapping with the analysis.
+    let mut src = read::Background::new(read::open(&input.trace, input.format, input.options())?);
     let pb = spinner(!input.no_progress, "events analysed");
-    let report = analyze(src.as_mut(), cfg, cats, &mut |n| pb.set_position(n))?;
+    let report = analyze(&mut src, cfg, cats, &mut |n| pb.set_position(n))?;
     pb.finish_and_clear();
     warn_malformed(&report.read);
     Ok(report)
