@@ -625,6 +625,22 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_hit_stays_slow_when_pins_leave_no_room_in_memory() {
+        let mut p = LaCache::new(Capacity { fast: 1, slow: 10 }, cfg());
+        let mut fx = Vec::new();
+        p.access(&req(0, 1, 1, None), &mut fx);
+        p.access(&req(S, 2, 1, None), &mut fx); // 1 demoted
+        fx.clear();
+        // 2 is pinned (being served), so 1 cannot be promoted: a slow-tier hit, nothing moves
+        assert_eq!(p.lookup_pinned(&req(2 * S, 1, 1, None), &|k| k == 2, &mut fx), Some(Tier::Slow));
+        assert!(fx.is_empty());
+        assert_eq!(p.peek(2), Some(Tier::Fast));
+        // unpinned, the next hit promotes it
+        assert_eq!(p.lookup_pinned(&req(3 * S, 1, 1, None), &|_| false, &mut fx), Some(Tier::Fast));
+        assert_eq!(fx, vec![Effect::Demoted { key: 2, size: 1 }, Effect::Promoted { key: 1, size: 1 }]);
+    }
+
+    #[test]
     fn uncategorised_requests_use_the_default_category() {
         let mut p = LaCache::new(Capacity { fast: 1, slow: 10 }, cfg());
         let mut fx = Vec::new();
