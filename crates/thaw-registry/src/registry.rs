@@ -913,7 +913,7 @@ impl Registry {
     async fn serve_stored_blob(&self, ctx: &mut Ctx, d: &Digest, range: Option<RangeSpec>) -> Result<Option<Response>, ApiError> {
         let Some(handle) = self.blocking_store(|s, d| s.get(&d), d.clone()).await? else { return Ok(None) };
         let total = handle.size;
-        let file = Arc::new(handle.try_clone_file().map_err(|e| ApiError::internal(e))?);
+        let file = Arc::new(handle.try_clone_file().map_err(ApiError::internal)?);
         ctx.rec.outcome = CacheOutcome::Hit;
         ctx.rec.size = Some(total);
         let (status, start, end) = match range {
@@ -1059,23 +1059,23 @@ impl Registry {
             e => ApiError::from(e),
         };
         let store = self.inner.store.clone();
-        let run = |f: Box<dyn FnOnce(&BlobStore) -> Result<u64, thaw_store::StoreError> + Send>| {
+        let run = |f: StoreJob| {
             let store = store.clone();
             async move { tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal) }
         };
         match *method {
             Method::GET => {
-                let id2 = id.clone();
+                let id2 = id;
                 let size = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
                 Ok(upload_accepted(&t.repo, &id, size, StatusCode::NO_CONTENT))
             }
             Method::DELETE => {
-                let id2 = id.clone();
+                let id2 = id;
                 run(Box::new(move |s| s.upload_cancel(&id2).map(|_| 0))).await?.map_err(unknown)?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             Method::PATCH => {
-                let id2 = id.clone();
+                let id2 = id;
                 let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
                 if let Some(cr) = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()) {
                     let start = cr.trim_start_matches("bytes ").split('-').next().and_then(|s| s.trim().parse::<u64>().ok());
@@ -1089,10 +1089,10 @@ impl Registry {
             Method::PUT => {
                 let dq = query_param(query, "digest").ok_or_else(|| ApiError::bad_request(Code::DigestInvalid, "PUT to an upload needs ?digest="))?;
                 let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
-                let id2 = id.clone();
+                let id2 = id;
                 let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
                 self.append_stream(&id, current, body).await?.map_err(unknown)?;
-                let (id2, d2, repo) = (id.clone(), d.clone(), t.repo.clone());
+                let (id2, d2, repo) = (id, d.clone(), t.repo.clone());
                 run(Box::new(move |s| {
                     s.upload_finish(&id2, &d2)?;
                     s.link(LOCAL, &repo, &d2)?;
@@ -1122,7 +1122,7 @@ impl Registry {
             if !pending.is_empty() && (done || pending.len() >= flight::CHUNK) {
                 let data = std::mem::take(&mut pending);
                 let store = self.inner.store.clone();
-                let id = id.clone();
+                let id = *id;
                 offset = match tokio::task::spawn_blocking(move || store.upload_append(&id, offset, &data)).await.map_err(ApiError::internal)? {
                     Ok(o) => o,
                     Err(e) => return Ok(Err(e)),
@@ -1142,6 +1142,9 @@ impl Registry {
         Ok(t)
     }
 }
+
+/// A store call run on the blocking pool by the upload handlers.
+type StoreJob = Box<dyn FnOnce(&BlobStore) -> Result<u64, thaw_store::StoreError> + Send>;
 
 pub(crate) struct FetchedManifest {
     pub body: Bytes,

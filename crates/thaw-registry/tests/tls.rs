@@ -147,7 +147,7 @@ fn skopeo_pushes_and_pulls_over_tls() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN should negotiate h2");
     let plain = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    assert!(plain.get(format!("http://{}/v2/", thaw.addr)).send().map(|r| r.status().is_success()).unwrap_or(false) == false);
+    assert!(!plain.get(format!("http://{}/v2/", thaw.addr)).send().map(|r| r.status().is_success()).unwrap_or(false));
 }
 
 /// Basic-auth accounts over TLS, mapped to upstream users of a private repository: the right

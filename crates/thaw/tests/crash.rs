@@ -159,7 +159,7 @@ fn kill_9_during_concurrent_pulls_leaves_a_consistent_store() {
             .collect();
         let deadline = Instant::now() + Duration::from_secs(60);
         let before = metric(&daemon, "thaw_upstream_bytes_total");
-        let mut metric_at_kill;
+        let metric_at_kill;
         loop {
             let fetched = metric(&daemon, "thaw_upstream_bytes_total") - before;
             if fetched >= share * total {
