@@ -190,7 +190,14 @@ impl CgroupPlan {
             mkdir_existing_ok(dir)?;
             match kind {
                 HierarchyKind::V1(ctrl) => write_v1_limits(ctrl, dir, &self.limits)?,
-                HierarchyKind::V2 => write_v2_limits(dir, &self.limits)?,
+                HierarchyKind::V2 => {
+                    write_v2_limits(dir, &self.limits)?;
+                    if crate::devices::is_cgroup2(dir) {
+                        let rules: Vec<_> =
+                            crate::spec::default_device_rules().into_iter().chain(self.limits.devices.iter().cloned()).collect();
+                        crate::devices::attach(dir, &rules)?;
+                    }
+                }
                 HierarchyKind::Unified => {}
             }
         }
@@ -312,9 +319,8 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 
 /// cgroup v2 limits in `dir`.
 ///
-/// Device rules are not written: on v2 they are an eBPF program attached to the cgroup, which
-/// thaw does not generate yet. On v2 a sandbox's device access is still bounded by its /dev (only
-/// the standard nodes exist), the `nodev` overlay root and the absence of `CAP_MKNOD` by default.
+/// Device rules are not files on v2: [`CgroupPlan::create`] attaches them as an eBPF program
+/// (see [`crate::devices`]) when the directory is on a real cgroup2 filesystem.
 pub fn write_v2_limits(dir: &Path, l: &Limits) -> Result<()> {
     if let Some(m) = l.memory_bytes {
         write_file(&dir.join("memory.max"), &m.to_string())?;

@@ -9,13 +9,15 @@
 //! * [`pool`]: parts built ahead of time, assembled per request;
 //! * [`helper`]: the single-threaded helper process that does every namespace, mount and cgroup
 //!   operation (started with fork+exec, never forked from the caller's threads);
-//! * [`cgroup`], [`rootfs`], [`seccomp`], [`process`]: the kernel-facing pieces the helper uses;
+//! * [`cgroup`], [`devices`], [`rootfs`], [`seccomp`], [`process`]: the kernel-facing pieces the
+//!   helper uses;
 //! * [`testsupport`]: busybox root filesystems and a static probe for tests and benchmarks.
 //!
 //! Architecture invariant: this crate knows nothing about registries, image formats or the
 //! store; it takes directories (layers, topmost first) and builds sandboxes over them.
 
 pub mod cgroup;
+pub mod devices;
 pub mod error;
 pub mod helper;
 pub mod pool;

@@ -1,0 +1,53 @@
+//! The cgroup v2 device program against the real kernel: this machine's hybrid layout still
+//! has a cgroup2 mount (/sys/fs/cgroup/unified), and device programs attach to any cgroup2
+//! directory, so the v2 device path is tested here even though pure v2 cannot be booted.
+
+use std::path::PathBuf;
+use thaw_sandbox::{cgroup::CgroupLayout, devices, spec::default_device_rules, testsupport};
+
+#[test]
+fn device_program_allows_null_and_denies_full() {
+    if !testsupport::require_privileges("device_program_allows_null_and_denies_full") {
+        return;
+    }
+    let root = match CgroupLayout::detect().unwrap() {
+        CgroupLayout::Hybrid { unified: Some(u), .. } => u,
+        CgroupLayout::V2 { root } => root,
+        CgroupLayout::Hybrid { unified: None, .. } => {
+            if std::env::var_os("CI").is_some() {
+                panic!("no cgroup2 mount and CI is set");
+            }
+            eprintln!("skipping device_program_allows_null_and_denies_full: no cgroup2 mount");
+            return;
+        }
+    };
+    let dir: PathBuf = root.join(format!("thaw-devtest-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    assert!(devices::is_cgroup2(&dir));
+    // The defaults allow 1:3 (null) and 1:7 (full); drop full to see a refusal.
+    let mut rules = default_device_rules();
+    rules.retain(|r| !(r.major == Some(1) && r.minor == Some(7)));
+    devices::attach(&dir, &rules).unwrap();
+    let procs = dir.join("cgroup.procs");
+    // Each check runs in a shell that first moves itself into the cgroup.
+    let try_read = |dev: &str| {
+        let o = std::process::Command::new("/bin/busybox")
+            .args(["sh", "-c"])
+            .arg(format!("echo $$ > {} && exec head -c1 {dev}", procs.display()))
+            .output()
+            .unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    assert!(try_read("/dev/null").0, "null is allowed");
+    assert!(try_read("/dev/zero").0, "zero is allowed");
+    let (ok, err) = try_read("/dev/full");
+    assert!(!ok, "full must be refused");
+    assert!(err.contains("not permitted"), "{err}");
+}
