@@ -10,7 +10,7 @@ RUNS=${2:-20}
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p thaw-oci --example unpack
 THAW=$PWD/target/release/examples/unpack
-W=$(mktemp -d /dev/shm/thaw-bench-unpack.XXXXXX)
+W=$(mktemp -d /dev/shm/oci-unpack-bench.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 
 # An image with one gzip layer, made by umoci from the generated tree.
