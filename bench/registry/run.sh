@@ -127,7 +127,7 @@ start_registry() {
         echo "log: {level: warn, accesslog: {disabled: false}}"
         echo "storage: {filesystem: {rootdirectory: $rootdir}, delete: {enabled: true}}"
         echo "http: {addr: \"$addr\", secret: thaw-bench-$name}"
-        [[ -n $remote ]] && echo "proxy: {remoteurl: \"$remote\"}"
+        if [[ -n $remote ]]; then echo "proxy: {remoteurl: \"$remote\"}"; fi
     } >"$WORK/$name.yml"
     if [[ -n $ns ]]; then
         ip netns exec "$ns" docker-registry serve "$WORK/$name.yml" >"$WORK/logs/$name.log" 2>&1 &
@@ -224,6 +224,8 @@ NS_UP=$ID-up
 UP_DEV=${ID}u0          # root-namespace end of the upstream's veth
 BR=${ID}br
 
+# The EXIT trap deletes $WORK, so it must be a directory this run creates.
+[[ ! -e $WORK ]] || die "$WORK already exists; point WORK at a new path (it is deleted at the end)"
 mkdir -p "$WORK/logs"
 : >"$WORK/pids"
 : >"$WORK/results.txt"
