@@ -112,8 +112,7 @@ pub fn compile(rules: &[DeviceRule]) -> Vec<Insn> {
 
 /// Whether `dir` is on a cgroup2 filesystem (a fake root in a test is not).
 pub fn is_cgroup2(dir: &Path) -> bool {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    nix::sys::statfs::statfs(dir).map(|s| i64::from(s.filesystem_type().0) == CGROUP2_SUPER_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(dir).map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC).unwrap_or(false)
 }
 
 /// Loads the program for `rules` and attaches it to the cgroup2 directory `dir`.
