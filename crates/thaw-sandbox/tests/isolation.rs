@@ -1,4 +1,5 @@
-//! The isolation suite: one set of checks run against every kind of sandbox (cold, pooled).
+//! The isolation suite: one set of checks run against every kind of sandbox (cold, pooled,
+//! pooled shell with the root built on request).
 //!
 //! Each check compares process properties seen from inside (capabilities, seccomp mode,
 //! no_new_privs, namespaces, mounts, cgroup, rlimits) or tries to break out, using busybox and a
@@ -16,8 +17,12 @@ use thaw_sandbox::{ExitStatus, Output, PoolConfig, Sandbox, SandboxSpec, StdioFd
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
+    /// Everything built on request.
     Cold,
+    /// A ready part holding shell and root.
     Pooled,
+    /// A ready shell (cgroup, namespaces, parked process); the root is built on request.
+    ShellPooled,
 }
 
 fn run(f: &Fixture, kind: Kind, spec: &SandboxSpec) -> Output {
@@ -28,6 +33,13 @@ fn run(f: &Fixture, kind: Kind, spec: &SandboxSpec) -> Output {
             assert!(pool.wait_ready(1, Duration::from_secs(20)), "pool never filled");
             let out = pool.run_output(None, &spec.process).unwrap();
             assert!(out.timings.pooled, "the start did not use a pooled part");
+            out
+        }
+        Kind::ShellPooled => {
+            let pool = f.rt.pool(PoolConfig { profile: spec.profile.clone(), rootfs: None, depth: 1 });
+            assert!(pool.wait_ready(1, Duration::from_secs(20)), "pool never filled");
+            let out = pool.run_output(Some(&spec.rootfs), &spec.process).unwrap();
+            assert!(out.timings.pooled, "the start did not use a pooled shell");
             out
         }
     }
@@ -41,6 +53,12 @@ fn start(f: &Fixture, kind: Kind, spec: &SandboxSpec) -> (Sandbox, Option<thaw_s
             let pool = f.rt.pool(PoolConfig { profile: spec.profile.clone(), rootfs: Some(spec.rootfs.clone()), depth: 1 });
             assert!(pool.wait_ready(1, Duration::from_secs(20)));
             let sb = pool.start(None, &spec.process, StdioFds::null().unwrap()).unwrap();
+            (sb, Some(pool))
+        }
+        Kind::ShellPooled => {
+            let pool = f.rt.pool(PoolConfig { profile: spec.profile.clone(), rootfs: None, depth: 1 });
+            assert!(pool.wait_ready(1, Duration::from_secs(20)));
+            let sb = pool.start(Some(&spec.rootfs), &spec.process, StdioFds::null().unwrap()).unwrap();
             (sb, Some(pool))
         }
     }
@@ -345,6 +363,7 @@ macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod cold { $( #[test] fn $name() { super::$name(super::Kind::Cold) } )* }
         mod pooled { $( #[test] fn $name() { super::$name(super::Kind::Pooled) } )* }
+        mod shell_pooled { $( #[test] fn $name() { super::$name(super::Kind::ShellPooled) } )* }
     };
 }
 
