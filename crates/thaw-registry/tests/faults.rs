@@ -485,3 +485,29 @@ fn chunked_upstream_blob_is_relayed_and_verified() {
     assert_eq!(fake.count("GET", &format!("/v2/{REPO}/blobs/{ld}")), 1);
 }
 
+
+/// A manifest asked by digest whose bytes do not match is refused (502, DIGEST_INVALID), counted,
+/// and not stored; asked by tag, bytes that are not a manifest are refused too. Once the upstream
+/// is honest again, both work.
+#[test]
+fn wrong_manifest_bytes_are_refused_and_not_stored() {
+    let fake = FakeUpstream::start();
+    let img = fake.put_image(REPO, "v1", &[filler(18, 1000)]);
+    let thaw = mirror(&fake);
+    let c = client();
+    fake.set(Kind::Manifest, Fault::WrongBytes);
+    let r = c.get(manifest_url(&thaw, REPO, &img.manifest_digest)).send().unwrap();
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
+    assert_eq!(thaw.metric("thaw_digest_mismatches_total"), 1.0);
+    let r = c.get(manifest_url(&thaw, REPO, "v1")).send().unwrap();
+    assert_eq!(r.status(), 502, "garbage served as a manifest");
+    assert!(!stored(&thaw, &img.manifest_digest));
+    fake.heal();
+    let r = c.get(manifest_url(&thaw, REPO, &img.manifest_digest)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), img.manifest.as_slice());
+    let r = c.get(manifest_url(&thaw, REPO, "v1")).send().unwrap();
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), img.manifest_digest);
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use thaw_registry::config::{Account, Credentials};
 use thaw_registry::RegistryConfig;
-use thaw_testkit::fake_upstream::{FakeImage, FakeUpstream};
+use thaw_testkit::fake_upstream::{FakeImage, FakeUpstream, Fault, Kind};
 use thaw_testkit::{filler, upstream, Thaw};
 
 const USERS: [(&str, &str); 3] = [("u1", "pw1"), ("u2", "pw2"), ("u3", "pw3")];
@@ -473,6 +473,16 @@ fn private_content_fails_closed_when_the_upstream_is_down() {
     let r = get(&c, &pub_blob, None, None);
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().as_ref(), pub_data.as_slice());
+
+    // The registry is back but its token service fails: still closed to unauthorised identities.
+    w.fake.come_up();
+    w.fake.set(Kind::Token, Fault::Status(503));
+    for who in [Who::Account(1), Who::Account(2)] {
+        let r = get(&c, &blob, Some(&who), None);
+        assert!(!r.status().is_success(), "{who:?} was served private content while the token service failed");
+    }
+    w.fake.heal();
+    assert_eq!(get(&c, &blob, Some(&Who::Account(1)), None).status(), 200, "bob may read priv/b once the upstream can say so");
 }
 
 /// Operator credentials (`credentials` of an upstream): content fetched with them is shared by
