@@ -3,6 +3,7 @@
 //! garbage collection.
 //!
 //! ```text
+//! layers/format               "thaw-layers 1": the on-disk format of what follows
 //! layers/lock                 exclusive lock of the owning process (flock), holding its pid
 //! layers/sha256/<hex>/        a complete layer, unpacked in overlay mode; never modified
 //! layers/tmp-<pid>-<n>/       a layer being unpacked (removed when the store opens)
@@ -45,6 +46,8 @@ pub enum LayerError {
     Algorithm(Digest),
     #[error("layer {0} is not in the layer store; ensure it first")]
     NotPresent(Digest),
+    #[error("layer store {path} has format {found:?}, this thaw reads {FORMAT:?}; the layers are a cache: remove the directory to start afresh")]
+    Format { path: String, found: String },
     #[error(transparent)]
     Layout(Box<LayoutError>),
 }
@@ -54,6 +57,10 @@ impl From<LayoutError> for LayerError {
         LayerError::Layout(Box::new(e))
     }
 }
+
+/// The on-disk format marker. Bump it when the directory layout or the unpacking semantics
+/// (what a layer directory contains) change, so an old store is never read with new meaning.
+const FORMAT: &str = "thaw-layers 1";
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayerError + '_ {
     move |source| LayerError::Io { path: path.display().to_string(), source }
@@ -260,6 +267,16 @@ impl LayerStore {
         }
         lock.set_len(0).map_err(io_err(&lock_path))?;
         write!(lock, "{}", std::process::id()).map_err(io_err(&lock_path))?;
+
+        let format_path = root.join("format");
+        match fs::read_to_string(&format_path) {
+            Ok(found) if found.trim() == FORMAT => {}
+            Ok(found) => return Err(LayerError::Format { path: root.display().to_string(), found: found.trim().to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::write(&format_path, format!("{FORMAT}\n")).map_err(io_err(&format_path))?;
+            }
+            Err(e) => return Err(io_err(&format_path)(e)),
+        }
 
         let mut recovery = LayerRecovery::default();
         for e in fs::read_dir(&root).map_err(io_err(&root))? {
@@ -574,7 +591,7 @@ mod tests {
         assert!(matches!(&e, LayerError::Unpack { error, .. } if matches!(**error, UnpackError::DigestMismatch { .. })), "{e}");
         assert!(store.list().unwrap().is_empty());
         let names: Vec<_> = fs::read_dir(dir.path().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 2, "only lock and sha256/ remain: {names:?}");
+        assert_eq!(names.len(), 3, "only format, lock and sha256/ remain: {names:?}");
         let sha512 = format!("sha512:{}", "a".repeat(128)).parse::<Digest>().unwrap();
         assert!(matches!(store.ensure(&sha512, &ReaderSource::new(&t[..], None, "t")), Err(LayerError::Algorithm(_))));
     }
@@ -602,7 +619,7 @@ mod tests {
         assert_eq!(store.gc(&HashSet::new()).unwrap().removed, vec![a.clone()]);
         assert!(store.list().unwrap().is_empty());
         let leftovers: Vec<_> = fs::read_dir(dir.path().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+        assert_eq!(leftovers.len(), 3, "{leftovers:?}");
     }
 
     #[test]
@@ -622,6 +639,10 @@ mod tests {
         assert_eq!(store.recovery(), &LayerRecovery { removed_leftovers: 2, layers: 1 });
         assert!(!dir.path().join("layers/tmp-1-1").exists());
         assert_eq!(fs::read(store.pin(&d).unwrap().path().join("etc/a")).unwrap(), b"a");
+        drop(store);
+        // A store written in another format is refused, not misread.
+        fs::write(dir.path().join("layers/format"), "thaw-layers 99\n").unwrap();
+        assert!(matches!(LayerStore::open(dir.path()), Err(LayerError::Format { .. })));
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub enum Ownership {
 
 /// Shifts the archive's ids into a host range (for idmapped or user-namespaced use): archive id
 /// `n` becomes host id `base + n`, and ids at or past `size` are refused.
+///
+/// `security.capability` values are applied as the archive has them: a v3 capability's root id
+/// is not rewritten, so a shifted layer's file capabilities only take effect in a user
+/// namespace whose root maps to the id the archive names (usually 0, i.e. not at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMap {
     pub uid_base: u32,
