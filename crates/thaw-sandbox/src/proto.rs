@@ -115,11 +115,24 @@ pub fn send_bytes(sock: BorrowedFd<'_>, buf: &[u8], fds: &[RawFd]) -> Result<()>
 
 /// Receives raw bytes and descriptors; `None` at end-of-file (the peer is gone).
 pub fn recv_bytes(sock: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+    // Peek at the length first (on a seqpacket socket MSG_TRUNC reports the whole message's
+    // length), so a small message does not cost a zeroed 256 KiB buffer on the start path.
+    let want = loop {
+        match nix::sys::socket::recv(sock.as_raw_fd(), &mut [], MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ECONNRESET) => return Ok(None),
+            Err(e) => return Err(Error::sys("receiving from the sandbox helper", e)),
+        }
+    };
+    if want > MAX_MESSAGE {
+        return Err(Error::Protocol(format!("message of {want} bytes exceeds {MAX_MESSAGE}")));
+    }
+    let mut buf = vec![0u8; want.max(1)];
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     let (n, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_TRUNC) {
             Ok(m) => {
                 let mut fds = Vec::new();
                 for c in m.cmsgs().map_err(|e| Error::sys("reading control messages", e))? {
@@ -129,7 +142,7 @@ pub fn recv_bytes(sock: BorrowedFd<'_>) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)
                         fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                     }
                 }
-                if m.flags.contains(MsgFlags::MSG_TRUNC) || m.flags.contains(MsgFlags::MSG_CTRUNC) {
+                if m.flags.contains(MsgFlags::MSG_CTRUNC) || m.bytes > want.max(1) {
                     return Err(Error::Protocol("message truncated".into()));
                 }
                 break (m.bytes, fds);
@@ -179,6 +192,19 @@ mod tests {
         assert_eq!(fds.len(), 1);
         drop(a);
         assert!(recv::<Request>(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn large_and_empty_messages() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let big = vec![b'x'; 100_000];
+        send_bytes(a.as_fd(), &big, &[]).unwrap();
+        assert_eq!(recv_bytes(b.as_fd()).unwrap().unwrap().0, big);
+        send_bytes(a.as_fd(), &[], &[]).unwrap();
+        send_bytes(a.as_fd(), b"next", &[]).unwrap();
+        // An empty message without descriptors reads as end-of-file; the next one is intact.
+        assert!(recv_bytes(b.as_fd()).unwrap().is_none());
+        assert_eq!(recv_bytes(b.as_fd()).unwrap().unwrap().0, b"next");
     }
 
     #[test]
