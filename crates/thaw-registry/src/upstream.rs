@@ -256,11 +256,20 @@ impl Upstream {
             upstream: self.name().into(),
             challenge: "token response carries no token".into(),
         })?;
-        // The spec's default lifetime is 60 s; renew 10 s early so a request never races expiry.
-        let life = Duration::from_secs(body.expires_in.unwrap_or(60).max(20) - 10);
-        self.tokens.lock().insert(TokenKey { scope: scope.to_string(), cred: cred.clone() }, (token.clone(), Instant::now() + life));
+        let life = token_cache_life(body.expires_in);
+        if !life.is_zero() {
+            self.tokens.lock().insert(TokenKey { scope: scope.to_string(), cred: cred.clone() }, (token.clone(), Instant::now() + life));
+        }
         Ok(token)
     }
+}
+
+/// How long a token from a token service is reused: its `expires_in` (the spec's default is 60 s),
+/// renewed early by 10 s or by half its life when that is shorter, so a request never races the
+/// expiry and a short-lived token is never used past its end.
+fn token_cache_life(expires_in: Option<u64>) -> Duration {
+    let secs = expires_in.unwrap_or(60);
+    Duration::from_secs(secs - (secs / 2).min(10))
 }
 
 pub fn basic_header(username: &str, password: &str) -> String {
@@ -284,6 +293,15 @@ mod tests {
         assert_eq!(parse_bearer_challenge("Basic realm=\"x\""), None);
         assert_eq!(parse_bearer_challenge("Bearer service=\"x\""), None, "realm is required");
         assert!(parse_bearer_challenge("Bearer realm=unquoted,service=s").is_some());
+    }
+
+    #[test]
+    fn tokens_are_never_reused_past_their_expiry() {
+        assert_eq!(token_cache_life(None), Duration::from_secs(50));
+        assert_eq!(token_cache_life(Some(300)), Duration::from_secs(290));
+        assert_eq!(token_cache_life(Some(4)), Duration::from_secs(2));
+        assert_eq!(token_cache_life(Some(1)), Duration::from_secs(1));
+        assert_eq!(token_cache_life(Some(0)), Duration::ZERO);
     }
 
     #[test]
