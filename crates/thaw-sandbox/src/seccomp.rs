@@ -210,7 +210,7 @@ mod tests {
         let p = compile(SeccompOptions::default()).unwrap();
         let progs: Vec<BpfProgram> = p.programs.iter().map(|x| unpack(x)).collect();
         // SAFETY: the child only calls async-signal-safe functions (prctl, seccomp via
-        // syscall, syscall, _exit) on memory prepared before the fork.
+        // syscall, syscall, waitpid, _exit) on memory prepared before the fork.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
                 // SAFETY: raw system calls with valid arguments; `_exit` never returns.
@@ -230,6 +230,26 @@ mod tests {
                     let r = libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER);
                     if r != -1 || *libc::__errno_location() != libc::EPERM {
                         libc::_exit(12);
+                    }
+                    // clone creating a user namespace: refused by its flag argument.
+                    let r = libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0);
+                    if r == 0 {
+                        libc::_exit(0);
+                    }
+                    if r != -1 || *libc::__errno_location() != libc::EPERM {
+                        libc::_exit(15);
+                    }
+                    // A plain fork-like clone is still allowed.
+                    let r = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+                    if r == 0 {
+                        libc::_exit(0);
+                    }
+                    if r < 0 {
+                        libc::_exit(16);
+                    }
+                    libc::waitpid(r as i32, std::ptr::null_mut(), 0);
+                    if libc::syscall(libc::SYS_clone3, 0, 0) != -1 || *libc::__errno_location() != libc::ENOSYS {
+                        libc::_exit(17);
                     }
                     if cfg!(target_arch = "x86_64")
                         && (libc::syscall(0x4000_0000 | libc::SYS_getpid) != -1 || *libc::__errno_location() != libc::EPERM)
