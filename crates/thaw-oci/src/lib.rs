@@ -17,6 +17,7 @@ pub mod range;
 pub mod unpack;
 
 pub use digest::{Digest, DigestError, Digester};
+pub use layout::{Layout, LayoutError, LayoutRef};
 pub use manifest::{Descriptor, Manifest, ManifestError, MediaType, MAX_MANIFEST_BYTES};
 pub use name::{NameError, Reference, RepoName, Tag};
 pub use range::{ByteRange, RangeError, RangeSpec};
