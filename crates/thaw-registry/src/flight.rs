@@ -55,6 +55,8 @@ pub struct FlightState {
     /// The blob's size, once the upstream said it.
     pub total: Option<u64>,
     pub outcome: Option<Outcome>,
+    /// The upstream's `Retry-After` when it refused the fetch (429, 503), relayed to waiters.
+    pub retry_after: Option<String>,
 }
 
 impl FlightState {
@@ -287,6 +289,8 @@ async fn fetch(job: &FetchJob, tx: &watch::Sender<FlightState>, chunks: &std::sy
         let mut skip: u64 = 0;
         if received == 0 {
             if status != StatusCode::OK {
+                let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+                tx.send_modify(|s| s.retry_after = retry_after);
                 return Err(fail(Some(status.as_u16()), format!("upstream answered {status}")));
             }
             let total = resp.content_length();
@@ -391,15 +395,15 @@ mod tests {
 
     #[test]
     fn last_byte_is_held_until_verified() {
-        let mut s = FlightState { written: 100, total: Some(100), outcome: None };
+        let mut s = FlightState { written: 100, total: Some(100), outcome: None, retry_after: None };
         assert_eq!(s.releasable(), 99);
         s.outcome = Some(Outcome::Stored);
         assert_eq!(s.releasable(), 100);
         s.outcome = Some(Outcome::Failed { status: None, reason: "x".into() });
         assert_eq!(s.releasable(), 99);
-        let s = FlightState { written: 10, total: None, outcome: None };
+        let s = FlightState { written: 10, total: None, outcome: None, retry_after: None };
         assert_eq!(s.releasable(), 9);
-        let s = FlightState { written: 0, total: Some(0), outcome: None };
+        let s = FlightState { written: 0, total: Some(0), outcome: None, retry_after: None };
         assert_eq!(s.releasable(), 0);
     }
 }

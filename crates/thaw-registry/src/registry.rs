@@ -379,7 +379,7 @@ impl Registry {
                 Err(self.unauthorized(challenge.as_deref(), &format!("{} refused access to {}", up.name(), t.repo)))
             }
             404 => Err(ApiError::not_found(if object.starts_with("blobs/") { Code::BlobUnknown } else { Code::ManifestUnknown }, format!("{}/{}", t.repo, object))),
-            429 => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name()))),
+            429 => Err(rate_limited(up, resp.headers().get(header::RETRY_AFTER))),
             _ => Err(ApiError::unavailable(format!("{} answered {status} when asked about {}; private content is not served while the upstream cannot confirm access", up.name(), t.repo))),
         }
     }
@@ -592,7 +592,7 @@ impl Registry {
                 let c = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
                 return Err(self.unauthorized(c.as_deref(), &format!("{} refused access to {repo}", up.name())));
             }
-            429 => return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name()))),
+            429 => return Err(rate_limited(up, resp.headers().get(header::RETRY_AFTER))),
             s => return Err(ApiError::unavailable(format!("{} answered {s} for {repo}:{reference}", up.name()))),
         }
         let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -815,7 +815,7 @@ impl Registry {
                 return Err(match status {
                     Some(404) => ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)),
                     Some(401 | 403) => self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo)),
-                    Some(429) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name())),
+                    Some(429) => rate_limited(&up, st.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()).as_ref()),
                     _ => ApiError::unavailable(format!("fetching {d} from {} failed: {reason}", up.name())),
                 });
             }
@@ -1187,6 +1187,16 @@ fn store_bytes(s: &BlobStore, d: &Digest, data: &[u8]) -> Result<(), thaw_store:
     w.write(data)?;
     match w.commit()? {
         Committed::Stored | Committed::AlreadyPresent | Committed::NotCached => Ok(()),
+    }
+}
+
+/// A 429 for a rate-limited upstream, relaying its `Retry-After` so clients back off as long as
+/// the upstream asked rather than hammering thaw (which would only ask the upstream again).
+fn rate_limited(up: &Upstream, retry_after: Option<&HeaderValue>) -> ApiError {
+    let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name()));
+    match retry_after.and_then(|v| v.to_str().ok()) {
+        Some(v) => e.with_header(header::RETRY_AFTER, v),
+        None => e,
     }
 }
 

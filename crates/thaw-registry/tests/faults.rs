@@ -217,11 +217,13 @@ fn rate_limits_and_outages_on_a_blob_miss_reach_the_client() {
         let r = c.get(blob_url(&thaw, &img.repo, ld)).send().unwrap();
         assert_eq!(r.status().as_u16(), status, "{} {ld}", img.repo);
         assert!(r.headers()["content-type"].to_str().unwrap().contains("json"));
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
         let v: serde_json::Value = r.json().unwrap();
         let code = v["errors"][0]["code"].as_str().unwrap_or_default().to_string();
         assert!(v["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         if status == 429 {
             assert_eq!(code, "TOOMANYREQUESTS", "{v}");
+            assert_eq!(retry_after.as_deref(), Some("1"), "the upstream's Retry-After was not relayed");
         } else {
             assert!(!code.is_empty(), "{v}");
         }
