@@ -60,9 +60,10 @@
 //!   simulator must drop them too when it wants to print the same totals as libCacheSim's tools.
 //! - **Size changes** of a resident object are ignored on a hit: the size recorded at insertion
 //!   stays, as in libCacheSim.
-//! - **Time** plays no part in these policies (libCacheSim's TTL support is compiled out), and the
-//!   `next access` field of oracleGeneral records is not used (its `USE_BELADY` variants are
-//!   compiled out of the PyPI build).
+//! - **Time** plays no part in these policies (the PyPI build of libCacheSim does not define
+//!   `SUPPORT_TTL`), and the `next access` field of oracleGeneral records is not used (its
+//!   `USE_BELADY` variants, which skip updates for objects never requested again, are not compiled
+//!   in either: the test writes real next-access values and -1 and still agrees).
 //!
 //! # Two tiers
 //!
@@ -253,3 +254,5 @@ pub trait CachePolicy: Send {
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+mod models;
