@@ -485,3 +485,15 @@ fn a_refused_layer_is_not_read_to_its_end() {
     assert!(matches!(e, UnpackError::DotDot { .. }), "{e}");
     assert!(read.load(Ordering::SeqCst) < 64 << 20, "read {} bytes after the refusal", read.load(Ordering::SeqCst));
 }
+
+#[test]
+fn rewriting_one_name_of_a_hard_link_leaves_the_other() {
+    let s = Scratch::new();
+    let a = Tar::new().file("a", b"original").hardlink("b", "a").file("b", b"rewritten").hardlink("c", "./a").finish();
+    unpack(&a[..], &s.root(), &opts()).unwrap();
+    assert_eq!(fs::read(s.root().join("a")).unwrap(), b"original");
+    assert_eq!(fs::read(s.root().join("b")).unwrap(), b"rewritten");
+    let (ma, mc) = (fs::metadata(s.root().join("a")).unwrap(), fs::metadata(s.root().join("c")).unwrap());
+    assert_eq!(ma.ino(), mc.ino(), "c is a hard link to a");
+    assert_eq!(ma.nlink(), 2);
+}
