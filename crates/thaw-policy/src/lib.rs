@@ -39,7 +39,8 @@
 //! | `lacache`                      | [`LaCache`]       | 2     | the LACache paper, see its module |
 //!
 //! [`build`] makes one from a [`PolicySpec`]; `lacache` built that way has no association table,
-//! so to prefetch, build [`LaCache::new`] with a [`LaCacheConfig`] directly.
+//! so to prefetch use [`build_with_associations`], or [`LaCache::new`] with a full
+//! [`LaCacheConfig`].
 //!
 //! # Conventions (shared with libCacheSim, the reference implementation)
 //!
@@ -95,7 +96,7 @@ pub use s3fifo::{S3Fifo, S3FIFO_GHOST_RATIO, S3FIFO_MOVE_TO_MAIN_THRESHOLD, S3FI
 pub use sieve::Sieve;
 pub use size_tiered::{SizeTieredLru, SIZE_TIERED_DEFAULT_THRESHOLD};
 pub use slru::{Slru, SLRU_MAX_SEGMENTS};
-pub use spec::{build, parse_bytes, PolicyError, PolicySpec, POLICY_NAMES, POLICY_SYNTAX, SLRU_DEFAULT_SEGMENTS};
+pub use spec::{build, build_with_associations, parse_bytes, PolicyError, PolicySpec, POLICY_NAMES, POLICY_SYNTAX, SLRU_DEFAULT_SEGMENTS};
 
 /// An object's identity inside a policy: a hash of its digest (store) or the trace's object id.
 pub type Key = u64;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::{
-    CachePolicy, Capacity, Clock, Fifo, LaCache, LaCacheConfig, Lfu, Lru, S3Fifo, Sieve, SizeTieredLru, Slru,
+    AssociationTable, CachePolicy, Capacity, Clock, Fifo, LaCache, LaCacheConfig, Lfu, Lru, S3Fifo, Sieve, SizeTieredLru, Slru,
     CLOCK_MAX_BITS, SIZE_TIERED_DEFAULT_THRESHOLD, SLRU_MAX_SEGMENTS,
 };
 
@@ -175,6 +175,17 @@ impl PolicySpec {
 
 /// Builds the policy `spec` names with the given capacity.
 pub fn build(spec: &PolicySpec, capacity: Capacity) -> Result<Box<dyn CachePolicy>, PolicyError> {
+    build_with_associations(spec, capacity, AssociationTable::new())
+}
+
+/// [`build`], handing `associations` (image A is followed by image B with probability p, as
+/// `thaw trace analyze` mines them) to the policies that prefetch (`lacache`); the others ignore
+/// it.
+pub fn build_with_associations(
+    spec: &PolicySpec,
+    capacity: Capacity,
+    associations: AssociationTable,
+) -> Result<Box<dyn CachePolicy>, PolicyError> {
     if spec.two_tier() && (capacity.slow == 0 || capacity.fast == 0) {
         return Err(PolicyError::Tiers {
             name: spec.to_string(),
@@ -197,7 +208,7 @@ pub fn build(spec: &PolicySpec, capacity: Capacity) -> Result<Box<dyn CachePolic
         PolicySpec::S3Fifo => Box::new(S3Fifo::new(c)),
         PolicySpec::Sieve => Box::new(Sieve::new(c)),
         PolicySpec::SizeTieredLru { threshold } => Box::new(SizeTieredLru::new(capacity, threshold)),
-        PolicySpec::LaCache => Box::new(LaCache::new(capacity, LaCacheConfig::default())),
+        PolicySpec::LaCache => Box::new(LaCache::new(capacity, LaCacheConfig { associations, ..Default::default() })),
     })
 }
 
@@ -238,6 +249,22 @@ mod tests {
         let err = build(&PolicySpec::SizeTieredLru { threshold: 10 }, one).err().unwrap();
         assert!(err.to_string().contains("two tiers"), "{err}");
         assert!(build(&PolicySpec::LaCache, two).is_ok());
+    }
+
+    #[test]
+    fn associations_reach_lacache() {
+        let table: AssociationTable = [(1, 2, 0.9)].into_iter().collect();
+        let cap = Capacity { fast: 100, slow: 100 };
+        let mut p = build_with_associations(&PolicySpec::LaCache, cap, table).unwrap();
+        let mut fx = Vec::new();
+        let r = crate::Request { image: Some(1), ..crate::Request::new(0, 7, 1) };
+        p.access(&r, &mut fx);
+        assert!(fx.contains(&crate::Effect::Prefetch { image: 2, probability: 0.9 }));
+        // plain `build` has no table, so nothing is announced
+        let mut p = build(&PolicySpec::LaCache, cap).unwrap();
+        fx.clear();
+        p.access(&r, &mut fx);
+        assert!(!fx.iter().any(|e| matches!(e, crate::Effect::Prefetch { .. })));
     }
 
     #[test]
