@@ -17,11 +17,20 @@
 //! figures (pulls per layer and per image, lifetimes, distinct clients per image) are exact while
 //! the trace has at most [`Limits::max_objects`] layers, [`Limits::max_images`] images and
 //! [`Limits::max_client_pairs`] distinct (client, image) pairs; past that, new objects are not
-//! tracked and the report says so (`truncated`). Association counts are exact unless the pair
-//! table outgrows [`Limits::max_pairs`], in which case rare pairs are pruned (lossy counting) and
-//! the report gives the largest count that may have been lost per pair.
-
-use std::collections::VecDeque;
+//! tracked and the report says so (`truncated`).
+//!
+//! # Association mining, exactly
+//!
+//! Counting (A, B) pairs as the trace streams by needs a table of every pair that ever shares a
+//! window — hundreds of millions on a busy registry, where a minute holds hundreds of pulls — and
+//! any pruning of that table loses exactly the counts that matter. Instead, each image pull is
+//! logged compactly (16 bytes: time, image index, client index) and the pairs are counted after
+//! the pass, when pull counts are known: only images pulled more than `min_pulls` times can be A,
+//! and only images pulled more than `share × min_pulls` times can be B (B follows more than
+//! `share` of A's pulls). Each A is then counted on its own, scanning the window after each of
+//! its pulls, with a dense counter array reused from one A to the next. The counts are exact; the
+//! cost is 16 bytes per image pull, up to [`Limits::max_pull_log`] pulls (past that, later pulls
+//! are left out of the mining and the report says so).
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use thaw_policy::CategoryId;
@@ -64,9 +73,8 @@ pub struct Limits {
     pub max_objects: usize,
     pub max_images: usize,
     pub max_client_pairs: usize,
-    pub max_pairs: usize,
-    /// Pulls kept in the association window, at most (the oldest leave first).
-    pub max_window_pulls: usize,
+    /// Image pulls logged for association mining, at most (16 bytes each).
+    pub max_pull_log: usize,
 }
 
 impl Default for Limits {
@@ -75,8 +83,7 @@ impl Default for Limits {
             max_objects: 8 << 20,
             max_images: 2 << 20,
             max_client_pairs: 16 << 20,
-            max_pairs: 4 << 20,
-            max_window_pulls: 4096,
+            max_pull_log: 32 << 20,
         }
     }
 }
@@ -213,8 +220,8 @@ pub struct AnalysisReport {
     pub associations: Vec<AssocPair>,
     /// Pairs that passed the thresholds (before cutting to `top`).
     pub associations_found: u64,
-    /// Largest count a pruned pair may have lost (0 = association counts are exact).
-    pub association_max_undercount: u64,
+    /// Image pulls left out of association mining because the pull log was full (0 = exact).
+    pub association_pulls_skipped: u64,
     /// Objects that were not tracked because a limit was reached (0 = per-object figures exact).
     pub truncated_objects: u64,
     pub quantile_relative_error: f64,
@@ -254,12 +261,12 @@ struct OpenPull {
     last_us: u64,
 }
 
-/// A pull in the association window. `seq` numbers pulls in trace order.
-struct WindowPull {
-    seq: u64,
+/// One image pull, as association mining needs it.
+#[derive(Clone, Copy)]
+struct LoggedPull {
     time_us: u64,
-    image: u64,
-    client: u64,
+    image: u32,
+    client: u32,
 }
 
 /// The streaming analysis. Feed events with [`Analyzer::push`], then call [`Analyzer::finish`].
@@ -279,13 +286,12 @@ pub struct Analyzer {
     client_image: FxHashSet<u64>,
     open: FxHashMap<u64, OpenPull>,
     last_sweep: u64,
-    window: VecDeque<WindowPull>,
-    pull_seq: u64,
-    /// Sequence number of the last pull of each image (registry-wide) or of each (client, image)
-    /// (same-client mode).
-    last_seq: FxHashMap<u64, u64>,
-    pairs: FxHashMap<(u64, u64), u32>,
-    prune_floor: u64,
+    pull_log: Vec<LoggedPull>,
+    pulls_skipped: u64,
+    /// Dense indices of images and clients in the pull log, and the images back from them.
+    image_index: FxHashMap<u64, u32>,
+    image_ids: Vec<u64>,
+    client_index: FxHashMap<u64, u32>,
     truncated: u64,
 }
 
@@ -307,11 +313,11 @@ impl Analyzer {
             client_image: FxHashSet::default(),
             open: FxHashMap::default(),
             last_sweep: 0,
-            window: VecDeque::new(),
-            pull_seq: 0,
-            last_seq: FxHashMap::default(),
-            pairs: FxHashMap::default(),
-            prune_floor: 0,
+            pull_log: Vec::new(),
+            pulls_skipped: 0,
+            image_index: FxHashMap::default(),
+            image_ids: Vec::new(),
+            client_index: FxHashMap::default(),
             truncated: 0,
         }
     }
@@ -498,65 +504,102 @@ impl Analyzer {
         if let Some(iv) = interval {
             acc.pull_interval_s.record(iv / 1_000_000);
         }
-        self.associate(img, chash, pair, t);
+        self.log_pull(img, chash, t);
     }
 
-    /// Credits (A, img) for every pull of another image A in the window that no earlier pull of
-    /// img followed. Those are exactly the window's pulls newer than img's previous pull (by the
-    /// same client in same-client mode): older ones were credited by that previous pull already.
-    /// So each pull of A counts at most once per B, with no per-pull bookkeeping, and the work per
-    /// pull is the number of pulls since the previous pull of the same image.
-    fn associate(&mut self, img: u64, client: u64, client_image: u64, t: u64) {
-        let w = self.cfg.assoc.window_us;
-        while let Some(front) = self.window.front() {
-            if t.saturating_sub(front.time_us) > w
-                || self.window.len() >= self.cfg.limits.max_window_pulls
-            {
-                self.window.pop_front();
-            } else {
-                break;
-            }
+    fn log_pull(&mut self, img: u64, client: u64, t: u64) {
+        if self.pull_log.len() >= self.cfg.limits.max_pull_log {
+            self.pulls_skipped += 1;
+            return;
         }
-        let same_client = self.cfg.assoc.same_client;
-        self.pull_seq += 1;
-        let seq = self.pull_seq;
-        let slot = if same_client { client_image } else { img };
-        let last = match self.last_seq.get_mut(&slot) {
-            Some(s) => std::mem::replace(s, seq),
-            None => {
-                if self.last_seq.len() < self.cfg.limits.max_client_pairs {
-                    self.last_seq.insert(slot, seq);
-                    0
-                } else {
-                    // Untracked: crediting without knowing the previous pull could count a pull
-                    // of A twice, so this pull credits nothing.
-                    self.truncated += 1;
-                    u64::MAX
-                }
-            }
-        };
-        for wp in self.window.iter().rev() {
-            if wp.seq <= last {
-                break;
-            }
-            if wp.image == img || (same_client && wp.client != client) {
-                continue;
-            }
-            *self.pairs.entry((wp.image, img)).or_insert(0) += 1;
+        let next = self.image_ids.len() as u32;
+        let image = *self.image_index.entry(img).or_insert(next);
+        if image == next {
+            self.image_ids.push(img);
         }
-        self.window.push_back(WindowPull {
-            seq,
+        let next = self.client_index.len() as u32;
+        let client = *self.client_index.entry(client).or_insert(next);
+        self.pull_log.push(LoggedPull {
             time_us: t,
-            image: img,
+            image,
             client,
         });
-        if self.pairs.len() > self.cfg.limits.max_pairs {
-            // Lossy counting: drop the rarest pairs. A dropped pair that comes back restarts at
-            // zero, so its count may be short by at most the floor used here.
-            self.prune_floor = (self.prune_floor * 2).max(2);
-            let floor = self.prune_floor;
-            self.pairs.retain(|_, c| u64::from(*c) >= floor);
+    }
+
+    /// Counts, for every A pulled more than `min_pulls` times, the pulls of A followed within the
+    /// window by a pull of each B, and returns the pairs above the share (see the module docs).
+    fn mine(&self) -> Vec<(u32, u32, u64, u64)> {
+        let a = self.cfg.assoc;
+        let log = &self.pull_log;
+        let n = self.image_ids.len();
+        let mut pulls = vec![0u64; n];
+        for p in log {
+            pulls[p.image as usize] += 1;
         }
+        let b_floor = a.share * a.min_pulls as f64;
+        let can_be_b: Vec<bool> = pulls.iter().map(|&c| c as f64 > b_floor).collect();
+        // Pull positions of each candidate A, grouped by image (a counting sort by index).
+        let mut starts = vec![0usize; n + 1];
+        for p in log {
+            if pulls[p.image as usize] > a.min_pulls {
+                starts[p.image as usize + 1] += 1;
+            }
+        }
+        for i in 0..n {
+            starts[i + 1] += starts[i];
+        }
+        let mut fill = starts.clone();
+        let mut positions = vec![0u32; starts[n]];
+        for (i, p) in log.iter().enumerate() {
+            let img = p.image as usize;
+            if pulls[img] > a.min_pulls {
+                positions[fill[img]] = i as u32;
+                fill[img] += 1;
+            }
+        }
+        let mut count = vec![0u32; n];
+        let mut stamp = vec![u32::MAX; n];
+        let mut touched: Vec<u32> = Vec::new();
+        let mut out = Vec::new();
+        for img_a in 0..n {
+            let mine = &positions[starts[img_a]..starts[img_a + 1]];
+            if mine.is_empty() {
+                continue;
+            }
+            for (inst, &i) in mine.iter().enumerate() {
+                let pa = log[i as usize];
+                for pb in &log[i as usize + 1..] {
+                    if pb.time_us.saturating_sub(pa.time_us) > a.window_us {
+                        break;
+                    }
+                    let b = pb.image as usize;
+                    if b == img_a
+                        || !can_be_b[b]
+                        || (a.same_client && pb.client != pa.client)
+                        || stamp[b] == inst as u32
+                    {
+                        continue;
+                    }
+                    // each pull of A counts once per B, however often B follows it
+                    stamp[b] = inst as u32;
+                    if count[b] == 0 {
+                        touched.push(b as u32);
+                    }
+                    count[b] += 1;
+                }
+            }
+            let total = mine.len() as u64;
+            for &b in &touched {
+                let c = u64::from(count[b as usize]);
+                if c as f64 > a.share * total as f64 {
+                    out.push((img_a as u32, b, total, c));
+                }
+                count[b as usize] = 0;
+                stamp[b as usize] = u32::MAX;
+            }
+            touched.clear();
+        }
+        out
     }
 
     fn close_pull(&mut self, slot: u64) {
@@ -646,33 +689,24 @@ impl Analyzer {
         }
         // Association: B follows more than `share` of A's pulls, A pulled more than `min_pulls`.
         let a = self.cfg.assoc;
-        let mut pairs: Vec<AssocPair> = Vec::new();
-        for (&(ia, ib), &c) in &self.pairs {
-            let Some(sa) = self.images.get(&ia) else {
-                continue;
-            };
-            let pulls = u64::from(sa.pulls);
-            if pulls <= a.min_pulls {
-                continue;
-            }
-            let share = f64::from(c) / pulls as f64;
-            if share <= a.share {
-                continue;
-            }
-            let name = |i: &u64| {
-                self.image_names
-                    .get(i)
-                    .cloned()
-                    .unwrap_or_else(|| format!("{i:016x}"))
-            };
-            pairs.push(AssocPair {
-                a: name(&ia),
-                b: name(&ib),
-                a_pulls: pulls,
-                followed: u64::from(c),
-                share,
-            });
-        }
+        let name = |i: u32| {
+            let id = self.image_ids[i as usize];
+            self.image_names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("{id:016x}"))
+        };
+        let mut pairs: Vec<AssocPair> = self
+            .mine()
+            .into_iter()
+            .map(|(ia, ib, total, c)| AssocPair {
+                a: name(ia),
+                b: name(ib),
+                a_pulls: total,
+                followed: c,
+                share: c as f64 / total as f64,
+            })
+            .collect();
         pairs.sort_by(|x, y| {
             y.share
                 .total_cmp(&x.share)
@@ -695,7 +729,7 @@ impl Analyzer {
             categories,
             associations: pairs,
             associations_found: found,
-            association_max_undercount: self.prune_floor,
+            association_pulls_skipped: self.pulls_skipped,
             truncated_objects: self.truncated,
             quantile_relative_error: RELATIVE_ERROR,
         }
@@ -875,7 +909,7 @@ mod tests {
             !found.iter().any(|f| f.0 == "web/a:1" && f.1 == "web/d:1"),
             "outside the window"
         );
-        assert_eq!(r.association_max_undercount, 0);
+        assert_eq!(r.association_pulls_skipped, 0);
 
         // restricted to the same client, B (pulled by another client) is not associated
         let mut a = Analyzer::new(assoc_cfg(true), CategoryMap::by_namespace());
@@ -892,6 +926,49 @@ mod tests {
             .collect();
         assert!(found.contains(&("web/a:1", "web/e:1")), "{found:?}");
         assert!(!found.contains(&("web/a:1", "web/b:1")));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn mining_matches_brute_force(
+            pulls in proptest::collection::vec((0u64..40, 0u8..6, 0u8..3), 1..120),
+            same_client in proptest::bool::ANY,
+            min_pulls in 0u64..6,
+        ) {
+            let cfg = AnalyzeConfig {
+                assoc: AssocConfig { min_pulls, same_client, share: 0.5, window_us: 60_000_000, top: usize::MAX },
+                ..AnalyzeConfig::default()
+            };
+            let mut a = Analyzer::new(cfg, CategoryMap::by_namespace());
+            let mut t = 0u64;
+            let mut seq = Vec::new();
+            for (gap, img, client) in pulls {
+                t += gap;
+                seq.push((t, img, client));
+                pull(&mut a, t, &format!("c{client}"), &format!("web/i{img}"), "1", &[]);
+            }
+            let r = a.finish(ReadStats::default());
+            let mut got: Vec<(String, String, u64)> = r.associations.iter().map(|p| (p.a.clone(), p.b.clone(), p.followed)).collect();
+            got.sort();
+            // brute force: for every pull of A, the distinct B pulled after it within 60 s
+            let mut want = Vec::new();
+            for ia in 0u8..6 {
+                let mine: Vec<usize> = (0..seq.len()).filter(|&i| seq[i].1 == ia).collect();
+                if mine.len() as u64 <= min_pulls { continue; }
+                for ib in 0u8..6 {
+                    if ib == ia { continue; }
+                    let followed = mine.iter().filter(|&&i| {
+                        seq[i + 1..].iter().take_while(|p| p.0 - seq[i].0 <= 60).any(|p| p.1 == ib && (!same_client || p.2 == seq[i].2))
+                    }).count() as u64;
+                    if followed as f64 > 0.5 * mine.len() as f64 {
+                        want.push((format!("web/i{ia}:1"), format!("web/i{ib}:1"), followed));
+                    }
+                }
+            }
+            want.sort();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]

@@ -440,9 +440,8 @@ pub fn html(
         ac.min_pulls,
         if ac.same_client { "same client" } else { "registry-wide" },
         a.associations_found,
-        if a.association_max_undercount > 0 {
-            format!("; counts may be short by up to {} (pair table pruned)", a.association_max_undercount)
-        } else {
+        if a.association_pulls_skipped > 0 {
+            format!("; {} pulls past the pull-log limit were left out", a.association_pulls_skipped)        } else {
             String::new()
         }
     );
