@@ -670,6 +670,93 @@ mod tests {
         assert_eq!(fs::read(pin.path().join("etc/c")).unwrap(), b"c");
     }
 
+    /// A slow source: a layer of many small files, read a little at a time.
+    struct Slow(Vec<u8>);
+
+    impl LayerSource for Slow {
+        fn open(&self) -> io::Result<Box<dyn Read + Send + '_>> {
+            struct R<'a>(&'a [u8]);
+            impl Read for R<'_> {
+                fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    let n = buf.len().min(self.0.len()).min(4096);
+                    buf[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            Ok(Box::new(R(&self.0)))
+        }
+        fn digest(&self) -> Option<Digest> {
+            None
+        }
+        fn describe(&self) -> String {
+            "slow".into()
+        }
+    }
+
+    fn many_files() -> (Vec<u8>, Digest) {
+        let names: Vec<String> = (0..2000).map(|i| format!("f{i}")).collect();
+        let entries: Vec<(&str, Option<&[u8]>)> = names.iter().map(|n| (n.as_str(), Some(&b"content"[..]))).collect();
+        let t = tar(&entries);
+        let d = Digest::sha256_of(&t);
+        (t, d)
+    }
+
+    /// The child half of `kill_9_mid_unpack_leaves_no_partial_layer`: unpacks slowly until killed.
+    #[test]
+    fn crash_child() {
+        let Some(dir) = std::env::var_os("THAW_LAYERS_CRASH_CHILD") else { return };
+        let store = LayerStore::open(&dir).unwrap();
+        let (t, d) = many_files();
+        store.ensure(&d, &Slow(t)).unwrap();
+        panic!("the parent should have killed this process before the unpack finished");
+    }
+
+    #[test]
+    fn kill_9_mid_unpack_leaves_no_partial_layer() {
+        let dir = tmp();
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = Kill(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "layers::tests::crash_child", "--nocapture", "--test-threads=1"])
+                .env("THAW_LAYERS_CRASH_CHILD", dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // Wait until the child is visibly mid-unpack: a tmp directory with some files in it.
+        let layers = dir.path().join("layers");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let partial = fs::read_dir(&layers).ok().into_iter().flatten().flatten().find(|e| e.file_name().to_string_lossy().starts_with("tmp-"));
+            if let Some(p) = partial {
+                if fs::read_dir(p.path()).map(|r| r.count()).unwrap_or(0) > 10 {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "the child never started unpacking");
+            assert!(child.0.try_wait().unwrap().is_none(), "the child exited early");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+
+        let store = LayerStore::open(dir.path()).unwrap();
+        assert_eq!(store.recovery(), &LayerRecovery { removed_leftovers: 1, layers: 0 });
+        assert!(store.list().unwrap().is_empty(), "no partial layer is visible");
+        let (t, d) = many_files();
+        let pin = store.ensure(&d, &ReaderSource::new(&t[..], None, "again")).unwrap();
+        assert_eq!(fs::read_dir(pin.path()).unwrap().count(), 2000);
+    }
+
     #[test]
     fn umoci_busybox_image() {
         let have = |cmd: &str| std::process::Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success());
