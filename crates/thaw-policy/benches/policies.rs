@@ -34,10 +34,17 @@ impl Rng {
 
 fn trace() -> Vec<Request> {
     let mut rng = Rng(42);
-    let sizes: Vec<u64> = (0..OBJECTS).map(|_| (512f64.ln() + (32768f64 / 512.0).ln() * rng.unit()).exp() as u64).collect();
+    let sizes: Vec<u64> = (0..OBJECTS)
+        .map(|_| (512f64.ln() + (32768f64 / 512.0).ln() * rng.unit()).exp() as u64)
+        .collect();
     let keys: Vec<u64> = (0..OBJECTS).map(|_| rng.next()).collect();
     let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (0..OBJECTS).map(|i| { acc += 1.0 / (i + 1) as f64; acc }).collect();
+    let mut cdf: Vec<f64> = (0..OBJECTS)
+        .map(|i| {
+            acc += 1.0 / (i + 1) as f64;
+            acc
+        })
+        .collect();
     cdf.iter_mut().for_each(|c| *c /= acc);
     (0..REQUESTS)
         .map(|t| {
@@ -83,9 +90,26 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("policies");
     group.throughput(Throughput::Elements(REQUESTS as u64));
     group.sample_size(10);
-    for name in ["fifo", "lru", "clock", "lfu", "slru", "s3fifo", "sieve", "size-tiered-lru", "lacache"] {
+    for name in [
+        "fifo",
+        "lru",
+        "clock",
+        "lfu",
+        "slru",
+        "s3fifo",
+        "sieve",
+        "size-tiered-lru",
+        "lacache",
+    ] {
         let spec: PolicySpec = name.parse().unwrap();
-        let cap = if spec.two_tier() { Capacity { fast: GIB, slow: 4 * GIB } } else { Capacity::single(GIB) };
+        let cap = if spec.two_tier() {
+            Capacity {
+                fast: GIB,
+                slow: 4 * GIB,
+            }
+        } else {
+            Capacity::single(GIB)
+        };
         let mut policy = build(&spec, cap).unwrap();
         let mut fx = Vec::with_capacity(64);
         // warm up to steady state before measuring
@@ -104,13 +128,19 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
-    let mut linked = LinkedLru { capacity: GIB, used: 0, list: DList::new(), map: FxHashMap::default() };
+    let mut linked = LinkedLru {
+        capacity: GIB,
+        used: 0,
+        list: DList::new(),
+        map: FxHashMap::default(),
+    };
     for r in &reqs {
         linked.access(r);
     }
-    group.bench_function(BenchmarkId::from_parameter("lru-linked-list-baseline"), |b| {
-        b.iter(|| black_box(reqs.iter().filter(|r| !linked.access(r)).count()))
-    });
+    group.bench_function(
+        BenchmarkId::from_parameter("lru-linked-list-baseline"),
+        |b| b.iter(|| black_box(reqs.iter().filter(|r| !linked.access(r)).count())),
+    );
     group.finish();
 }
 

@@ -17,7 +17,9 @@ use std::time::Instant;
 use thaw_policy::{build, parse_bytes, Capacity, PolicySpec, Request};
 
 fn usage() -> ! {
-    eprintln!("usage: replay_oracle gen FILE REQUESTS OBJECTS ALPHA SEED | run FILE CACHE_BYTES POLICIES");
+    eprintln!(
+        "usage: replay_oracle gen FILE REQUESTS OBJECTS ALPHA SEED | run FILE CACHE_BYTES POLICIES"
+    );
     std::process::exit(2)
 }
 
@@ -37,11 +39,24 @@ impl Rng {
     }
 }
 
-fn generate(path: &str, requests: usize, objects: usize, alpha: f64, seed: u64) -> std::io::Result<()> {
+fn generate(
+    path: &str,
+    requests: usize,
+    objects: usize,
+    alpha: f64,
+    seed: u64,
+) -> std::io::Result<()> {
     let mut rng = Rng(seed);
-    let sizes: Vec<u32> = (0..objects).map(|_| (512f64.ln() + 64f64.ln() * rng.unit()).exp() as u32).collect();
+    let sizes: Vec<u32> = (0..objects)
+        .map(|_| (512f64.ln() + 64f64.ln() * rng.unit()).exp() as u32)
+        .collect();
     let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (0..objects).map(|i| { acc += 1.0 / ((i + 1) as f64).powf(alpha); acc }).collect();
+    let mut cdf: Vec<f64> = (0..objects)
+        .map(|i| {
+            acc += 1.0 / ((i + 1) as f64).powf(alpha);
+            acc
+        })
+        .collect();
     cdf.iter_mut().for_each(|c| *c /= acc);
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for t in 0..requests {
@@ -76,7 +91,10 @@ fn main() {
                 std::process::exit(1)
             });
             if !bytes.len().is_multiple_of(24) {
-                eprintln!("replay_oracle: {} is not a whole number of 24-byte oracleGeneral records", args[1]);
+                eprintln!(
+                    "replay_oracle: {} is not a whole number of 24-byte oracleGeneral records",
+                    args[1]
+                );
                 std::process::exit(1);
             }
             let reqs: Vec<Request> = bytes
@@ -98,7 +116,14 @@ fn main() {
                     eprintln!("replay_oracle: {e}");
                     std::process::exit(2)
                 });
-                let cap = if spec.two_tier() { Capacity { fast: cache, slow: 4 * cache } } else { Capacity::single(cache) };
+                let cap = if spec.two_tier() {
+                    Capacity {
+                        fast: cache,
+                        slow: 4 * cache,
+                    }
+                } else {
+                    Capacity::single(cache)
+                };
                 let mut p = build(&spec, cap).unwrap_or_else(|e| {
                     eprintln!("replay_oracle: {e}");
                     std::process::exit(2)

@@ -89,7 +89,10 @@ impl Clock {
         }
         let need = (self.used + req.size).saturating_sub(self.capacity);
         if let Some(p) = pinned {
-            let candidates = self.slab.iter_from_back(&self.list).map(|(_, e)| (e.key, e.size));
+            let candidates = self
+                .slab
+                .iter_from_back(&self.list)
+                .map(|(_, e)| (e.key, e.size));
             if !enough_unpinned(candidates, need, p) {
                 return false;
             }
@@ -97,11 +100,19 @@ impl Clock {
         while self.used + req.size > self.capacity {
             self.evict_one(pinned, effects);
         }
-        let id = self.slab.alloc(Entry { key: req.key, size: req.size, freq: 0 });
+        let id = self.slab.alloc(Entry {
+            key: req.key,
+            size: req.size,
+            freq: 0,
+        });
         self.slab.push_front(&mut self.list, id);
         self.map.insert(req.key, id);
         self.used += req.size;
-        effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier: Tier::Fast,
+            size: req.size,
+        });
         true
     }
 
@@ -125,7 +136,11 @@ impl Clock {
             self.slab.release(id);
             self.map.remove(&e.key);
             self.used -= e.size;
-            effects.push(Effect::Evicted { key: e.key, tier: Tier::Fast, size: e.size });
+            effects.push(Effect::Evicted {
+                key: e.key,
+                tier: Tier::Fast,
+                size: e.size,
+            });
             return;
         }
     }
@@ -144,7 +159,12 @@ impl CachePolicy for Clock {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.admit_inner(req, Some(pinned), effects)
     }
 
@@ -157,7 +177,9 @@ impl CachePolicy for Clock {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(id) = self.map.remove(&key) else { return false };
+        let Some(id) = self.map.remove(&key) else {
+            return false;
+        };
         let e = *self.slab.get(id);
         self.slab.unlink(&mut self.list, id);
         self.slab.release(id);
@@ -191,7 +213,9 @@ mod tests {
 
     fn run(p: &mut dyn CachePolicy, keys: &[u64]) -> Vec<bool> {
         let mut fx = Vec::new();
-        keys.iter().map(|&k| p.access(&Request::new(0, k, 1), &mut fx).is_some()).collect()
+        keys.iter()
+            .map(|&k| p.access(&Request::new(0, k, 1), &mut fx).is_some())
+            .collect()
     }
 
     #[test]

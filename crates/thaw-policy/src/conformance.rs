@@ -11,14 +11,28 @@ use std::collections::HashMap;
 use crate::{build, CachePolicy, Capacity, Effect, Key, PolicySpec, Request, Tier, POLICY_NAMES};
 
 /// Parameter variants run in addition to the defaults in `POLICY_NAMES`.
-const VARIANTS: &[&str] = &["clock:2", "clock:4", "slru:1", "slru:2", "slru:3", "size-tiered-lru:100"];
+const VARIANTS: &[&str] = &[
+    "clock:2",
+    "clock:4",
+    "slru:1",
+    "slru:2",
+    "slru:3",
+    "size-tiered-lru:100",
+];
 
 fn specs() -> Vec<PolicySpec> {
-    POLICY_NAMES.iter().chain(VARIANTS).map(|n| n.parse().unwrap()).collect()
+    POLICY_NAMES
+        .iter()
+        .chain(VARIANTS)
+        .map(|n| n.parse().unwrap())
+        .collect()
 }
 
 fn policies(capacity: Capacity) -> Vec<Box<dyn CachePolicy>> {
-    specs().iter().filter_map(|s| build(s, capacity).ok()).collect()
+    specs()
+        .iter()
+        .filter_map(|s| build(s, capacity).ok())
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -33,8 +47,22 @@ struct Req {
 }
 
 fn requests() -> impl Strategy<Value = Vec<Req>> {
-    let one = (0u64..40, 0u64..300, proptest::option::of(0u16..3), proptest::option::of(0u64..6), proptest::bool::weighted(0.1), 0u64..5_000_000)
-        .prop_map(|(key, size, category, image, prefetch, gap)| Req { key, size, category, image, prefetch, gap });
+    let one = (
+        0u64..40,
+        0u64..300,
+        proptest::option::of(0u16..3),
+        proptest::option::of(0u64..6),
+        proptest::bool::weighted(0.1),
+        0u64..5_000_000,
+    )
+        .prop_map(|(key, size, category, image, prefetch, gap)| Req {
+            key,
+            size,
+            category,
+            image,
+            prefetch,
+            gap,
+        });
     proptest::collection::vec(one, 1..400)
 }
 
@@ -43,7 +71,14 @@ fn to_requests(reqs: &[Req]) -> Vec<Request> {
     reqs.iter()
         .map(|r| {
             t += r.gap;
-            Request { time_us: t, key: r.key, size: r.size, category: r.category, image: r.image, prefetch: r.prefetch }
+            Request {
+                time_us: t,
+                key: r.key,
+                size: r.size,
+                category: r.category,
+                image: r.image,
+                prefetch: r.prefetch,
+            }
         })
         .collect()
 }
@@ -58,7 +93,11 @@ fn s3fifo_small(cap: u64) -> u64 {
 /// demotions fast to slow, promotions slow to fast); a hit is reported exactly for a resident key;
 /// `peek` and `len` agree with the effects; pinned keys are never evicted or demoted; a refusal
 /// evicts nothing (except libCacheSim's S3-FIFO quirk); prefetch requests announce nothing.
-fn check(policy: &mut dyn CachePolicy, reqs: &[Request], pinned_mod: u64) -> Result<(), TestCaseError> {
+fn check(
+    policy: &mut dyn CachePolicy,
+    reqs: &[Request],
+    pinned_mod: u64,
+) -> Result<(), TestCaseError> {
     let name = policy.name();
     let cap = policy.capacity();
     let mut resident: HashMap<Key, (Tier, u64)> = HashMap::new();
@@ -68,14 +107,23 @@ fn check(policy: &mut dyn CachePolicy, reqs: &[Request], pinned_mod: u64) -> Res
         fx.clear();
         let pinned = |k: u64| pinned_mod != 0 && k.is_multiple_of(pinned_mod) && k != key;
         let hit = policy.lookup_pinned(req, &pinned, &mut fx);
-        prop_assert_eq!(hit.is_some(), resident.contains_key(&key), "{}: hit for a non-resident key or miss for a resident one", name);
+        prop_assert_eq!(
+            hit.is_some(),
+            resident.contains_key(&key),
+            "{}: hit for a non-resident key or miss for a resident one",
+            name
+        );
         let lookup_effects = fx.len();
         let mut refused = false;
         if hit.is_none() {
             let admitted = policy.admit(req, &pinned, &mut fx);
             refused = !admitted;
             if req.size > cap.total() {
-                prop_assert!(!admitted, "{}: admitted an object larger than the cache", name);
+                prop_assert!(
+                    !admitted,
+                    "{}: admitted an object larger than the cache",
+                    name
+                );
             }
         }
         for (i, e) in fx.iter().enumerate() {
@@ -83,40 +131,79 @@ fn check(policy: &mut dyn CachePolicy, reqs: &[Request], pinned_mod: u64) -> Res
                 Effect::Inserted { key, tier, size } => {
                     prop_assert!(i >= lookup_effects, "{}: inserted during lookup", name);
                     prop_assert_eq!(key, req.key);
-                    prop_assert!(resident.insert(key, (tier, size)).is_none(), "{}: inserted a resident key", name);
+                    prop_assert!(
+                        resident.insert(key, (tier, size)).is_none(),
+                        "{}: inserted a resident key",
+                        name
+                    );
                 }
                 Effect::Evicted { key, tier, size } => {
                     prop_assert!(!pinned(key), "{}: evicted pinned key {}", name, key);
-                    prop_assert_eq!(resident.remove(&key), Some((tier, size)), "{}: evicted a non-resident key or from the wrong tier", name);
+                    prop_assert_eq!(
+                        resident.remove(&key),
+                        Some((tier, size)),
+                        "{}: evicted a non-resident key or from the wrong tier",
+                        name
+                    );
                 }
                 Effect::Demoted { key, size } => {
                     prop_assert!(!pinned(key), "{}: demoted pinned key {}", name, key);
                     let r = resident.get_mut(&key);
-                    prop_assert_eq!(r.as_deref().copied(), Some((Tier::Fast, size)), "{}: demoted a key not in the fast tier", name);
+                    prop_assert_eq!(
+                        r.as_deref().copied(),
+                        Some((Tier::Fast, size)),
+                        "{}: demoted a key not in the fast tier",
+                        name
+                    );
                     r.unwrap().0 = Tier::Slow;
                 }
                 Effect::Promoted { key, size } => {
                     let r = resident.get_mut(&key);
-                    prop_assert_eq!(r.as_deref().copied(), Some((Tier::Slow, size)), "{}: promoted a key not in the slow tier", name);
+                    prop_assert_eq!(
+                        r.as_deref().copied(),
+                        Some((Tier::Slow, size)),
+                        "{}: promoted a key not in the slow tier",
+                        name
+                    );
                     r.unwrap().0 = Tier::Fast;
                 }
                 Effect::Prefetch { probability, .. } => {
-                    prop_assert!(!req.prefetch, "{}: a prefetch request announced more prefetches", name);
+                    prop_assert!(
+                        !req.prefetch,
+                        "{}: a prefetch request announced more prefetches",
+                        name
+                    );
                     prop_assert!((0.0..=1.0).contains(&probability));
                 }
             }
         }
         if refused {
             let s3_quirk = name == "s3fifo" && req.size == s3fifo_small(cap.fast);
-            let moved = fx[lookup_effects..].iter().any(|e| matches!(e, Effect::Evicted { .. } | Effect::Demoted { .. }));
+            let moved = fx[lookup_effects..]
+                .iter()
+                .any(|e| matches!(e, Effect::Evicted { .. } | Effect::Demoted { .. }));
             prop_assert!(!moved || s3_quirk, "{}: a refusal evicted or demoted", name);
         }
         if let Some(t) = hit {
-            prop_assert_eq!(resident.get(&key).map(|r| r.0), Some(t), "{}: hit reported the wrong tier", name);
+            prop_assert_eq!(
+                resident.get(&key).map(|r| r.0),
+                Some(t),
+                "{}: hit reported the wrong tier",
+                name
+            );
         }
         for tier in Tier::ALL {
-            let sum: u64 = resident.values().filter(|(t, _)| *t == tier).map(|(_, s)| s).sum();
-            prop_assert_eq!(policy.used(tier), sum, "{}: used bytes disagree with effects", name);
+            let sum: u64 = resident
+                .values()
+                .filter(|(t, _)| *t == tier)
+                .map(|(_, s)| s)
+                .sum();
+            prop_assert_eq!(
+                policy.used(tier),
+                sum,
+                "{}: used bytes disagree with effects",
+                name
+            );
             prop_assert!(policy.used(tier) <= cap.of(tier), "{}: over capacity", name);
         }
         prop_assert_eq!(policy.len(), resident.len());
@@ -129,8 +216,14 @@ fn check(policy: &mut dyn CachePolicy, reqs: &[Request], pinned_mod: u64) -> Res
 
 /// `access` (the simulator's fast path, which policies override) must decide exactly as
 /// `lookup_pinned` + `admit` with nothing pinned (the store's path).
-fn same_as_two_calls(spec: &PolicySpec, cap: Capacity, reqs: &[Request]) -> Result<(), TestCaseError> {
-    let (Ok(mut a), Ok(mut b)) = (build(spec, cap), build(spec, cap)) else { return Ok(()) };
+fn same_as_two_calls(
+    spec: &PolicySpec,
+    cap: Capacity,
+    reqs: &[Request],
+) -> Result<(), TestCaseError> {
+    let (Ok(mut a), Ok(mut b)) = (build(spec, cap), build(spec, cap)) else {
+        return Ok(());
+    };
     let (mut fa, mut fb) = (Vec::new(), Vec::new());
     for req in reqs {
         fa.clear();
@@ -144,7 +237,12 @@ fn same_as_two_calls(spec: &PolicySpec, cap: Capacity, reqs: &[Request]) -> Resu
             }
         };
         prop_assert_eq!(ha, hb, "{}: access and lookup+admit disagree", spec);
-        prop_assert_eq!(&fa, &fb, "{}: access and lookup+admit have different effects", spec);
+        prop_assert_eq!(
+            &fa,
+            &fb,
+            "{}: access and lookup+admit have different effects",
+            spec
+        );
     }
     Ok(())
 }

@@ -30,7 +30,13 @@ pub struct DList<T> {
 
 impl<T> Default for DList<T> {
     fn default() -> Self {
-        DList { nodes: Vec::new(), free: Vec::new(), head: NIL, tail: NIL, len: 0 }
+        DList {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
     }
 }
 
@@ -82,11 +88,17 @@ impl<T> DList<T> {
     }
 
     pub fn get(&self, id: NodeId) -> &T {
-        self.nodes[id as usize].value.as_ref().expect("DList handle used after removal")
+        self.nodes[id as usize]
+            .value
+            .as_ref()
+            .expect("DList handle used after removal")
     }
 
     pub fn get_mut(&mut self, id: NodeId) -> &mut T {
-        self.nodes[id as usize].value.as_mut().expect("DList handle used after removal")
+        self.nodes[id as usize]
+            .value
+            .as_mut()
+            .expect("DList handle used after removal")
     }
 
     /// Moves `id` to the head.
@@ -103,7 +115,10 @@ impl<T> DList<T> {
         self.unlink(id);
         self.len -= 1;
         self.free.push(id);
-        self.nodes[id as usize].value.take().expect("DList handle used after removal")
+        self.nodes[id as usize]
+            .value
+            .take()
+            .expect("DList handle used after removal")
     }
 
     pub fn pop_back(&mut self) -> Option<T> {
@@ -130,7 +145,11 @@ impl<T> DList<T> {
 
     fn alloc(&mut self, value: T) -> NodeId {
         self.len += 1;
-        let node = Node { prev: NIL, next: NIL, value: Some(value) };
+        let node = Node {
+            prev: NIL,
+            next: NIL,
+            value: Some(value),
+        };
         if let Some(id) = self.free.pop() {
             self.nodes[id as usize] = node;
             id

@@ -12,7 +12,9 @@ pub struct Fifo {
 
 impl Fifo {
     pub fn new(capacity: u64) -> Fifo {
-        Fifo { core: QueueCore::new(capacity) }
+        Fifo {
+            core: QueueCore::new(capacity),
+        }
     }
 
     /// Keys from oldest to newest.
@@ -30,7 +32,12 @@ impl CachePolicy for Fifo {
         self.core.contains(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.core.admit(req, Some(pinned), Tier::Fast, effects)
     }
 
@@ -80,7 +87,14 @@ mod tests {
         assert_eq!(p.access(&Request::new(0, 1, 10), &mut fx), Some(Tier::Fast));
         fx.clear();
         p.access(&Request::new(0, 4, 10), &mut fx);
-        assert_eq!(fx[0], Effect::Evicted { key: 1, tier: Tier::Fast, size: 10 });
+        assert_eq!(
+            fx[0],
+            Effect::Evicted {
+                key: 1,
+                tier: Tier::Fast,
+                size: 10
+            }
+        );
         assert_eq!(p.keys_oldest_first().collect::<Vec<_>>(), vec![2, 3, 4]);
     }
 }

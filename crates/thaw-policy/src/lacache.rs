@@ -75,7 +75,11 @@ impl AssociationTable {
     /// the same pair). Probabilities outside `0..=1` or NaN are clamped into range (NaN to 0), so a
     /// bad table cannot reorder prefetches arbitrarily.
     pub fn insert(&mut self, image: ImageId, follower: ImageId, probability: f64) {
-        let p = if probability.is_nan() { 0.0 } else { probability.clamp(0.0, 1.0) };
+        let p = if probability.is_nan() {
+            0.0
+        } else {
+            probability.clamp(0.0, 1.0)
+        };
         let list = self.followers.entry(image).or_default();
         list.retain(|(b, _)| *b != follower);
         let pos = list.partition_point(|(_, q)| *q >= p);
@@ -183,7 +187,11 @@ pub struct LaCache {
 impl LaCache {
     pub fn new(capacity: Capacity, cfg: LaCacheConfig) -> LaCache {
         let mut cfg = cfg;
-        cfg.adapt_rate = if cfg.adapt_rate.is_nan() { 0.25 } else { cfg.adapt_rate.clamp(0.0, 1.0) };
+        cfg.adapt_rate = if cfg.adapt_rate.is_nan() {
+            0.25
+        } else {
+            cfg.adapt_rate.clamp(0.0, 1.0)
+        };
         cfg.max_lifetime_us = cfg.max_lifetime_us.max(cfg.min_lifetime_us);
         let mut p = LaCache {
             cfg,
@@ -245,7 +253,10 @@ impl LaCache {
     fn step_lifetime(&mut self, slot: usize, target: f64) {
         let l = self.lifetimes[slot];
         let next = l + self.cfg.adapt_rate * (target - l);
-        self.lifetimes[slot] = next.clamp(self.cfg.min_lifetime_us as f64, self.cfg.max_lifetime_us as f64);
+        self.lifetimes[slot] = next.clamp(
+            self.cfg.min_lifetime_us as f64,
+            self.cfg.max_lifetime_us as f64,
+        );
     }
 
     /// A request for `slot` after an idle gap: early-eviction adaptation.
@@ -265,7 +276,8 @@ impl LaCache {
             return;
         }
         if let Some(&last) = self.announced.get(&image) {
-            if req.time_us.saturating_sub(last) < self.cfg.prefetch_window_us && req.time_us >= last {
+            if req.time_us.saturating_sub(last) < self.cfg.prefetch_window_us && req.time_us >= last
+            {
                 return;
             }
         }
@@ -276,7 +288,10 @@ impl LaCache {
             .filter(|(b, p)| *b != image && *p >= min_p)
             .take(self.cfg.prefetch_top_k)
         {
-            effects.push(Effect::Prefetch { image: b, probability: p });
+            effects.push(Effect::Prefetch {
+                image: b,
+                probability: p,
+            });
         }
     }
 
@@ -295,7 +310,11 @@ impl LaCache {
             self.ghosts.release(tail);
             self.ghost_map.remove(&g.key);
         }
-        let id = self.ghosts.alloc(Ghost { key: e.key, slot: e.slot, last_access_us: e.last_access_us });
+        let id = self.ghosts.alloc(Ghost {
+            key: e.key,
+            slot: e.slot,
+            last_access_us: e.last_access_us,
+        });
         self.ghosts.push_front(&mut self.ghost_list, id);
         self.ghost_map.insert(e.key, id);
     }
@@ -340,7 +359,11 @@ impl LaCache {
         let e = self.unlink(id);
         self.slab.release(id);
         self.map.remove(&e.key);
-        effects.push(Effect::Evicted { key: e.key, tier: e.tier, size: e.size });
+        effects.push(Effect::Evicted {
+            key: e.key,
+            tier: e.tier,
+            size: e.size,
+        });
         self.remember_ghost(&e);
     }
 
@@ -350,7 +373,11 @@ impl LaCache {
         for (slot, list) in self.fast.iter().enumerate() {
             let cand = match pinned {
                 None => list.back(),
-                Some(p) => self.slab.iter_from_back(list).find(|(_, e)| !p(e.key)).map(|(i, _)| i),
+                Some(p) => self
+                    .slab
+                    .iter_from_back(list)
+                    .find(|(_, e)| !p(e.key))
+                    .map(|(i, _)| i),
             };
             let Some(id) = cand else { continue };
             let idle = now.saturating_sub(self.slab.get(id).last_access_us) as f64;
@@ -364,7 +391,10 @@ impl LaCache {
 
     fn unpinned_bytes(&self, lists: &[List], pinned: Pinned<'_>, need: u64) -> bool {
         let Some(p) = pinned else { return true };
-        let all = lists.iter().flat_map(|l| self.slab.iter_from_back(l)).map(|(_, e)| (e.key, e.size));
+        let all = lists
+            .iter()
+            .flat_map(|l| self.slab.iter_from_back(l))
+            .map(|(_, e)| (e.key, e.size));
         crate::slab::enough_unpinned(all, need, p)
     }
 
@@ -392,7 +422,14 @@ impl LaCache {
     /// Makes `size` bytes of room in the fast tier by demoting (or, when the slow tier cannot take
     /// them, evicting) victims; false if pins prevent it, in which case nothing moved.
     /// `adapt` is false for prefetch admissions, which must not tune lifetimes.
-    fn room_in_fast(&mut self, now: u64, size: u64, adapt: bool, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+    fn room_in_fast(
+        &mut self,
+        now: u64,
+        size: u64,
+        adapt: bool,
+        pinned: Pinned<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if size > self.capacity.fast {
             return false;
         }
@@ -404,7 +441,9 @@ impl LaCache {
             return false;
         }
         while self.used[0] + size > self.capacity.fast {
-            let (id, expired) = self.fast_victim(now, pinned).expect("unpinned fast bytes were counted");
+            let (id, expired) = self
+                .fast_victim(now, pinned)
+                .expect("unpinned fast bytes were counted");
             let e = *self.slab.get(id);
             if !expired && adapt {
                 // memory is too small for the current lifetimes
@@ -414,18 +453,30 @@ impl LaCache {
             self.unlink(id);
             if self.room_in_slow(e.size, pinned, effects) {
                 self.link_front(id, Tier::Slow);
-                effects.push(Effect::Demoted { key: e.key, size: e.size });
+                effects.push(Effect::Demoted {
+                    key: e.key,
+                    size: e.size,
+                });
             } else {
                 self.slab.release(id);
                 self.map.remove(&e.key);
-                effects.push(Effect::Evicted { key: e.key, tier: Tier::Fast, size: e.size });
+                effects.push(Effect::Evicted {
+                    key: e.key,
+                    tier: Tier::Fast,
+                    size: e.size,
+                });
                 self.remember_ghost(&e);
             }
         }
         true
     }
 
-    fn hit(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> Option<Tier> {
+    fn hit(
+        &mut self,
+        req: &Request,
+        pinned: Pinned<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> Option<Tier> {
         self.announce(req, effects);
         let id = *self.map.get(&req.key)?;
         let e = *self.slab.get(id);
@@ -439,14 +490,20 @@ impl LaCache {
                 Some(Tier::Fast)
             }
             Tier::Slow => {
-                self.reuse_after_eviction(e.slot as usize, req.time_us.saturating_sub(e.last_access_us));
+                self.reuse_after_eviction(
+                    e.slot as usize,
+                    req.time_us.saturating_sub(e.last_access_us),
+                );
                 self.slab.get_mut(id).last_access_us = req.time_us.max(e.last_access_us);
                 // Take it out of the slow tier first, so that demotions making room in the fast
                 // tier can use its space.
                 self.unlink(id);
                 if self.room_in_fast(req.time_us, e.size, true, pinned, effects) {
                     self.link_front(id, Tier::Fast);
-                    effects.push(Effect::Promoted { key: e.key, size: e.size });
+                    effects.push(Effect::Promoted {
+                        key: e.key,
+                        size: e.size,
+                    });
                     Some(Tier::Fast)
                 } else {
                     self.link_front(id, Tier::Slow);
@@ -456,7 +513,12 @@ impl LaCache {
         }
     }
 
-    fn admit_inner(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+    fn admit_inner(
+        &mut self,
+        req: &Request,
+        pinned: Pinned<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if self.map.contains_key(&req.key) {
             return true;
         }
@@ -464,7 +526,10 @@ impl LaCache {
         self.ensure_slot(slot);
         if let Some(g) = self.take_ghost(req.key) {
             if !req.prefetch {
-                self.reuse_after_eviction(g.slot as usize, req.time_us.saturating_sub(g.last_access_us));
+                self.reuse_after_eviction(
+                    g.slot as usize,
+                    req.time_us.saturating_sub(g.last_access_us),
+                );
             }
         }
         let tier = if self.room_in_fast(req.time_us, req.size, !req.prefetch, pinned, effects) {
@@ -483,7 +548,11 @@ impl LaCache {
         });
         self.link_front(id, tier);
         self.map.insert(req.key, id);
-        effects.push(Effect::Inserted { key: req.key, tier, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier,
+            size: req.size,
+        });
         true
     }
 }
@@ -497,11 +566,21 @@ impl CachePolicy for LaCache {
         self.hit(req, None, effects)
     }
 
-    fn lookup_pinned(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> Option<Tier> {
+    fn lookup_pinned(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> Option<Tier> {
         self.hit(req, Some(pinned), effects)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.admit_inner(req, Some(pinned), effects)
     }
 
@@ -514,7 +593,9 @@ impl CachePolicy for LaCache {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(id) = self.map.remove(&key) else { return false };
+        let Some(id) = self.map.remove(&key) else {
+            return false;
+        };
         self.unlink(id);
         self.slab.release(id);
         true
@@ -544,7 +625,14 @@ mod tests {
     const S: u64 = 1_000_000; // one second in µs
 
     fn req(t: u64, key: Key, size: u64, cat: Option<CategoryId>) -> Request {
-        Request { time_us: t, key, size, category: cat, image: None, prefetch: false }
+        Request {
+            time_us: t,
+            key,
+            size,
+            category: cat,
+            image: None,
+            prefetch: false,
+        }
     }
 
     fn cfg() -> LaCacheConfig {
@@ -577,7 +665,7 @@ mod tests {
         let mut fx = Vec::new();
         p.access(&req(0, 1, 1, Some(0)), &mut fx);
         p.access(&req(20 * S, 2, 1, Some(0)), &mut fx); // 1 idle 20 s < 100 s: live victim
-        // 100 + 0.25 * (20 - 100) = 80 s
+                                                        // 100 + 0.25 * (20 - 100) = 80 s
         assert_eq!(p.lifetime_us(Some(0)), 80 * S);
     }
 
@@ -590,7 +678,10 @@ mod tests {
         assert_eq!(p.peek(1), Some(Tier::Slow));
         fx.clear();
         // 1 comes back 50 s after its last use: a slow hit after an early demotion
-        assert_eq!(p.access(&req(50 * S, 1, 1, Some(1)), &mut fx), Some(Tier::Fast));
+        assert_eq!(
+            p.access(&req(50 * S, 1, 1, Some(1)), &mut fx),
+            Some(Tier::Fast)
+        );
         assert!(fx.contains(&Effect::Promoted { key: 1, size: 1 }));
         assert!(fx.contains(&Effect::Demoted { key: 2, size: 1 }));
         // 10 + 0.25 * (50 - 10) = 20 s
@@ -605,7 +696,11 @@ mod tests {
         p.access(&req(20 * S, 2, 1, Some(1)), &mut fx); // 1 -> slow
         fx.clear();
         p.access(&req(40 * S, 3, 1, Some(1)), &mut fx); // 2 -> slow, 1 evicted from slow
-        assert!(fx.contains(&Effect::Evicted { key: 1, tier: Tier::Slow, size: 1 }));
+        assert!(fx.contains(&Effect::Evicted {
+            key: 1,
+            tier: Tier::Slow,
+            size: 1
+        }));
         assert_eq!(p.peek(1), None);
         let before = p.lifetime_us(Some(1));
         assert_eq!(p.access(&req(100 * S, 1, 1, Some(1)), &mut fx), None);
@@ -632,12 +727,24 @@ mod tests {
         p.access(&req(S, 2, 1, None), &mut fx); // 1 demoted
         fx.clear();
         // 2 is pinned (being served), so 1 cannot be promoted: a slow-tier hit, nothing moves
-        assert_eq!(p.lookup_pinned(&req(2 * S, 1, 1, None), &|k| k == 2, &mut fx), Some(Tier::Slow));
+        assert_eq!(
+            p.lookup_pinned(&req(2 * S, 1, 1, None), &|k| k == 2, &mut fx),
+            Some(Tier::Slow)
+        );
         assert!(fx.is_empty());
         assert_eq!(p.peek(2), Some(Tier::Fast));
         // unpinned, the next hit promotes it
-        assert_eq!(p.lookup_pinned(&req(3 * S, 1, 1, None), &|_| false, &mut fx), Some(Tier::Fast));
-        assert_eq!(fx, vec![Effect::Demoted { key: 2, size: 1 }, Effect::Promoted { key: 1, size: 1 }]);
+        assert_eq!(
+            p.lookup_pinned(&req(3 * S, 1, 1, None), &|_| false, &mut fx),
+            Some(Tier::Fast)
+        );
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Demoted { key: 2, size: 1 },
+                Effect::Promoted { key: 1, size: 1 }
+            ]
+        );
     }
 
     #[test]
@@ -661,18 +768,47 @@ mod tests {
 
     #[test]
     fn prefetch_announces_top_followers_once_and_never_cascades() {
-        let table: AssociationTable =
-            [(7, 8, 0.9), (7, 9, 0.6), (7, 10, 0.4), (7, 11, 0.7), (8, 12, 0.99)].into_iter().collect();
-        let mut p = LaCache::new(Capacity { fast: 100, slow: 100 }, LaCacheConfig { associations: table, ..cfg() });
+        let table: AssociationTable = [
+            (7, 8, 0.9),
+            (7, 9, 0.6),
+            (7, 10, 0.4),
+            (7, 11, 0.7),
+            (8, 12, 0.99),
+        ]
+        .into_iter()
+        .collect();
+        let mut p = LaCache::new(
+            Capacity {
+                fast: 100,
+                slow: 100,
+            },
+            LaCacheConfig {
+                associations: table,
+                ..cfg()
+            },
+        );
         let mut fx = Vec::new();
         let mut r = req(0, 1, 1, None);
         r.image = Some(7);
         p.access(&r, &mut fx);
-        let pre: Vec<_> = fx.iter().filter(|e| matches!(e, Effect::Prefetch { .. })).copied().collect();
-        assert_eq!(pre, vec![
-            Effect::Prefetch { image: 8, probability: 0.9 },
-            Effect::Prefetch { image: 11, probability: 0.7 },
-        ]);
+        let pre: Vec<_> = fx
+            .iter()
+            .filter(|e| matches!(e, Effect::Prefetch { .. }))
+            .copied()
+            .collect();
+        assert_eq!(
+            pre,
+            vec![
+                Effect::Prefetch {
+                    image: 8,
+                    probability: 0.9
+                },
+                Effect::Prefetch {
+                    image: 11,
+                    probability: 0.7
+                },
+            ]
+        );
         // a second layer of the same pull announces nothing
         fx.clear();
         let mut r2 = req(S, 2, 1, None);
@@ -691,7 +827,12 @@ mod tests {
         let mut r4 = req(120 * S, 1, 1, None);
         r4.image = Some(7);
         p.access(&r4, &mut fx);
-        assert_eq!(fx.iter().filter(|e| matches!(e, Effect::Prefetch { .. })).count(), 2);
+        assert_eq!(
+            fx.iter()
+                .filter(|e| matches!(e, Effect::Prefetch { .. }))
+                .count(),
+            2
+        );
     }
 
     #[test]

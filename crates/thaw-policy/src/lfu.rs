@@ -43,7 +43,10 @@ pub struct Lfu {
 
 impl Lfu {
     pub fn new(capacity: u64) -> Lfu {
-        Lfu { capacity, ..Default::default() }
+        Lfu {
+            capacity,
+            ..Default::default()
+        }
     }
 
     /// The frequency libCacheSim would report for `key`, if resident.
@@ -54,13 +57,18 @@ impl Lfu {
 
     #[inline]
     fn hit(&mut self, key: Key) -> bool {
-        let Some(&id) = self.map.get(&key) else { return false };
+        let Some(&id) = self.map.get(&key) else {
+            return false;
+        };
         let b = self.objs.get(id).bucket;
         let freq = self.buckets.get(b).freq;
         let target = match self.buckets.next(b) {
             Some(nb) if self.buckets.get(nb).freq == freq + 1 => nb,
             _ => {
-                let nb = self.buckets.alloc(Bucket { freq: freq + 1, objs: List::default() });
+                let nb = self.buckets.alloc(Bucket {
+                    freq: freq + 1,
+                    objs: List::default(),
+                });
                 self.buckets.insert_after(&mut self.order, b, nb);
                 nb
             }
@@ -123,7 +131,11 @@ impl Lfu {
         }
         let need = (self.used + req.size).saturating_sub(self.capacity);
         if let Some(p) = pinned {
-            if !enough_unpinned(self.all_from_victim().map(|(_, e)| (e.key, e.size)), need, p) {
+            if !enough_unpinned(
+                self.all_from_victim().map(|(_, e)| (e.key, e.size)),
+                need,
+                p,
+            ) {
                 return false;
             }
         }
@@ -131,7 +143,11 @@ impl Lfu {
             let victim = match pinned {
                 None => {
                     let b = self.order.front().expect("eviction from an empty LFU");
-                    self.buckets.get(b).objs.back().expect("buckets in the order are non-empty")
+                    self.buckets
+                        .get(b)
+                        .objs
+                        .back()
+                        .expect("buckets in the order are non-empty")
                 }
                 Some(p) => self
                     .all_from_victim()
@@ -144,23 +160,38 @@ impl Lfu {
             self.objs.release(victim);
             self.map.remove(&e.key);
             self.used -= e.size;
-            effects.push(Effect::Evicted { key: e.key, tier: Tier::Fast, size: e.size });
+            effects.push(Effect::Evicted {
+                key: e.key,
+                tier: Tier::Fast,
+                size: e.size,
+            });
         }
         let b = match self.order.front() {
             Some(b) if self.buckets.get(b).freq == 1 => b,
             _ => {
-                let b = self.buckets.alloc(Bucket { freq: 1, objs: List::default() });
+                let b = self.buckets.alloc(Bucket {
+                    freq: 1,
+                    objs: List::default(),
+                });
                 self.buckets.push_front(&mut self.order, b);
                 b
             }
         };
-        let id = self.objs.alloc(Entry { key: req.key, size: req.size, bucket: b });
+        let id = self.objs.alloc(Entry {
+            key: req.key,
+            size: req.size,
+            bucket: b,
+        });
         let mut objs = self.buckets.get(b).objs;
         self.objs.push_front(&mut objs, id);
         self.buckets.get_mut(b).objs = objs;
         self.map.insert(req.key, id);
         self.used += req.size;
-        effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier: Tier::Fast,
+            size: req.size,
+        });
         true
     }
 }
@@ -174,7 +205,12 @@ impl CachePolicy for Lfu {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.admit_inner(req, Some(pinned), effects)
     }
 
@@ -187,7 +223,9 @@ impl CachePolicy for Lfu {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(id) = self.map.remove(&key) else { return false };
+        let Some(id) = self.map.remove(&key) else {
+            return false;
+        };
         let e = *self.objs.get(id);
         self.unlink_from_bucket(id, e.bucket);
         self.objs.release(id);

@@ -96,7 +96,10 @@ pub use s3fifo::{S3Fifo, S3FIFO_GHOST_RATIO, S3FIFO_MOVE_TO_MAIN_THRESHOLD, S3FI
 pub use sieve::Sieve;
 pub use size_tiered::{SizeTieredLru, SIZE_TIERED_DEFAULT_THRESHOLD};
 pub use slru::{Slru, SLRU_MAX_SEGMENTS};
-pub use spec::{build, build_with_associations, parse_bytes, PolicyError, PolicySpec, POLICY_NAMES, POLICY_SYNTAX, SLRU_DEFAULT_SEGMENTS};
+pub use spec::{
+    build, build_with_associations, parse_bytes, PolicyError, PolicySpec, POLICY_NAMES,
+    POLICY_SYNTAX, SLRU_DEFAULT_SEGMENTS,
+};
 
 /// An object's identity inside a policy: a hash of its digest (store) or the trace's object id.
 pub type Key = u64;
@@ -146,7 +149,14 @@ pub struct Request {
 impl Request {
     /// A plain request with no category, image or prefetch flag.
     pub fn new(time_us: u64, key: Key, size: u64) -> Request {
-        Request { time_us, key, size, category: None, image: None, prefetch: false }
+        Request {
+            time_us,
+            key,
+            size,
+            category: None,
+            image: None,
+            prefetch: false,
+        }
     }
 }
 
@@ -175,7 +185,10 @@ pub struct Capacity {
 
 impl Capacity {
     pub fn single(bytes: u64) -> Capacity {
-        Capacity { fast: bytes, slow: 0 }
+        Capacity {
+            fast: bytes,
+            slow: 0,
+        }
     }
 
     pub fn of(self, tier: Tier) -> u64 {
@@ -219,8 +232,12 @@ pub trait CachePolicy: Send {
     /// exactly as large as its small queue and then does not insert it. Always apply `effects`,
     /// whatever the return value. Admitting a key that is already resident is a no-op that
     /// returns true.
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>)
-        -> bool;
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool;
 
     /// Forgets `key` (deleted from outside: failed verification, garbage collection). Returns
     /// whether it was resident.

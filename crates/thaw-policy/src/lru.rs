@@ -12,7 +12,9 @@ pub struct Lru {
 
 impl Lru {
     pub fn new(capacity: u64) -> Lru {
-        Lru { core: QueueCore::new(capacity) }
+        Lru {
+            core: QueueCore::new(capacity),
+        }
     }
 
     /// Keys from least to most recently used (for persisting the order, and for tests).
@@ -30,7 +32,12 @@ impl CachePolicy for Lru {
         self.core.touch(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.core.admit(req, Some(pinned), Tier::Fast, effects)
     }
 
@@ -77,10 +84,17 @@ mod tests {
         for k in [1, 2, 3] {
             assert_eq!(lru.access(&Request::new(0, k, 10), &mut fx), None);
         }
-        assert_eq!(lru.access(&Request::new(0, 1, 10), &mut fx), Some(Tier::Fast));
+        assert_eq!(
+            lru.access(&Request::new(0, 1, 10), &mut fx),
+            Some(Tier::Fast)
+        );
         fx.clear();
         lru.access(&Request::new(0, 4, 10), &mut fx);
-        assert!(fx.contains(&Effect::Evicted { key: 2, tier: Tier::Fast, size: 10 }));
+        assert!(fx.contains(&Effect::Evicted {
+            key: 2,
+            tier: Tier::Fast,
+            size: 10
+        }));
         assert_eq!(lru.keys_oldest_first().collect::<Vec<_>>(), vec![3, 1, 4]);
     }
 
@@ -93,7 +107,14 @@ mod tests {
         }
         fx.clear();
         assert!(lru.admit(&Request::new(0, 4, 10), &|k| k == 1, &mut fx));
-        assert_eq!(fx[0], Effect::Evicted { key: 2, tier: Tier::Fast, size: 10 });
+        assert_eq!(
+            fx[0],
+            Effect::Evicted {
+                key: 2,
+                tier: Tier::Fast,
+                size: 10
+            }
+        );
         fx.clear();
         // everything but 4 pinned, and 4 alone is not enough room for 20 bytes
         assert!(!lru.admit(&Request::new(0, 5, 20), &|k| k != 4, &mut fx));

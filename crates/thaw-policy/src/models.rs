@@ -108,7 +108,12 @@ impl Model for LfuModel {
         }
         if size <= self.cap {
             while self.objs.iter().map(|e| e.1).sum::<u64>() + size > self.cap {
-                let (i, _) = self.objs.iter().enumerate().min_by_key(|(_, e)| (e.2, e.3)).unwrap();
+                let (i, _) = self
+                    .objs
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, e)| (e.2, e.3))
+                    .unwrap();
                 self.objs.remove(i);
             }
             self.objs.push((key, size, 1, self.tick));
@@ -117,11 +122,23 @@ impl Model for LfuModel {
     }
 }
 
-fn same(policy: &mut dyn CachePolicy, model: &mut dyn Model, reqs: &[(u64, u64)]) -> Result<(), TestCaseError> {
+fn same(
+    policy: &mut dyn CachePolicy,
+    model: &mut dyn Model,
+    reqs: &[(u64, u64)],
+) -> Result<(), TestCaseError> {
     let mut fx = Vec::new();
     for (i, &(k, s)) in reqs.iter().enumerate() {
         let hit = policy.access(&Request::new(0, k, s), &mut fx).is_some();
-        prop_assert_eq!(hit, model.access(k, s), "{}: request {} (key {}, size {}) decided differently", policy.name(), i, k, s);
+        prop_assert_eq!(
+            hit,
+            model.access(k, s),
+            "{}: request {} (key {}, size {}) decided differently",
+            policy.name(),
+            i,
+            k,
+            s
+        );
     }
     Ok(())
 }

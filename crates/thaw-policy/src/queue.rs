@@ -48,7 +48,10 @@ pub(crate) struct QueueCore {
 
 impl QueueCore {
     pub(crate) fn new(capacity: u64) -> QueueCore {
-        QueueCore { capacity, ..Default::default() }
+        QueueCore {
+            capacity,
+            ..Default::default()
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -100,9 +103,12 @@ impl QueueCore {
     }
 
     fn live_oldest_first(&self) -> impl Iterator<Item = Obj> + '_ {
-        self.queue
-            .iter()
-            .filter_map(|&(key, st)| self.map.get(&key).filter(|s| s.stamp == st).map(|s| Obj { key, size: s.size }))
+        self.queue.iter().filter_map(|&(key, st)| {
+            self.map
+                .get(&key)
+                .filter(|s| s.stamp == st)
+                .map(|s| Obj { key, size: s.size })
+        })
     }
 
     pub(crate) fn keys_oldest_first(&self) -> impl Iterator<Item = Key> + '_ {
@@ -147,8 +153,13 @@ impl QueueCore {
             }
         }
         while self.used + req.size > self.capacity {
-            let (key, st) = self.queue.pop_front().expect("unpinned bytes were counted before evicting");
-            let Some(&slot) = self.map.get(&key) else { continue };
+            let (key, st) = self
+                .queue
+                .pop_front()
+                .expect("unpinned bytes were counted before evicting");
+            let Some(&slot) = self.map.get(&key) else {
+                continue;
+            };
             if slot.stamp != st {
                 continue;
             }
@@ -160,13 +171,27 @@ impl QueueCore {
             }
             self.map.remove(&key);
             self.used -= slot.size;
-            effects.push(Effect::Evicted { key, tier, size: slot.size });
+            effects.push(Effect::Evicted {
+                key,
+                tier,
+                size: slot.size,
+            });
         }
         let stamp = self.stamp();
-        self.map.insert(req.key, Slot { stamp, size: req.size });
+        self.map.insert(
+            req.key,
+            Slot {
+                stamp,
+                size: req.size,
+            },
+        );
         self.queue.push_back((req.key, stamp));
         self.used += req.size;
-        effects.push(Effect::Inserted { key: req.key, tier, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier,
+            size: req.size,
+        });
         true
     }
 
@@ -203,8 +228,22 @@ mod tests {
         assert_eq!(order, vec![0, 1, 2, 4, 5, 6, 7, 8, 9, 3]);
         fx.clear();
         q.admit(&Request::new(0, 99, 2), None, Tier::Fast, &mut fx);
-        assert_eq!(fx[0], Effect::Evicted { key: 0, tier: Tier::Fast, size: 1 });
-        assert_eq!(fx[1], Effect::Evicted { key: 1, tier: Tier::Fast, size: 1 });
+        assert_eq!(
+            fx[0],
+            Effect::Evicted {
+                key: 0,
+                tier: Tier::Fast,
+                size: 1
+            }
+        );
+        assert_eq!(
+            fx[1],
+            Effect::Evicted {
+                key: 1,
+                tier: Tier::Fast,
+                size: 1
+            }
+        );
     }
 
     #[test]
@@ -218,7 +257,14 @@ mod tests {
         q.admit(&Request::new(0, 1, 1), None, Tier::Fast, &mut fx); // 1 is now the newest
         fx.clear();
         q.admit(&Request::new(0, 4, 1), None, Tier::Fast, &mut fx);
-        assert_eq!(fx[0], Effect::Evicted { key: 2, tier: Tier::Fast, size: 1 });
+        assert_eq!(
+            fx[0],
+            Effect::Evicted {
+                key: 2,
+                tier: Tier::Fast,
+                size: 1
+            }
+        );
         assert_eq!(q.keys_oldest_first().collect::<Vec<_>>(), vec![3, 1, 4]);
     }
 }

@@ -75,9 +75,18 @@ impl S3Fifo {
         let ghost = (capacity as f64 * S3FIFO_GHOST_RATIO) as u64;
         S3Fifo {
             capacity,
-            small: Fifo { capacity: small, ..Default::default() },
-            main: Fifo { capacity: capacity - small, ..Default::default() },
-            ghost: Fifo { capacity: ghost, ..Default::default() },
+            small: Fifo {
+                capacity: small,
+                ..Default::default()
+            },
+            main: Fifo {
+                capacity: capacity - small,
+                ..Default::default()
+            },
+            ghost: Fifo {
+                capacity: ghost,
+                ..Default::default()
+            },
             map: FxHashMap::default(),
             slab: Slab::default(),
             resident: 0,
@@ -118,7 +127,12 @@ impl S3Fifo {
     }
 
     fn push(&mut self, q: Queue, key: Key, size: u64, freq: u32) -> Idx {
-        let id = self.slab.alloc(Entry { key, size, freq, queue: q });
+        let id = self.slab.alloc(Entry {
+            key,
+            size,
+            freq,
+            queue: q,
+        });
         let mut fifo = std::mem::take(self.fifo(q));
         self.slab.push_front(&mut fifo.list, id);
         fifo.bytes += size;
@@ -162,7 +176,11 @@ impl S3Fifo {
             return;
         }
         while self.ghost.bytes + size > self.ghost.capacity {
-            let tail = self.ghost.list.back().expect("ghost bytes imply ghost entries");
+            let tail = self
+                .ghost
+                .list
+                .back()
+                .expect("ghost bytes imply ghost entries");
             self.drop_entry(tail);
         }
         self.push(Queue::Ghost, key, size, 0);
@@ -171,13 +189,21 @@ impl S3Fifo {
     fn evict_out(&mut self, id: Idx, effects: &mut Vec<Effect>) -> Entry {
         let e = self.drop_entry(id);
         self.resident -= 1;
-        effects.push(Effect::Evicted { key: e.key, tier: Tier::Fast, size: e.size });
+        effects.push(Effect::Evicted {
+            key: e.key,
+            tier: Tier::Fast,
+            size: e.size,
+        });
         e
     }
 
     fn evict_small(&mut self, pinned: Pinned<'_>, effects: &mut Vec<Effect>) {
         while self.small.bytes > 0 {
-            let id = self.small.list.back().expect("small bytes imply small entries");
+            let id = self
+                .small
+                .list
+                .back()
+                .expect("small bytes imply small entries");
             let e = *self.slab.get(id);
             // A pinned object is in use, so treating it as hot (moving it to main) is both
             // harmless and what keeps the loop moving.
@@ -195,7 +221,11 @@ impl S3Fifo {
     fn evict_main(&mut self, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
         let mut pinned_seen = 0usize;
         while self.main.bytes > 0 {
-            let id = self.main.list.back().expect("main bytes imply main entries");
+            let id = self
+                .main
+                .list
+                .back()
+                .expect("main bytes imply main entries");
             let e = *self.slab.get(id);
             if pinned.is_some_and(|p| p(e.key)) {
                 pinned_seen += 1;
@@ -224,7 +254,12 @@ impl S3Fifo {
         }
     }
 
-    fn admit_inner(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+    fn admit_inner(
+        &mut self,
+        req: &Request,
+        pinned: Pinned<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         let found = self.map.get(&req.key).copied();
         if let Some(id) = found {
             if self.slab.get(id).queue != Queue::Ghost {
@@ -235,7 +270,13 @@ impl S3Fifo {
     }
 
     /// Admission of a non-resident key; `ghost` is its ghost entry, if it has one.
-    fn admit_found(&mut self, req: &Request, ghost: Option<Idx>, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+    fn admit_found(
+        &mut self,
+        req: &Request,
+        ghost: Option<Idx>,
+        pinned: Pinned<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         // A ghost hit takes the key out of the ghost queue at once (libCacheSim does it in
         // `S3FIFO_find`, before anything else). Its slot and map entry are kept, detached from
         // every queue, to become the main-queue entry below: one hash update fewer per ghost hit.
@@ -269,7 +310,12 @@ impl S3Fifo {
             self.evict(pinned, effects);
         }
         if let Some(id) = ghost {
-            *self.slab.get_mut(id) = Entry { key: req.key, size: req.size, freq: 0, queue: Queue::Main };
+            *self.slab.get_mut(id) = Entry {
+                key: req.key,
+                size: req.size,
+                freq: 0,
+                queue: Queue::Main,
+            };
             self.slab.push_front(&mut self.main.list, id);
             self.main.bytes += req.size;
         } else {
@@ -283,7 +329,11 @@ impl S3Fifo {
             self.push(queue, req.key, req.size, 0);
         }
         self.resident += 1;
-        effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier: Tier::Fast,
+            size: req.size,
+        });
         true
     }
 }
@@ -297,7 +347,12 @@ impl CachePolicy for S3Fifo {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.admit_inner(req, Some(pinned), effects)
     }
 
@@ -316,7 +371,9 @@ impl CachePolicy for S3Fifo {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(&id) = self.map.get(&key) else { return false };
+        let Some(&id) = self.map.get(&key) else {
+            return false;
+        };
         let e = self.drop_entry(id);
         if e.queue == Queue::Ghost {
             return false;
@@ -352,7 +409,9 @@ mod tests {
 
     fn run(p: &mut S3Fifo, keys: &[u64], size: u64) -> Vec<bool> {
         let mut fx = Vec::new();
-        keys.iter().map(|&k| p.access(&Request::new(0, k, size), &mut fx).is_some()).collect()
+        keys.iter()
+            .map(|&k| p.access(&Request::new(0, k, size), &mut fx).is_some())
+            .collect()
     }
 
     #[test]
@@ -360,7 +419,7 @@ mod tests {
         let mut p = S3Fifo::new(100); // small 10, main 90, ghost 90
         run(&mut p, &[1], 5);
         run(&mut p, &[2], 5); // small full (10)
-        // before any eviction, a full small sends new objects to main
+                              // before any eviction, a full small sends new objects to main
         run(&mut p, &[3], 5);
         assert_eq!(p.queue_bytes(), (10, 5, 0));
         // fill main up to the capacity, then one more: main is not over its share and small is

@@ -31,7 +31,11 @@ pub struct Sieve {
 
 impl Sieve {
     pub fn new(capacity: u64) -> Sieve {
-        Sieve { capacity, hand: NIL, ..Default::default() }
+        Sieve {
+            capacity,
+            hand: NIL,
+            ..Default::default()
+        }
     }
 
     #[inline]
@@ -71,7 +75,10 @@ impl Sieve {
         }
         let need = (self.used + req.size).saturating_sub(self.capacity);
         if let Some(p) = pinned {
-            let candidates = self.slab.iter_from_back(&self.list).map(|(_, e)| (e.key, e.size));
+            let candidates = self
+                .slab
+                .iter_from_back(&self.list)
+                .map(|(_, e)| (e.key, e.size));
             if !enough_unpinned(candidates, need, p) {
                 return false;
             }
@@ -79,11 +86,19 @@ impl Sieve {
         while self.used + req.size > self.capacity {
             self.evict_one(pinned, effects);
         }
-        let id = self.slab.alloc(Entry { key: req.key, size: req.size, visited: false });
+        let id = self.slab.alloc(Entry {
+            key: req.key,
+            size: req.size,
+            visited: false,
+        });
         self.slab.push_front(&mut self.list, id);
         self.map.insert(req.key, id);
         self.used += req.size;
-        effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier: Tier::Fast,
+            size: req.size,
+        });
         true
     }
 
@@ -113,7 +128,11 @@ impl Sieve {
         self.slab.release(id);
         self.map.remove(&e.key);
         self.used -= e.size;
-        effects.push(Effect::Evicted { key: e.key, tier: Tier::Fast, size: e.size });
+        effects.push(Effect::Evicted {
+            key: e.key,
+            tier: Tier::Fast,
+            size: e.size,
+        });
     }
 }
 
@@ -126,7 +145,12 @@ impl CachePolicy for Sieve {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.admit_inner(req, Some(pinned), effects)
     }
 
@@ -139,7 +163,9 @@ impl CachePolicy for Sieve {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(id) = self.map.remove(&key) else { return false };
+        let Some(id) = self.map.remove(&key) else {
+            return false;
+        };
         // As libCacheSim's `Sieve_remove_obj`: a hand resting on the removed object moves to the
         // object in front of it.
         if self.hand == id {

@@ -23,7 +23,11 @@ pub struct SizeTieredLru {
 
 impl SizeTieredLru {
     pub fn new(capacity: Capacity, threshold: u64) -> SizeTieredLru {
-        SizeTieredLru { threshold, fast: QueueCore::new(capacity.fast), slow: QueueCore::new(capacity.slow) }
+        SizeTieredLru {
+            threshold,
+            fast: QueueCore::new(capacity.fast),
+            slow: QueueCore::new(capacity.slow),
+        }
     }
 
     pub fn threshold(&self) -> u64 {
@@ -49,7 +53,12 @@ impl SizeTieredLru {
         }
     }
 
-    fn admit_inner(&mut self, req: &Request, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) -> bool {
+    fn admit_inner(
+        &mut self,
+        req: &Request,
+        pinned: Option<&dyn Fn(Key) -> bool>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if self.fast.contains(req.key) || self.slow.contains(req.key) {
             return true;
         }
@@ -62,14 +71,22 @@ impl SizeTieredLru {
 
 impl CachePolicy for SizeTieredLru {
     fn name(&self) -> String {
-        crate::PolicySpec::SizeTieredLru { threshold: self.threshold }.to_string()
+        crate::PolicySpec::SizeTieredLru {
+            threshold: self.threshold,
+        }
+        .to_string()
     }
 
     fn lookup(&mut self, req: &Request, _effects: &mut Vec<Effect>) -> Option<Tier> {
         self.hit(req.key)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.admit_inner(req, Some(pinned), effects)
     }
 
@@ -103,7 +120,10 @@ impl CachePolicy for SizeTieredLru {
     }
 
     fn capacity(&self) -> Capacity {
-        Capacity { fast: self.fast.capacity, slow: self.slow.capacity }
+        Capacity {
+            fast: self.fast.capacity,
+            slow: self.slow.capacity,
+        }
     }
 
     fn len(&self) -> usize {
@@ -117,7 +137,13 @@ mod tests {
 
     #[test]
     fn small_objects_go_fast_large_ones_slow_and_tiers_evict_independently() {
-        let mut p = SizeTieredLru::new(Capacity { fast: 20, slow: 100 }, 10);
+        let mut p = SizeTieredLru::new(
+            Capacity {
+                fast: 20,
+                slow: 100,
+            },
+            10,
+        );
         let mut fx = Vec::new();
         p.access(&Request::new(0, 1, 9), &mut fx);
         p.access(&Request::new(0, 2, 10), &mut fx);
@@ -127,11 +153,26 @@ mod tests {
         fx.clear();
         p.access(&Request::new(0, 3, 9), &mut fx);
         p.access(&Request::new(0, 4, 9), &mut fx); // fast holds 20: evicts 1, not 2
-        assert_eq!(fx, vec![
-            Effect::Inserted { key: 3, tier: Tier::Fast, size: 9 },
-            Effect::Evicted { key: 1, tier: Tier::Fast, size: 9 },
-            Effect::Inserted { key: 4, tier: Tier::Fast, size: 9 },
-        ]);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Inserted {
+                    key: 3,
+                    tier: Tier::Fast,
+                    size: 9
+                },
+                Effect::Evicted {
+                    key: 1,
+                    tier: Tier::Fast,
+                    size: 9
+                },
+                Effect::Inserted {
+                    key: 4,
+                    tier: Tier::Fast,
+                    size: 9
+                },
+            ]
+        );
         assert_eq!(p.peek(2), Some(Tier::Slow));
         // larger than the slow tier: refused
         assert!(!p.admit(&Request::new(0, 5, 101), &|_| false, &mut fx));

@@ -31,7 +31,11 @@ pub(crate) struct List {
 
 impl Default for List {
     fn default() -> Self {
-        List { head: NIL, tail: NIL, len: 0 }
+        List {
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
     }
 }
 
@@ -61,7 +65,10 @@ pub(crate) struct Slab<T> {
 
 impl<T> Default for Slab<T> {
     fn default() -> Self {
-        Slab { nodes: Vec::new(), free: Vec::new() }
+        Slab {
+            nodes: Vec::new(),
+            free: Vec::new(),
+        }
     }
 }
 
@@ -69,7 +76,11 @@ impl<T: Copy> Slab<T> {
     /// Stores `value` in a free slot, not linked into any list yet.
     #[inline]
     pub(crate) fn alloc(&mut self, value: T) -> Idx {
-        let node = Node { prev: NIL, next: NIL, value };
+        let node = Node {
+            prev: NIL,
+            next: NIL,
+            value,
+        };
         if let Some(id) = self.free.pop() {
             self.nodes[id as usize] = node;
             id
@@ -193,7 +204,10 @@ impl<T: Copy> Slab<T> {
     }
 
     /// Iterates `list` from its back (oldest) towards its front.
-    pub(crate) fn iter_from_back<'a>(&'a self, list: &List) -> impl Iterator<Item = (Idx, &'a T)> + 'a {
+    pub(crate) fn iter_from_back<'a>(
+        &'a self,
+        list: &List,
+    ) -> impl Iterator<Item = (Idx, &'a T)> + 'a {
         let mut cur = list.tail;
         std::iter::from_fn(move || {
             if cur == NIL {

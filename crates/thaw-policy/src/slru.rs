@@ -58,7 +58,13 @@ impl Slru {
         Slru {
             capacity,
             used: 0,
-            segs: vec![Segment { quota, ..Default::default() }; n],
+            segs: vec![
+                Segment {
+                    quota,
+                    ..Default::default()
+                };
+                n
+            ],
             slab: Slab::default(),
             map: FxHashMap::default(),
         }
@@ -79,7 +85,9 @@ impl Slru {
     }
 
     fn hit(&mut self, key: Key, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
-        let Some(&id) = self.map.get(&key) else { return false };
+        let Some(&id) = self.map.get(&key) else {
+            return false;
+        };
         let top = self.segs.len() - 1;
         let seg = self.slab.get(id).seg as usize;
         if seg == top {
@@ -111,7 +119,11 @@ impl Slru {
         if id == 0 {
             let victim = match pinned {
                 None => self.segs[0].list.back(),
-                Some(p) => self.slab.iter_from_back(&self.segs[0].list).find(|(_, e)| !p(e.key)).map(|(i, _)| i),
+                Some(p) => self
+                    .slab
+                    .iter_from_back(&self.segs[0].list)
+                    .find(|(_, e)| !p(e.key))
+                    .map(|(i, _)| i),
             };
             return match victim {
                 Some(v) => {
@@ -121,7 +133,9 @@ impl Slru {
                 None => false,
             };
         }
-        let Some(tail) = self.segs[id].list.back() else { return false };
+        let Some(tail) = self.segs[id].list.back() else {
+            return false;
+        };
         let size = self.slab.get(tail).size;
         self.move_between(tail, id, id - 1, size);
         while self.segs[id - 1].bytes > self.segs[id - 1].quota {
@@ -140,7 +154,11 @@ impl Slru {
         self.slab.release(id);
         self.map.remove(&e.key);
         self.used -= e.size;
-        effects.push(Effect::Evicted { key: e.key, tier: Tier::Fast, size: e.size });
+        effects.push(Effect::Evicted {
+            key: e.key,
+            tier: Tier::Fast,
+            size: e.size,
+        });
     }
 
     /// libCacheSim's `SLRU_to_evict`: the tail of the lowest segment holding any bytes (segments
@@ -153,7 +171,9 @@ impl Slru {
             match pinned {
                 None => return seg.list.back(),
                 Some(p) => {
-                    if let Some((id, _)) = self.slab.iter_from_back(&seg.list).find(|(_, e)| !p(e.key)) {
+                    if let Some((id, _)) =
+                        self.slab.iter_from_back(&seg.list).find(|(_, e)| !p(e.key))
+                    {
                         return Some(id);
                     }
                 }
@@ -162,7 +182,12 @@ impl Slru {
         None
     }
 
-    fn admit_inner(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+    fn admit_inner(
+        &mut self,
+        req: &Request,
+        pinned: Pinned<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if self.map.contains_key(&req.key) {
             return true;
         }
@@ -170,20 +195,31 @@ impl Slru {
     }
 
     /// [`Self::admit_inner`] for a key the caller just found absent.
-    fn admit_absent(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+    fn admit_absent(
+        &mut self,
+        req: &Request,
+        pinned: Pinned<'_>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         // `SLRU_can_insert`: fits the cache and one segment's quota.
         if req.size > self.capacity || req.size > self.segs[0].quota {
             return false;
         }
         let need = (self.used + req.size).saturating_sub(self.capacity);
         if let Some(p) = pinned {
-            let all = self.segs.iter().flat_map(|s| self.slab.iter_from_back(&s.list)).map(|(_, e)| (e.key, e.size));
+            let all = self
+                .segs
+                .iter()
+                .flat_map(|s| self.slab.iter_from_back(&s.list))
+                .map(|(_, e)| (e.key, e.size));
             if !enough_unpinned(all, need, p) {
                 return false;
             }
         }
         while self.used + req.size > self.capacity {
-            let v = self.victim(pinned).expect("unpinned bytes were counted before evicting");
+            let v = self
+                .victim(pinned)
+                .expect("unpinned bytes were counted before evicting");
             self.evict(v, effects);
         }
         let seg = self
@@ -191,12 +227,20 @@ impl Slru {
             .iter()
             .position(|s| s.bytes + req.size <= s.quota)
             .unwrap_or(0);
-        let id = self.slab.alloc(Entry { key: req.key, size: req.size, seg: seg as u8 });
+        let id = self.slab.alloc(Entry {
+            key: req.key,
+            size: req.size,
+            seg: seg as u8,
+        });
         self.slab.push_front(&mut self.segs[seg].list, id);
         self.segs[seg].bytes += req.size;
         self.map.insert(req.key, id);
         self.used += req.size;
-        effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier: Tier::Fast,
+            size: req.size,
+        });
         true
     }
 }
@@ -220,10 +264,16 @@ impl CachePolicy for Slru {
         pinned: &dyn Fn(Key) -> bool,
         effects: &mut Vec<Effect>,
     ) -> Option<Tier> {
-        self.hit(req.key, Some(pinned), effects).then_some(Tier::Fast)
+        self.hit(req.key, Some(pinned), effects)
+            .then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         self.admit_inner(req, Some(pinned), effects)
     }
 
@@ -236,7 +286,9 @@ impl CachePolicy for Slru {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(&id) = self.map.get(&key) else { return false };
+        let Some(&id) = self.map.get(&key) else {
+            return false;
+        };
         let mut scratch = Vec::new();
         self.evict(id, &mut scratch);
         true
@@ -295,7 +347,11 @@ mod tests {
         assert_eq!(p.segment_bytes(1), 2);
         // a miss evicts the tail of segment 0: 2 (older than 3, which entered seg0 at its head)
         let fx = run(&mut p, &[5]);
-        assert!(fx.contains(&Effect::Evicted { key: 2, tier: Tier::Fast, size: 1 }));
+        assert!(fx.contains(&Effect::Evicted {
+            key: 2,
+            tier: Tier::Fast,
+            size: 1
+        }));
     }
 
     #[test]
@@ -320,11 +376,21 @@ mod tests {
         // is evicted: a hit that evicts, as in libCacheSim
         let mut p = setup();
         let fx = run(&mut p, &[5]);
-        assert_eq!(fx, vec![Effect::Evicted { key: 1, tier: Tier::Fast, size: 1 }]);
+        assert_eq!(
+            fx,
+            vec![Effect::Evicted {
+                key: 1,
+                tier: Tier::Fast,
+                size: 1
+            }]
+        );
         // the same with everything pinned evicts nothing and stays within capacity
         let mut p = setup();
         let mut fx = Vec::new();
-        assert_eq!(p.lookup_pinned(&Request::new(0, 5, 1), &|_| true, &mut fx), Some(Tier::Fast));
+        assert_eq!(
+            p.lookup_pinned(&Request::new(0, 5, 1), &|_| true, &mut fx),
+            Some(Tier::Fast)
+        );
         assert!(fx.is_empty());
         assert_eq!(p.used(Tier::Fast), 5);
         assert_eq!(p.len(), 5);

@@ -4,14 +4,23 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::{
-    AssociationTable, CachePolicy, Capacity, Clock, Fifo, LaCache, LaCacheConfig, Lfu, Lru, S3Fifo, Sieve, SizeTieredLru, Slru,
-    CLOCK_MAX_BITS, SIZE_TIERED_DEFAULT_THRESHOLD, SLRU_MAX_SEGMENTS,
+    AssociationTable, CachePolicy, Capacity, Clock, Fifo, LaCache, LaCacheConfig, Lfu, Lru, S3Fifo,
+    Sieve, SizeTieredLru, Slru, CLOCK_MAX_BITS, SIZE_TIERED_DEFAULT_THRESHOLD, SLRU_MAX_SEGMENTS,
 };
 
 /// Every policy name this build knows, each with its default parameters, exactly as
 /// [`PolicySpec`]'s `Display` prints it. The conformance suite runs every one of them.
-pub const POLICY_NAMES: &[&str] =
-    &["fifo", "lru", "clock", "lfu", "slru", "s3fifo", "sieve", "size-tiered-lru", "lacache"];
+pub const POLICY_NAMES: &[&str] = &[
+    "fifo",
+    "lru",
+    "clock",
+    "lfu",
+    "slru",
+    "s3fifo",
+    "sieve",
+    "size-tiered-lru",
+    "lacache",
+];
 
 /// The accepted syntax, for help texts.
 pub const POLICY_SYNTAX: &str = "fifo, lru, clock[:BITS], lfu, slru[:SEGMENTS], s3fifo, sieve, \
@@ -26,15 +35,21 @@ pub enum PolicySpec {
     Fifo,
     Lru,
     /// CLOCK with `bits`-bit counters (1 = classic CLOCK).
-    Clock { bits: u32 },
+    Clock {
+        bits: u32,
+    },
     Lfu,
     /// Segmented LRU with this many segments (libCacheSim's default: 4).
-    Slru { segments: usize },
+    Slru {
+        segments: usize,
+    },
     S3Fifo,
     Sieve,
     /// The two-tier baseline: objects smaller than `threshold` bytes in the fast tier, the others
     /// in the slow tier, LRU in each.
-    SizeTieredLru { threshold: u64 },
+    SizeTieredLru {
+        threshold: u64,
+    },
     /// LACache with its default configuration (no association table); build [`LaCache`] directly
     /// to give it one.
     LaCache,
@@ -62,9 +77,13 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("{s:?} is not a byte count (expected e.g. 1048576, 64MiB or 1GB)"));
+        return Err(format!(
+            "{s:?} is not a byte count (expected e.g. 1048576, 64MiB or 1GB)"
+        ));
     }
-    let n: u64 = num.parse().map_err(|_| format!("{num:?} is too large a number"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{num:?} is too large a number"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
@@ -75,9 +94,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
-        other => return Err(format!("unknown byte unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)")),
+        other => {
+            return Err(format!(
+                "unknown byte unit {other:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} does not fit in 64 bits"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} does not fit in 64 bits"))
 }
 
 /// Prints a byte count in the largest binary unit that divides it exactly.
@@ -99,10 +123,16 @@ impl FromStr for PolicySpec {
             Some((b, p)) => (b, Some(p.trim())),
             None => (name.as_str(), None),
         };
-        let bad = |why: String| PolicyError::BadParameter { name: s.to_string(), why };
+        let bad = |why: String| PolicyError::BadParameter {
+            name: s.to_string(),
+            why,
+        };
         let no_param = |spec: PolicySpec| match param {
             None => Ok(spec),
-            Some(_) => Err(PolicyError::BadParameter { name: s.to_string(), why: format!("{base} takes no parameter") }),
+            Some(_) => Err(PolicyError::BadParameter {
+                name: s.to_string(),
+                why: format!("{base} takes no parameter"),
+            }),
         };
         match base {
             "fifo" => no_param(PolicySpec::Fifo),
@@ -140,7 +170,9 @@ impl FromStr for PolicySpec {
                 };
                 Ok(PolicySpec::SizeTieredLru { threshold })
             }
-            _ => Err(PolicyError::Unknown { name: s.to_string() }),
+            _ => Err(PolicyError::Unknown {
+                name: s.to_string(),
+            }),
         }
     }
 }
@@ -153,14 +185,20 @@ impl fmt::Display for PolicySpec {
             PolicySpec::Clock { bits: 1 } => f.write_str("clock"),
             PolicySpec::Clock { bits } => write!(f, "clock:{bits}"),
             PolicySpec::Lfu => f.write_str("lfu"),
-            PolicySpec::Slru { segments } if *segments == SLRU_DEFAULT_SEGMENTS => f.write_str("slru"),
+            PolicySpec::Slru { segments } if *segments == SLRU_DEFAULT_SEGMENTS => {
+                f.write_str("slru")
+            }
             PolicySpec::Slru { segments } => write!(f, "slru:{segments}"),
             PolicySpec::S3Fifo => f.write_str("s3fifo"),
             PolicySpec::Sieve => f.write_str("sieve"),
-            PolicySpec::SizeTieredLru { threshold } if *threshold == SIZE_TIERED_DEFAULT_THRESHOLD => {
+            PolicySpec::SizeTieredLru { threshold }
+                if *threshold == SIZE_TIERED_DEFAULT_THRESHOLD =>
+            {
                 f.write_str("size-tiered-lru")
             }
-            PolicySpec::SizeTieredLru { threshold } => write!(f, "size-tiered-lru:{}", format_bytes(*threshold)),
+            PolicySpec::SizeTieredLru { threshold } => {
+                write!(f, "size-tiered-lru:{}", format_bytes(*threshold))
+            }
             PolicySpec::LaCache => f.write_str("lacache"),
         }
     }
@@ -207,8 +245,16 @@ pub fn build_with_associations(
         PolicySpec::Slru { segments } => Box::new(Slru::new(c, segments)),
         PolicySpec::S3Fifo => Box::new(S3Fifo::new(c)),
         PolicySpec::Sieve => Box::new(Sieve::new(c)),
-        PolicySpec::SizeTieredLru { threshold } => Box::new(SizeTieredLru::new(capacity, threshold)),
-        PolicySpec::LaCache => Box::new(LaCache::new(capacity, LaCacheConfig { associations, ..Default::default() })),
+        PolicySpec::SizeTieredLru { threshold } => {
+            Box::new(SizeTieredLru::new(capacity, threshold))
+        }
+        PolicySpec::LaCache => Box::new(LaCache::new(
+            capacity,
+            LaCacheConfig {
+                associations,
+                ..Default::default()
+            },
+        )),
     })
 }
 
@@ -223,30 +269,69 @@ mod tests {
             let spec: PolicySpec = name.parse().unwrap();
             assert_eq!(&spec.to_string(), name);
         }
-        for name in ["clock:2", "slru:2", "slru:8", "size-tiered-lru:1MiB", "size-tiered-lru:1000"] {
+        for name in [
+            "clock:2",
+            "slru:2",
+            "slru:8",
+            "size-tiered-lru:1MiB",
+            "size-tiered-lru:1000",
+        ] {
             let spec: PolicySpec = name.parse().unwrap();
             assert_eq!(spec.to_string(), name);
         }
-        assert!(matches!("nope".parse::<PolicySpec>(), Err(PolicyError::Unknown { .. })));
+        assert!(matches!(
+            "nope".parse::<PolicySpec>(),
+            Err(PolicyError::Unknown { .. })
+        ));
     }
 
     #[test]
     fn parameters_are_checked() {
-        assert_eq!("CLOCK:3".parse::<PolicySpec>(), Ok(PolicySpec::Clock { bits: 3 }));
-        assert_eq!("slru".parse::<PolicySpec>(), Ok(PolicySpec::Slru { segments: 4 }));
-        assert_eq!("size-tiered-lru:64MiB".parse::<PolicySpec>(), Ok(PolicySpec::SizeTieredLru { threshold: 64 << 20 }));
-        for bad in ["clock:0", "clock:99", "slru:0", "slru:x", "lru:2", "size-tiered-lru:12XB", "size-tiered-lru:"] {
-            assert!(matches!(bad.parse::<PolicySpec>(), Err(PolicyError::BadParameter { .. })), "{bad}");
+        assert_eq!(
+            "CLOCK:3".parse::<PolicySpec>(),
+            Ok(PolicySpec::Clock { bits: 3 })
+        );
+        assert_eq!(
+            "slru".parse::<PolicySpec>(),
+            Ok(PolicySpec::Slru { segments: 4 })
+        );
+        assert_eq!(
+            "size-tiered-lru:64MiB".parse::<PolicySpec>(),
+            Ok(PolicySpec::SizeTieredLru {
+                threshold: 64 << 20
+            })
+        );
+        for bad in [
+            "clock:0",
+            "clock:99",
+            "slru:0",
+            "slru:x",
+            "lru:2",
+            "size-tiered-lru:12XB",
+            "size-tiered-lru:",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<PolicySpec>(),
+                    Err(PolicyError::BadParameter { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn tiers_must_match_the_policy() {
         let one = Capacity::single(100);
-        let two = Capacity { fast: 100, slow: 1000 };
+        let two = Capacity {
+            fast: 100,
+            slow: 1000,
+        };
         assert!(build(&PolicySpec::Lru, two).is_err());
         assert!(build(&PolicySpec::LaCache, one).is_err());
-        let err = build(&PolicySpec::SizeTieredLru { threshold: 10 }, one).err().unwrap();
+        let err = build(&PolicySpec::SizeTieredLru { threshold: 10 }, one)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("two tiers"), "{err}");
         assert!(build(&PolicySpec::LaCache, two).is_ok());
     }
@@ -254,17 +339,28 @@ mod tests {
     #[test]
     fn associations_reach_lacache() {
         let table: AssociationTable = [(1, 2, 0.9)].into_iter().collect();
-        let cap = Capacity { fast: 100, slow: 100 };
+        let cap = Capacity {
+            fast: 100,
+            slow: 100,
+        };
         let mut p = build_with_associations(&PolicySpec::LaCache, cap, table).unwrap();
         let mut fx = Vec::new();
-        let r = crate::Request { image: Some(1), ..crate::Request::new(0, 7, 1) };
+        let r = crate::Request {
+            image: Some(1),
+            ..crate::Request::new(0, 7, 1)
+        };
         p.access(&r, &mut fx);
-        assert!(fx.contains(&crate::Effect::Prefetch { image: 2, probability: 0.9 }));
+        assert!(fx.contains(&crate::Effect::Prefetch {
+            image: 2,
+            probability: 0.9
+        }));
         // plain `build` has no table, so nothing is announced
         let mut p = build(&PolicySpec::LaCache, cap).unwrap();
         fx.clear();
         p.access(&r, &mut fx);
-        assert!(!fx.iter().any(|e| matches!(e, crate::Effect::Prefetch { .. })));
+        assert!(!fx
+            .iter()
+            .any(|e| matches!(e, crate::Effect::Prefetch { .. })));
     }
 
     #[test]

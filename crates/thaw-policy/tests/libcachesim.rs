@@ -20,7 +20,10 @@ use thaw_policy::{build, Capacity, PolicySpec, Request};
 
 /// thaw policy names compared; libcachesim_run.py maps each to libCacheSim's policy and
 /// parameters (`slru` is libCacheSim's default of 4 segments).
-const POLICIES: &[&str] = &["fifo", "lru", "lfu", "clock", "clock:2", "clock:3", "slru", "slru:2", "slru:3", "s3fifo", "sieve"];
+const POLICIES: &[&str] = &[
+    "fifo", "lru", "lfu", "clock", "clock:2", "clock:3", "slru", "slru:2", "slru:3", "s3fifo",
+    "sieve",
+];
 
 struct Rng(u64);
 
@@ -99,16 +102,29 @@ fn zipf_mixed() -> Trace {
         })
         .collect();
     let z = Zipf::new(n, 0.9);
-    let reqs = (0..40_000).map(|_| { let r = z.sample(&mut rng); (r as u64 * 7 + 11, sizes[r]) }).collect();
-    Trace { name: "zipf-mixed", reqs, sizes: vec![] }
+    let reqs = (0..40_000)
+        .map(|_| {
+            let r = z.sample(&mut rng);
+            (r as u64 * 7 + 11, sizes[r])
+        })
+        .collect();
+    Trace {
+        name: "zipf-mixed",
+        reqs,
+        sizes: vec![],
+    }
 }
 
 /// A Zipf(1.0) hot set of 500 objects interleaved with a looping sequential scan over 8000 cold
 /// objects (30% of requests) — the pattern that separates scan-resistant policies from LRU.
 fn scan_heavy() -> Trace {
     let mut rng = Rng(2);
-    let hot: Vec<u32> = (0..500).map(|_| rng.log_uniform(100, 50_000) as u32).collect();
-    let cold: Vec<u32> = (0..8000).map(|_| rng.log_uniform(100, 50_000) as u32).collect();
+    let hot: Vec<u32> = (0..500)
+        .map(|_| rng.log_uniform(100, 50_000) as u32)
+        .collect();
+    let cold: Vec<u32> = (0..8000)
+        .map(|_| rng.log_uniform(100, 50_000) as u32)
+        .collect();
     let z = Zipf::new(hot.len(), 1.0);
     let mut scan = 0usize;
     let reqs = (0..30_000)
@@ -122,15 +138,25 @@ fn scan_heavy() -> Trace {
             }
         })
         .collect();
-    Trace { name: "scan-heavy", reqs, sizes: vec![] }
+    Trace {
+        name: "scan-heavy",
+        reqs,
+        sizes: vec![],
+    }
 }
 
 /// Unit sizes (an object-count cache): many ties in every policy's ordering.
 fn unit_sizes() -> Trace {
     let mut rng = Rng(3);
     let z = Zipf::new(3000, 0.8);
-    let reqs = (0..25_000).map(|_| (z.sample(&mut rng) as u64, 1)).collect();
-    Trace { name: "unit-size", reqs, sizes: vec![100, 500, 1500] }
+    let reqs = (0..25_000)
+        .map(|_| (z.sample(&mut rng) as u64, 1))
+        .collect();
+    Trace {
+        name: "unit-size",
+        reqs,
+        sizes: vec![100, 500, 1500],
+    }
 }
 
 /// Sizes 0..=20 against caches of 10 to 64 bytes: zero sizes, objects larger than SLRU's segment
@@ -139,8 +165,17 @@ fn tiny() -> Trace {
     let mut rng = Rng(4);
     let z = Zipf::new(200, 0.7);
     let sizes: Vec<u32> = (0..200).map(|_| (rng.next() % 21) as u32).collect();
-    let reqs = (0..6000).map(|_| { let r = z.sample(&mut rng); (r as u64, sizes[r]) }).collect();
-    Trace { name: "tiny", reqs, sizes: vec![10, 23, 64] }
+    let reqs = (0..6000)
+        .map(|_| {
+            let r = z.sample(&mut rng);
+            (r as u64, sizes[r])
+        })
+        .collect();
+    Trace {
+        name: "tiny",
+        reqs,
+        sizes: vec![10, 23, 64],
+    }
 }
 
 fn write_oracle_general(trace: &Trace, path: &Path) {
@@ -161,7 +196,9 @@ fn write_oracle_general(trace: &Trace, path: &Path) {
         out.extend_from_slice(&size.to_le_bytes());
         out.extend_from_slice(&next[i].to_le_bytes());
     }
-    std::fs::File::create(path).and_then(|mut f| f.write_all(&out)).expect("writing the trace");
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(&out))
+        .expect("writing the trace");
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +211,11 @@ struct Counts {
 fn thaw_counts(trace: &Trace, policy: &str, cache_size: u64, keep_zero: bool) -> Counts {
     let spec: PolicySpec = policy.parse().unwrap();
     let mut p = build(&spec, Capacity::single(cache_size)).unwrap();
-    let mut c = Counts { requests: 0, misses: 0, miss_bytes: 0 };
+    let mut c = Counts {
+        requests: 0,
+        misses: 0,
+        miss_bytes: 0,
+    };
     let mut fx = Vec::new();
     for (t, &(id, size)) in trace.reqs.iter().enumerate() {
         if size == 0 && !keep_zero {
@@ -182,7 +223,9 @@ fn thaw_counts(trace: &Trace, policy: &str, cache_size: u64, keep_zero: bool) ->
         }
         fx.clear();
         c.requests += 1;
-        if p.access(&Request::new(t as u64, id, size as u64), &mut fx).is_none() {
+        if p.access(&Request::new(t as u64, id, size as u64), &mut fx)
+            .is_none()
+        {
             c.misses += 1;
             c.miss_bytes += size as u64;
         }
@@ -203,22 +246,40 @@ fn python() -> Option<PathBuf> {
     ok.then_some(candidate)
 }
 
-fn run_libcachesim(py: &Path, trace: &Path, sizes: &[u64], keep_zero: bool) -> HashMap<(String, u64), Counts> {
+fn run_libcachesim(
+    py: &Path,
+    trace: &Path,
+    sizes: &[u64],
+    keep_zero: bool,
+) -> HashMap<(String, u64), Counts> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libcachesim_run.py");
-    let sizes_arg = sizes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let sizes_arg = sizes
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut cmd = Command::new(py);
-    cmd.arg(&script).arg(trace).args(["--sizes", &sizes_arg, "--policies", &POLICIES.join(",")]);
+    cmd.arg(&script)
+        .arg(trace)
+        .args(["--sizes", &sizes_arg, "--policies", &POLICIES.join(",")]);
     if keep_zero {
         cmd.arg("--keep-zero-size");
     }
     let out = cmd.output().expect("running libcachesim_run.py");
-    assert!(out.status.success(), "libcachesim_run.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "libcachesim_run.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut res = HashMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         // a flat JSON object of known keys; parsed by hand to keep the crate free of serde_json
         let field = |k: &str| -> String {
             let pat = format!("\"{k}\": ");
-            let start = line.find(&pat).unwrap_or_else(|| panic!("no {k} in {line}")) + pat.len();
+            let start = line
+                .find(&pat)
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+                + pat.len();
             let rest = &line[start..];
             let end = rest.find([',', '}']).unwrap();
             rest[..end].trim().trim_matches('"').to_string()
@@ -226,7 +287,11 @@ fn run_libcachesim(py: &Path, trace: &Path, sizes: &[u64], keep_zero: bool) -> H
         let num = |k: &str| field(k).parse::<u64>().unwrap();
         res.insert(
             (field("policy"), num("cache_size")),
-            Counts { requests: num("requests"), misses: num("misses"), miss_bytes: num("miss_bytes") },
+            Counts {
+                requests: num("requests"),
+                misses: num("misses"),
+                miss_bytes: num("miss_bytes"),
+            },
         );
     }
     res
@@ -272,6 +337,11 @@ fn miss_counts_equal_libcachesim() {
             }
         }
     }
-    assert!(mismatches.is_empty(), "{} of {compared} runs differ:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {compared} runs differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     eprintln!("{compared} policy/trace/size runs agree exactly with libCacheSim");
 }
