@@ -189,7 +189,7 @@ pub enum UnpackError {
     HardLink { entry: String, target: String, why: &'static str },
     #[error("layer entry {entry:?} is a whiteout of nothing (empty, '.' or '..' name)")]
     BadWhiteout { entry: String },
-    #[error("layer entry {entry:?} is not a {kind} thaw can unpack")]
+    #[error("layer entry {entry:?} is a {kind}, which thaw does not unpack")]
     Unsupported { entry: String, kind: &'static str },
     #[error("layer entry {entry:?} has owner {id} outside the id map of {size} ids; widen UnpackOptions::id_map")]
     IdOutOfRange { entry: String, id: u64, size: u32 },
@@ -849,7 +849,7 @@ impl<'o> Unpacker<'o> {
                 sys::utimens_at(parent.as_fd(), &cname, meta.mtime.0, meta.mtime.1).map_err(io_err(entry, "set mtime"))?;
             }
             EntryType::GNUSparse => return Err(UnpackError::Unsupported { entry: show(entry), kind: "sparse file" }),
-            _ => return Err(UnpackError::Unsupported { entry: show(entry), kind: "tar entry type" }),
+            _ => return Err(UnpackError::Unsupported { entry: show(entry), kind: "tar entry of an unknown type" }),
         }
         self.created.insert(joined);
         Ok(())
