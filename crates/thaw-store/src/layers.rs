@@ -670,6 +670,45 @@ mod tests {
         assert_eq!(fs::read(pin.path().join("etc/c")).unwrap(), b"c");
     }
 
+    #[test]
+    fn gc_racing_ensure_never_removes_a_pinned_layer() {
+        let dir = tmp();
+        let store = LayerStore::open(dir.path()).unwrap();
+        let layers: Vec<(Vec<u8>, Digest)> = ["a", "b", "c"].iter().map(|n| layer(n)).collect();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gc = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut removed = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    removed += store.gc(&HashSet::new()).unwrap().removed.len();
+                }
+                removed
+            })
+        };
+        let users: Vec<_> = (0..3)
+            .map(|i| {
+                let store = store.clone();
+                let layers = layers.clone();
+                std::thread::spawn(move || {
+                    for round in 0..100 {
+                        let (t, d) = &layers[(i + round) % layers.len()];
+                        let pin = store.ensure(d, &ReaderSource::new(&t[..], None, "race")).unwrap();
+                        // While pinned, the layer is complete and stays put.
+                        assert!(pin.path().join("etc").is_dir(), "pinned layer vanished");
+                        assert_eq!(fs::read_dir(pin.path().join("etc")).unwrap().count(), 1);
+                    }
+                })
+            })
+            .collect();
+        for u in users {
+            u.join().unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        let removed = gc.join().unwrap();
+        assert!(removed > 0, "the collector never got to remove anything, so the race was not exercised");
+    }
+
     /// A slow source: a layer of many small files, read a little at a time.
     struct Slow(Vec<u8>);
 
