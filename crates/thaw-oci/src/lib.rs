@@ -4,8 +4,8 @@
 //! Architecture invariant: no storage decisions, no HTTP client or server. The parsers are pure
 //! functions of their input, so every one has property tests and a fuzz target (`fuzz/` at the
 //! workspace root; the seed corpora are replayed by `tests/fuzz_corpus.rs`, through the entry
-//! points in [`fuzzing`]). The only I/O is in [`unpack`] (a tar stream into a directory the caller
-//! chose) and [`layout`] (reading an OCI image layout directory); where layers are kept is the
+//! points in [`fuzzing`]). The only I/O is in [`mod@unpack`] (a tar stream into a directory the caller
+//! chose) and [`mod@layout`] (reading an OCI image layout directory); where layers are kept is the
 //! store's business.
 
 pub mod digest;
