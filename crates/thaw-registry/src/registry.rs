@@ -550,6 +550,15 @@ impl Registry {
             let code = if object.starts_with("blobs/") { Code::BlobUnknown } else { Code::ManifestUnknown };
             return Err(ApiError::not_found(code, format!("{repo}/{object}")));
         }
+        // The upstream refusing the client's credential is an answer, not an outage: say so,
+        // so the client re-authenticates instead of retrying a "service unavailable".
+        if matches!(status.as_u16(), 401 | 403) {
+            let challenge = r.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            return Err(self.unauthorized(challenge.as_deref(), &format!("{} refused access to {repo}", up.name())));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(rate_limited(up, r.headers().get(header::RETRY_AFTER)));
+        }
         if !status.is_success() {
             return Err(ApiError::unavailable(format!("{} answered {status} to HEAD {object}", up.name())));
         }
