@@ -77,9 +77,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let data = args.data.clone().unwrap_or_else(super::serve::default_data_dir);
     let (spec, _pins) = build_spec(&args, &data)?;
     let t_spec = t0.elapsed();
-    let (rt, dir) = open_instance(&data)?;
-    // Declared after `rt` is bound so it drops after it: the runtime cleans its cgroups first.
-    let _dir = InstanceDir(dir);
+    // `_dir` is declared before `rt`, so it drops after it: the runtime kills and removes its
+    // cgroups first, then the directory goes. (If thaw dies in between, the directory is still
+    // there for the next `thaw run` to find and clean.)
+    let _dir: InstanceDir;
+    let rt: Runtime;
+    {
+        let (r, d) = open_instance(&data)?;
+        _dir = InstanceDir(d);
+        rt = r;
+    }
     let t_rt = t0.elapsed();
     let sb = rt.start(&spec, StdioFds::inherit()?).context("starting the sandbox")?;
     let timings = sb.timings().clone();
