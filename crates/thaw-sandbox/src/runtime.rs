@@ -151,7 +151,7 @@ pub struct Counters {
     pub pending_teardowns: AtomicUsize,
     /// Teardowns that failed (a cgroup that would not go away).
     pub failed_teardowns: AtomicUsize,
-    /// Network namespaces created (their inodes are kept for leak checks).
+    /// Parts (helpers) started, pooled or not.
     pub parts_built: AtomicU64,
 }
 
