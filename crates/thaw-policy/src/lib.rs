@@ -74,7 +74,6 @@
 
 mod clock;
 mod dlist;
-mod fifo;
 mod lacache;
 mod lfu;
 mod lru;
@@ -88,10 +87,9 @@ mod spec;
 
 pub use clock::{Clock, CLOCK_MAX_BITS};
 pub use dlist::{DList, NodeId};
-pub use fifo::Fifo;
 pub use lacache::{AssociationTable, LaCache, LaCacheConfig, DEFAULT_CATEGORY_SLOT};
 pub use lfu::Lfu;
-pub use lru::Lru;
+pub use lru::{Fifo, Lru, QueuePolicy};
 pub use s3fifo::{S3Fifo, S3FIFO_GHOST_RATIO, S3FIFO_MOVE_TO_MAIN_THRESHOLD, S3FIFO_SMALL_RATIO};
 pub use sieve::Sieve;
 pub use size_tiered::{SizeTieredLru, SIZE_TIERED_DEFAULT_THRESHOLD};

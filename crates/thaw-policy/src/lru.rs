@@ -1,35 +1,51 @@
-//! Least recently used.
+//! Least recently used and first in, first out: one byte-bounded queue, which a hit either moves
+//! to the head (LRU) or leaves where it is (FIFO).
 
 use crate::queue::QueueCore;
 use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
 
-/// LRU over bytes: a hit moves the object to the head; victims leave from the tail, skipping
-/// pinned objects. Matches libCacheSim's `LRU` (built without `USE_BELADY`, as its PyPI wheel is).
+/// A queue over bytes whose victims leave from the tail, skipping pinned objects. With
+/// `REORDER_ON_HIT` a hit moves the object to the head: that is [`Lru`], libCacheSim's `LRU` (built
+/// without `USE_BELADY`, as its PyPI wheel is). Without it a hit changes nothing: [`Fifo`],
+/// libCacheSim's `FIFO`.
 #[derive(Debug, Default)]
-pub struct Lru {
+pub struct QueuePolicy<const REORDER_ON_HIT: bool> {
     core: QueueCore,
 }
 
-impl Lru {
-    pub fn new(capacity: u64) -> Lru {
-        Lru {
-            core: QueueCore::new(capacity),
-        }
+/// Least recently used.
+pub type Lru = QueuePolicy<true>;
+/// First in, first out.
+pub type Fifo = QueuePolicy<false>;
+
+impl<const REORDER_ON_HIT: bool> QueuePolicy<REORDER_ON_HIT> {
+    pub fn new(capacity: u64) -> Self {
+        QueuePolicy { core: QueueCore::new(capacity) }
     }
 
-    /// Keys from least to most recently used (for persisting the order, and for tests).
+    /// Keys from the tail (next victim) to the head: least to most recently used for LRU, oldest
+    /// to newest for FIFO (for persisting the order, and for tests).
     pub fn keys_oldest_first(&self) -> impl Iterator<Item = Key> + '_ {
         self.core.keys_oldest_first()
     }
+
+    /// Whether `key` is resident, moving it to the head when this is LRU.
+    fn hit(&mut self, key: Key) -> bool {
+        if REORDER_ON_HIT {
+            self.core.touch(key)
+        } else {
+            self.core.contains(key)
+        }
+    }
 }
 
-impl CachePolicy for Lru {
+impl<const REORDER_ON_HIT: bool> CachePolicy for QueuePolicy<REORDER_ON_HIT> {
     fn name(&self) -> String {
-        "lru".into()
+        if REORDER_ON_HIT { "lru" } else { "fifo" }.into()
     }
 
     fn lookup(&mut self, req: &Request, _effects: &mut Vec<Effect>) -> Option<Tier> {
-        self.core.touch(req.key).then_some(Tier::Fast)
+        self.hit(req.key).then_some(Tier::Fast)
     }
 
     fn admit(
@@ -42,7 +58,7 @@ impl CachePolicy for Lru {
     }
 
     fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
-        if self.core.touch(req.key) {
+        if self.hit(req.key) {
             return Some(Tier::Fast);
         }
         self.core.admit_absent(req, None, Tier::Fast, effects);
@@ -149,5 +165,27 @@ mod tests {
                 proptest::prop_assert_eq!(keys, model.iter().map(|e| e.0).collect::<Vec<_>>());
             }
         }
+    }
+
+
+    #[test]
+    fn hits_do_not_reorder() {
+        let mut p = Fifo::new(30);
+        let mut fx = Vec::new();
+        for k in [1, 2, 3] {
+            assert_eq!(p.access(&Request::new(0, k, 10), &mut fx), None);
+        }
+        assert_eq!(p.access(&Request::new(0, 1, 10), &mut fx), Some(Tier::Fast));
+        fx.clear();
+        p.access(&Request::new(0, 4, 10), &mut fx);
+        assert_eq!(
+            fx[0],
+            Effect::Evicted {
+                key: 1,
+                tier: Tier::Fast,
+                size: 10
+            }
+        );
+        assert_eq!(p.keys_oldest_first().collect::<Vec<_>>(), vec![2, 3, 4]);
     }
 }
