@@ -239,7 +239,7 @@ cleanup() {
     for ns in $(ip netns list | awk '{print $1}' | grep "^$ID-"); do ip netns del "$ns"; done
     ip link del "$UP_DEV" 2>/dev/null
     ip link del "$BR" 2>/dev/null
-    for ns in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep "^${ID}c[0-9]*$"); do ip link del "$ns"; done
+    for ns in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep "^${ID}c[0-9]*$"); do ip link del "$ns" 2>/dev/null; done
     if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit $rc
 }
