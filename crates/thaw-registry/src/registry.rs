@@ -384,6 +384,18 @@ impl Registry {
         }
     }
 
+    /// The upstream refused this request's own credential for `t`'s repository: forget the grant
+    /// remembered for the identity, so cached content stops flowing to it now rather than when
+    /// the grant would have lapsed (a revoked user learns it on the first upstream answer).
+    fn forget_grant_on_refusal(&self, t: &Target, ident: &Identity, e: ApiError) -> ApiError {
+        if matches!(e.status.as_u16(), 401 | 403) {
+            if let (Some(up), Some(who)) = (&t.upstream, auth::identity_key(ident, &self.inner.cfg.accounts)) {
+                self.inner.grants.revoke(up.name(), &t.repo, &who);
+            }
+        }
+        e
+    }
+
     /// The challenge an anonymous client should follow for `repo` (an anonymous HEAD of the
     /// version endpoint is not enough: the challenge must carry the repository scope).
     async fn challenge_hint(&self, up: &Upstream, repo: &str) -> Option<String> {
@@ -465,7 +477,7 @@ impl Registry {
             // A HEAD miss is answered by one upstream GET, so the manifest is cached for the GET
             // that follows (containerd and docker HEAD first): one upstream request either way.
             self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
-            let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None).await?;
+            let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None).await.map_err(|e| self.forget_grant_on_refusal(&t, ident, e))?;
             return self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss);
         }
 
@@ -496,7 +508,8 @@ impl Registry {
                     return Err(ApiError::not_found(Code::ManifestUnknown, format!("{}:{tag}", t.repo)));
                 }
                 Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
-                    return Err(self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo)));
+                    let e = self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo));
+                    return Err(self.forget_grant_on_refusal(&t, ident, e));
                 }
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
                     return self.serve_stale(ctx, &up, &t.repo, &tag, &entry.digest, head, &format!("upstream answered {}", r.status())).await;
@@ -511,7 +524,7 @@ impl Registry {
         }
         // As above: a HEAD miss of a tag fetches and caches the manifest and the tag.
         self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
-        let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag)).await?;
+        let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag)).await.map_err(|e| self.forget_grant_on_refusal(&t, ident, e))?;
         self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss)
     }
 
@@ -804,7 +817,7 @@ impl Registry {
             return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
         };
         if head {
-            return self.relay_head(ctx, &up, &t.repo, &object, &cred).await;
+            return self.relay_head(ctx, &up, &t.repo, &object, &cred).await.map_err(|e| self.forget_grant_on_refusal(&t, ident, e));
         }
         // A miss: join or start the flight for this digest.
         let (fl, started) = self.join_or_start(&up, &t.repo, &cred, &d).await?;
@@ -823,6 +836,8 @@ impl Registry {
             if st.written == 0 {
                 return Err(match status {
                     Some(404) => ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)),
+                    // Only the request that started the flight had its own credential refused.
+                    Some(401 | 403) if started => self.forget_grant_on_refusal(&t, ident, self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo))),
                     Some(401 | 403) => self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo)),
                     Some(429) => rate_limited(&up, st.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()).as_ref()),
                     _ => ApiError::unavailable(format!("fetching {d} from {} failed: {reason}", up.name())),

@@ -469,6 +469,24 @@ fn grants_expire_with_auth_ttl_and_with_the_token() {
     std::thread::sleep(ttl + Duration::from_millis(400));
     let r = get(&c, &blob, Some(&bob), None);
     assert_eq!(r.status(), 401, "a revoked user was still served after auth_ttl");
+    // alice, still on the ACL, is served from the cache (checked below after the second part).
+    let r = get(&c, &blob, Some(&Who::Account(0)), None);
+    assert_eq!(r.status(), 200);
+
+    // Within auth_ttl, the first refusal the upstream gives a revoked user ends their grant at
+    // once: bob's cached blob stops flowing as soon as an uncached one is refused to him.
+    let w2 = world(false, Duration::from_secs(300));
+    let thaw2 = thaw_for(&w2, true, Duration::from_secs(60));
+    let (l0, d0) = w2.images[2].layers[0].clone();
+    let (l1, _) = w2.images[2].layers[1].clone();
+    let b0 = format!("{}/v2/{}/blobs/{l0}", thaw2.url(), REPOS[2]);
+    let b1 = format!("{}/v2/{}/blobs/{l1}", thaw2.url(), REPOS[2]);
+    assert_eq!(get(&c, &b0, Some(&bob), None).bytes().unwrap().as_ref(), d0.as_slice());
+    w2.fake.revoke(REPOS[2], "u2");
+    assert_eq!(get(&c, &b0, Some(&bob), None).status(), 200, "within auth_ttl the grant is remembered (documented)");
+    assert_eq!(get(&c, &b1, Some(&bob), None).status(), 401, "the upstream refused bob");
+    assert_eq!(get(&c, &b0, Some(&bob), None).status(), 401, "bob's grant outlived the upstream's refusal");
+
     // alice, still on the ACL, is served from the cache.
     let r = get(&c, &blob, Some(&Who::Account(0)), None);
     assert_eq!(r.status(), 200);
