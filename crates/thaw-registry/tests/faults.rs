@@ -542,7 +542,11 @@ mod random_faults {
         ]
     }
 
-    fn case() -> impl Strategy<Value = (u64, Vec<Fault>, bool, Vec<Option<(u64, u64)>>)> {
+    /// Blob size, one-shot faults in order, whether the upstream ignores Range afterwards, and
+    /// each reader's range (None: the whole blob).
+    type Case = (u64, Vec<Fault>, bool, Vec<Option<(u64, u64)>>);
+
+    fn case() -> impl Strategy<Value = Case> {
         (50_000u64..600_000).prop_flat_map(|size| {
             (Just(size), proptest::collection::vec(fault(), 1..4), any::<bool>(), proptest::collection::vec(range(size), 1..5))
         })
