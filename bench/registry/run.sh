@@ -62,10 +62,10 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Waits until URL answers (any HTTP status), up to 15 s; NETNS optional.
+# Waits until URL answers (any HTTP status), up to 30 s; NETNS optional.
 wait_http() {
     local url=$1 ns=${2:-} i
-    for i in $(seq 150); do
+    for i in $(seq 300); do
         if [[ -n $ns ]]; then
             ip netns exec "$ns" curl -s -o /dev/null --max-time 1 "$url" && return 0
         else
@@ -73,7 +73,8 @@ wait_http() {
         fi
         sleep 0.1
     done
-    die "$url did not answer within 15 s"
+    log "$url did not answer within 30 s"
+    return 1
 }
 
 # start_thaw NAME LISTEN DATA [thaw serve args...]: starts `thaw serve` in the background, waits
@@ -82,6 +83,7 @@ start_thaw() {
     local name=$1 listen=$2 data=$3 i addr=""
     shift 3
     mkdir -p "$data"
+    : >"$WORK/logs/$name.out"
     THAW_LOG=${THAW_LOG:-warn} "$THAW" serve --listen "$listen" --data "$data" \
         --socket "$WORK/$name.sock" --print-address "$@" >"$WORK/logs/$name.out" 2>>"$WORK/logs/$name.err" &
     local pid=$!
@@ -95,7 +97,7 @@ start_thaw() {
     done
     [[ -n $addr ]] || die "thaw ($name) did not print its address"
     echo "$addr" >"$WORK/$name.addr"
-    wait_http "http://$addr/v2/"
+    wait_http "http://$addr/v2/" || { tail -20 "$WORK/logs/$name.err" >&2; die "thaw ($name) does not answer on $addr"; }
 }
 
 stop_thaw() {
@@ -137,7 +139,7 @@ start_registry() {
     local pid=$!
     track "$pid"
     echo "$pid" >"$WORK/$name.pid"
-    wait_http "http://$addr/v2/" "$ns"
+    wait_http "http://$addr/v2/" "$ns" || { tail -20 "$WORK/logs/$name.log" >&2; die "docker-registry ($name) does not answer on $addr"; }
 }
 
 # Requests in a registry's access log after line FROM: "total by_digest body_bytes" for /v2/
@@ -438,7 +440,7 @@ http {
 EOF
     nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
     local npid=$!; track "$npid"
-    wait_http "http://127.0.0.1:$pn/"
+    wait_http "http://127.0.0.1:$pn/" || die "nginx does not answer on 127.0.0.1:$pn"
     # Interleaved rather than hyperfine's all-of-A-then-all-of-B: the machine is shared, and
     # alternating the two servers (and which goes first) spreads load changes over both equally.
     # Each transfer's time is curl's own time_total; CPU time is read from /proc/PID/stat of thaw
@@ -518,8 +520,9 @@ pull_many() {
 }
 
 # one_round KIND N: a fresh mirror (empty store), N clients at once; prints
-# "wall_s upstream_log_bytes link_bytes upstream_requests thaw_metric_bytes peak_rss_kib cpu_ticks"
-# (peak RSS and CPU of the mirror process over its whole life, which is this round).
+# "wall_s upstream_log_bytes link_bytes upstream_requests thaw_metric_bytes peak_rss_kib cpu_ticks
+#  warm_wall_s warm_upstream_requests warm_cpu_ticks" (peak RSS and CPU of the mirror process over
+# the cold pull, which is its whole life so far; the warm fields are "-" for one client).
 one_round() {
     local kind=$1 n=$2 addr l0 b0 wall met=0 hwm=0 pid
     local port; port=$(free_port)
@@ -543,8 +546,17 @@ one_round() {
     local cpu; cpu=$(cpu_ticks "$pid")
     read -r rn _ rb < <(reg_requests "$WORK/logs/wan.log" "$l0")
     local link=$(( $(if_bytes "$UP_DEV" rx) - b0 ))
+    # With more than one client, the same clients pull again from the now warm mirror: what a
+    # host's VMs see on every later start (wall time, upstream requests, mirror CPU).
+    local wwall=- wreqs=- wcpu=-
+    if ((n > 1)); then
+        local l1; l1=$(lines "$WORK/logs/wan.log")
+        wwall=$(pull_many "$addr" "$n")
+        read -r wreqs _ _ < <(reg_requests "$WORK/logs/wan.log" "$l1")
+        wcpu=$(( $(cpu_ticks "$pid") - cpu ))
+    fi
     if [[ $kind == thaw ]]; then stop_thaw thaw4; else stop_pid "$pid"; fi
-    echo "$wall $rb $link $rn $met $hwm $cpu"
+    echo "$wall $rb $link $rn $met $hwm $cpu $wwall $wreqs $wcpu"
 }
 
 case4() {
@@ -557,25 +569,33 @@ case4() {
     local kind reps r n one many
     for kind in thaw proxy; do
         reps=$REPS4; [[ $kind == proxy ]] && reps=$PROXY_REPS4
-        local walls1=() wallsN=() last1="" lastN="" bytesN=() reqsN=()
+        local walls1=() wallsN=() wallsW=() last1="" lastN="" bytesN=() reqsN=()
         for r in $(seq "$reps"); do
             log "case 4: $kind round $r/$reps: 1 client"
-            one=$(one_round "$kind" 1); walls1+=("${one%% *}"); last1=$one
+            one=$(one_round "$kind" 1) && [[ $(wc -w <<<"$one") == 10 ]] || die "case 4 ($kind, 1 client) failed; logs in $WORK/logs (KEEP=1 keeps them)"
+            walls1+=("${one%% *}"); last1=$one
             log "case 4: $kind round $r/$reps: $CLIENTS clients"
-            many=$(one_round "$kind" "$CLIENTS"); wallsN+=("${many%% *}"); lastN=$many
+            many=$(one_round "$kind" "$CLIENTS") && [[ $(wc -w <<<"$many") == 10 ]] || die "case 4 ($kind, $CLIENTS clients) failed; logs in $WORK/logs (KEEP=1 keeps them)"
+            wallsN+=("${many%% *}"); lastN=$many
+            wallsW+=("$(cut -d' ' -f8 <<<"$many")")
             read -r _ rb _ rn _ <<<"$many"; bytesN+=("$rb"); reqsN+=("$rn")
             log "  1: $one | $CLIENTS: $many"
         done
         local m1 mN; m1=$(median "${walls1[@]}"); mN=$(median "${wallsN[@]}")
         for n in 1 "$CLIENTS"; do
             local row w; if [[ $n == 1 ]]; then row=$last1; w=$m1; else row=$lastN; w=$mN; fi
-            read -r _ rb link rn met hwm cpu <<<"$row"
+            read -r _ rb link rn met hwm cpu _ <<<"$row"
             result "$(printf '%-16s %8s %7s %12s %10s %8s %15s %12s %10s' "$kind/$n" "$w" "$(ratio "$w" "$m1")" \
                 "$(ratio3 "$rb" "$IMG70_BYTES")" "$(ratio3 "$link" "$IMG70_BYTES")" "$rn" \
                 "$([[ $kind == thaw ]] && ratio3 "$met" "$IMG70_BYTES" || echo -)" "$(python3 -c "print(f'{$hwm / 1024:.1f}')")" \
                 "$(python3 -c "import os; print(f'{$cpu / os.sysconf(\"SC_CLK_TCK\"):.2f}')")")"
         done
-        result "  ($kind: wall = median of $reps rounds: 1 client ${walls1[*]}; $CLIENTS clients ${wallsN[*]}; other columns from the last round; cpu_s = mirror user+sys CPU in the round;"
+        read -r _ _ _ _ _ _ _ _ wreqs wcpu <<<"$lastN"
+        local mW; mW=$(median "${wallsW[@]}")
+        result "$(printf '%-16s %8s %7s %12s %10s %8s %15s %12s %10s' "$kind/$CLIENTS warm" "$mW" "$(ratio "$mW" "$m1")" \
+            - - "$wreqs" - - "$(python3 -c "import os; print(f'{$wcpu / os.sysconf(\"SC_CLK_TCK\"):.2f}')")")"
+        result "  ($kind: wall = median of $reps rounds: 1 client ${walls1[*]}; $CLIENTS clients ${wallsN[*]}; $CLIENTS clients again, warm: ${wallsW[*]};"
+        result "   other columns from the last round; cpu_s = mirror user+sys CPU during that pull;"
         result "   $CLIENTS-client rounds: upstream body bytes ${bytesN[*]} (image $IMG70_BYTES), upstream requests ${reqsN[*]})"
     done
     result "goals: thaw upstream bytes exactly 1.0x the image; $CLIENTS-client wall <= 1.5x one client"
