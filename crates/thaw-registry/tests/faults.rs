@@ -636,3 +636,45 @@ mod random_faults {
         }
     }
 }
+
+/// Content being served is pinned: while a slow client is still reading a cached blob, that blob
+/// cannot be evicted, so a new blob that would need its room streams through uncached; once the
+/// client is gone, the new blob is cached.
+#[test]
+fn a_blob_being_served_is_pinned_and_the_next_one_passes_through() {
+    use std::io::{Read, Write};
+    let fake = FakeUpstream::start();
+    let (x, y) = (filler(19, 6_000_000), filler(20, 2_000_000));
+    let img = fake.put_image(REPO, "v1", &[x.clone(), y.clone()]);
+    let store_cfg = thaw_store::StoreConfig { capacity: Some(7_000_000), ..Default::default() };
+    let thaw = Thaw::start_with_store(mirror_cfg(&fake), store_cfg);
+    warm_manifest(&thaw, &img);
+    let (dx, dy) = (img.layers[0].0.clone(), img.layers[1].0.clone());
+    let c = client();
+    assert_eq!(c.get(blob_url(&thaw, REPO, &dx)).send().unwrap().bytes().unwrap().len(), x.len());
+    wait_until("x is committed", || stored(&thaw, &dx));
+    wait_until("nothing is pinned", || thaw.metric("thaw_store_pinned_bytes") == 0.0);
+
+    // A client that asks for x and then stops reading: the kernel buffers hold far less than
+    // 6 MB, so thaw's response stays open, holding x.
+    let mut slow = std::net::TcpStream::connect(thaw.addr).unwrap();
+    write!(slow, "GET /v2/{REPO}/blobs/{dx} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut first = [0u8; 1024];
+    let n = slow.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    wait_until("x is pinned by the slow client", || thaw.metric("thaw_store_pinned_bytes") >= x.len() as f64);
+
+    let r = c.get(blob_url(&thaw, REPO, &dy)).send().unwrap();
+    assert_eq!(r.headers()["x-thaw-cache"], "pass-through");
+    assert_eq!(r.bytes().unwrap().as_ref(), y.as_slice());
+    wait_until("the pass-through is counted", || thaw.metric("thaw_pass_through_total") >= 1.0);
+    assert!(!stored(&thaw, &dy));
+    assert!(stored(&thaw, &dx), "x was evicted while it was being served");
+
+    drop(slow);
+    wait_until("x is unpinned", || thaw.metric("thaw_store_pinned_bytes") == 0.0);
+    let r = c.get(blob_url(&thaw, REPO, &dy)).send().unwrap();
+    assert_eq!(r.headers()["x-thaw-cache"], "miss");
+    assert_eq!(r.bytes().unwrap().as_ref(), y.as_slice());
+    wait_until("y is committed", || stored(&thaw, &dy));
+}
