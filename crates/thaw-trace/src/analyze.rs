@@ -736,6 +736,44 @@ impl Analyzer {
     }
 }
 
+/// Reads the associated pairs of a `thaw trace analyze --json` result (or of the summary
+/// `thaw trace report --json` writes) as (image A, image B, probability) for the simulator's
+/// prefetching policies. Image names `repo:tag` map to the simulator's image ids; `repo:?` (pulls
+/// whose manifest was not seen) maps to the repository's unknown-tag image.
+pub fn associations_from_json(text: &str) -> Result<Vec<(u64, u64, f64)>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not json: {e}"))?;
+    let list = v
+        .get("associations")
+        .or_else(|| v.get("analysis").and_then(|a| a.get("associations")))
+        .and_then(|l| l.as_array())
+        .ok_or("no \"associations\" list: expected the output of `thaw trace analyze --json`")?;
+    let id = |name: &str| -> Result<u64, String> {
+        let (repo, tag) = name
+            .rsplit_once(':')
+            .ok_or_else(|| format!("image name {name:?} is not repo:tag"))?;
+        Ok(image_id(repo, if tag == "?" { "" } else { tag }))
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, p) in list.iter().enumerate() {
+        let field = |k: &str| {
+            p.get(k)
+                .ok_or_else(|| format!("association {i} has no {k:?}"))
+        };
+        let a = field("a")?
+            .as_str()
+            .ok_or_else(|| format!("association {i}: \"a\" is not a string"))?;
+        let b = field("b")?
+            .as_str()
+            .ok_or_else(|| format!("association {i}: \"b\" is not a string"))?;
+        let share = field("share")?
+            .as_f64()
+            .filter(|s| (0.0..=1.0).contains(s))
+            .ok_or_else(|| format!("association {i}: \"share\" is not in [0, 1]"))?;
+        out.push((id(a)?, id(b)?, share));
+    }
+    Ok(out)
+}
+
 /// Analyses a whole event source. `progress` gets the number of events read, every 2^16.
 pub fn analyze(
     src: &mut dyn EventSource,
@@ -969,6 +1007,27 @@ mod tests {
             want.sort();
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    #[test]
+    fn associations_round_trip_to_the_simulator() {
+        let mut a = Analyzer::new(assoc_cfg(false), CategoryMap::by_namespace());
+        for i in 0..5u64 {
+            pull(&mut a, i * 10_000, "x", "web/a", "1", &[]);
+            pull(&mut a, i * 10_000 + 5, "x", "web/b", "2", &[]);
+        }
+        let r = a.finish(ReadStats::default());
+        let text = serde_json::to_string(&r).unwrap();
+        let pairs = associations_from_json(&text).unwrap();
+        assert!(
+            pairs.contains(&(image_id("web/a", "1"), image_id("web/b", "2"), 1.0)),
+            "{pairs:?}"
+        );
+        assert!(associations_from_json("{}").is_err());
+        assert!(associations_from_json(
+            "{\"associations\":[{\"a\":\"x\",\"b\":\"y:1\",\"share\":0.5}]}"
+        )
+        .is_err());
     }
 
     #[test]

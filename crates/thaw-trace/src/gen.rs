@@ -1057,6 +1057,18 @@ mod tests {
     }
 
     #[test]
+    fn params_round_trip_through_toml_and_partial_files_keep_defaults() {
+        let p = GenParams::default();
+        let text = toml::to_string_pretty(&p).unwrap();
+        assert_eq!(toml::from_str::<GenParams>(&text).unwrap(), p);
+        let partial: GenParams = toml::from_str("seed = 9\nbase_stacks = 1\n").unwrap();
+        assert_eq!(partial.seed, 9);
+        assert_eq!(partial.base_stacks, 1);
+        assert_eq!(partial.categories, p.categories);
+        assert!(toml::from_str::<GenParams>("no_such_field = 1").is_err());
+    }
+
+    #[test]
     fn bad_params_are_refused() {
         let mut p = small(1, 10);
         p.categories[0].name = "Web!".into();

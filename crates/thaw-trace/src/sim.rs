@@ -30,7 +30,8 @@ use std::time::Instant;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use thaw_policy::{
-    build, CachePolicy, Capacity, CategoryId, Effect, ImageId, Key, PolicySpec, Request, Tier,
+    build_with_associations, AssociationTable, CachePolicy, Capacity, CategoryId, Effect, ImageId,
+    Key, PolicySpec, Request, Tier,
 };
 
 use crate::category::CategoryMap;
@@ -150,6 +151,8 @@ pub struct SimConfig {
     pub prefetch: bool,
     /// Worker threads (0 = the machine's parallelism).
     pub threads: usize,
+    /// Image associations (A is followed by B with probability p) for the policies that prefetch.
+    pub associations: Vec<(ImageId, ImageId, f64)>,
 }
 
 impl SimConfig {
@@ -161,6 +164,7 @@ impl SimConfig {
             pull_window_us: 300_000_000,
             prefetch: true,
             threads: 0,
+            associations: Vec::new(),
         }
     }
 }
@@ -268,6 +272,19 @@ impl Run {
         // policies may implement in one pass.
         let cost = match self.policy.access(&req, &mut self.effects) {
             Some(tier) => {
+                // `access` reports the tier after a promotion; the read itself came from the slow
+                // tier, which is what the tier counters and the latency model must see.
+                let key = r.key;
+                let tier = if tier == Tier::Fast
+                    && self
+                        .effects
+                        .iter()
+                        .any(|e| matches!(*e, Effect::Promoted { key: k, .. } if k == key))
+                {
+                    Tier::Slow
+                } else {
+                    tier
+                };
                 s.hits += 1;
                 s.hit_bytes += r.size;
                 s.tier_hits[tier.index()] += 1;
@@ -612,7 +629,8 @@ pub fn simulate(
     let mut skipped = Vec::new();
     for spec in &config.policies {
         for &cap in &config.capacities {
-            match build(spec, cap) {
+            let table: AssociationTable = config.associations.iter().copied().collect();
+            match build_with_associations(spec, cap, table) {
                 Ok(policy) => policies.push(policy),
                 Err(thaw_policy::PolicyError::Tiers { why, .. }) => {
                     skipped.push(format!("{spec} with {}: {why}", fmt_capacity(cap)));

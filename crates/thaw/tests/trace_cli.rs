@@ -37,7 +37,10 @@ fn gen_analyze_sim_report() {
     text.push_str("{not a record\n");
     std::fs::write(&trace, text).unwrap();
 
-    let a = json(&thaw(&["trace", "analyze", "-t", s(&trace), "--no-progress", "--json", "--assoc-min-pulls", "20"]));
+    let analyzed = thaw(&["trace", "analyze", "-t", s(&trace), "--no-progress", "--json", "--assoc-min-pulls", "20", "--top", "10000"]);
+    let assoc = dir.path().join("analysis.json");
+    std::fs::write(&assoc, &analyzed.stdout).unwrap();
+    let a = json(&analyzed);
     assert_eq!(a["requests"].as_u64(), Some(30_000));
     assert_eq!(a["read"]["malformed"].as_u64(), Some(1));
     let cats: Vec<&str> = a["categories"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -75,6 +78,14 @@ fn gen_analyze_sim_report() {
     assert!(lru.windows(2).all(|w| w[0] >= w[1]), "{lru:?}");
     let svg = std::fs::read_to_string(&mrc).unwrap();
     assert!(svg.contains("<svg") && svg.contains("lru") && svg.contains("sieve"));
+
+    // LACache with the mined associations prefetches, and its slow tier serves hits
+    let r = json(&thaw(&[
+        "sim", "-t", s(&trace), "--policy", "lacache", "--tiers", "1GiB,8GiB", "--associations", s(&assoc), "--json", "--no-progress",
+    ]));
+    let st = &r["runs"][0]["stats"];
+    assert!(st["prefetches"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["tier_hits"][1].as_u64().unwrap() > 0, "{st}");
 
     let html = dir.path().join("r.html");
     let summary = dir.path().join("r.json");

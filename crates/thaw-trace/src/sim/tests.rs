@@ -633,3 +633,95 @@ fn distribution_logs_replay_with_pulls_and_categories() {
     // three pulls of manifest + two layers each
     assert_eq!(r.latency.as_ref().unwrap().pulls, 3);
 }
+
+/// Two LRUs; a hit in the slow one promotes the object and reports the fast tier, as the
+/// protocol says (the tier after promotion).
+struct Promoting {
+    fast: Lru,
+    slow: Lru,
+}
+
+impl CachePolicy for Promoting {
+    fn name(&self) -> String {
+        "test-promote".into()
+    }
+    fn lookup(&mut self, req: &Request, fx: &mut Vec<Effect>) -> Option<Tier> {
+        if self.fast.lookup(req, fx).is_some() {
+            return Some(Tier::Fast);
+        }
+        if self.slow.remove(req.key) {
+            let mut inner = Vec::new();
+            self.fast.admit(req, &|_| false, &mut inner);
+            fx.push(Effect::Promoted {
+                key: req.key,
+                size: req.size,
+            });
+            return Some(Tier::Fast);
+        }
+        None
+    }
+    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, fx: &mut Vec<Effect>) -> bool {
+        let start = fx.len();
+        let ok = self.slow.admit(req, pinned, fx);
+        for e in &mut fx[start..] {
+            if let Effect::Inserted { tier, .. } | Effect::Evicted { tier, .. } = e {
+                *tier = Tier::Slow;
+            }
+        }
+        ok
+    }
+    fn remove(&mut self, key: Key) -> bool {
+        self.fast.remove(key) || self.slow.remove(key)
+    }
+    fn peek(&self, key: Key) -> Option<Tier> {
+        self.fast
+            .peek(key)
+            .or(self.slow.peek(key).map(|_| Tier::Slow))
+    }
+    fn used(&self, tier: Tier) -> u64 {
+        match tier {
+            Tier::Fast => self.fast.used(Tier::Fast),
+            Tier::Slow => self.slow.used(Tier::Fast),
+        }
+    }
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            fast: self.fast.capacity().fast,
+            slow: self.slow.capacity().fast,
+        }
+    }
+    fn len(&self) -> usize {
+        self.fast.len() + self.slow.len()
+    }
+}
+
+#[test]
+fn promoted_hits_count_as_slow_tier_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    // miss (into slow), hit in slow (promoted), hit in fast
+    let p = oracle_file(dir.path(), &[(1, 100), (1, 100), (1, 100)]);
+    let m = LatencyModel {
+        fast_bps: 1e6,
+        slow_bps: 1e5,
+        backend_rtt_us: 0.0,
+        backend_bps: 1e4,
+    };
+    let rep = run_oracle(
+        &p,
+        vec![Box::new(Promoting {
+            fast: Lru::new(1000),
+            slow: Lru::new(1000),
+        })],
+        Some(m),
+    );
+    let s = &rep.runs[0].stats;
+    assert_eq!(s.tier_hits, [1, 1]);
+    assert_eq!(s.promotions, 1);
+    // latency: miss 10_000 us, slow read 1_000 us, fast read 100 us
+    let lat = rep.runs[0].latency.as_ref().unwrap();
+    assert!(
+        (lat.avg_request_us - 11_100.0 / 3.0).abs() < 1.0,
+        "{}",
+        lat.avg_request_us
+    );
+}

@@ -42,6 +42,10 @@ pub struct SimArgs {
     /// Backend bandwidth, bytes per second.
     #[arg(long, value_parser = parse_size)]
     backend_bw: Option<u64>,
+    /// Image associations for prefetching policies (lacache): the JSON of `thaw trace analyze
+    /// --json` (raise its --top to pass more pairs).
+    #[arg(long)]
+    associations: Option<PathBuf>,
     /// Ignore policies' prefetch hints.
     #[arg(long)]
     no_prefetch: bool,
@@ -102,7 +106,16 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         other => anyhow::bail!("--tiers takes two sizes, FAST,SLOW; got {}", other.len()),
     }
     anyhow::ensure!(!caps.is_empty(), "give at least one cache size with --cache-size (or --tiers FAST,SLOW)");
+    let associations = match &args.associations {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            thaw_trace::analyze::associations_from_json(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => Vec::new(),
+    };
     let config = SimConfig {
+        associations,
         model: args.model()?,
         pull_window_us: args.pull_window.as_micros() as u64,
         prefetch: !args.no_prefetch,
