@@ -30,7 +30,7 @@ pub mod spec;
 pub mod testsupport;
 
 pub use error::{Error, Result};
-pub use pool::{Pool, PoolConfig, PoolStats};
+pub use pool::{Pool, PoolConfig, PoolSet, PoolStats};
 pub use runtime::{
     block_signals, HelperCommand, InstanceNames, Output, Runtime, RuntimeConfig, Sandbox, Signaller, StdioFds,
     Timings,

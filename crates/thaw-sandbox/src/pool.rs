@@ -210,3 +210,47 @@ impl Drop for Pool {
         self.shared.state.lock().ready.clear();
     }
 }
+
+/// Pools keyed by (profile, root filesystem), created on first use: what a daemon holds to serve
+/// `thaw run` requests. The first request for a new image is built on demand while its pool
+/// starts filling; later ones find ready parts.
+pub struct PoolSet {
+    rt: Runtime,
+    depth: usize,
+    pools: Mutex<std::collections::HashMap<String, Arc<Pool>>>,
+}
+
+impl PoolSet {
+    /// An empty set whose pools keep `depth` parts ready each.
+    pub fn new(rt: &Runtime, depth: usize) -> Self {
+        PoolSet { rt: rt.clone(), depth, pools: Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// The pool for this profile and root, created (and starting to fill) if new.
+    pub fn pool(&self, profile: &Profile, rootfs: &RootfsConfig) -> Arc<Pool> {
+        // The serialized pair is an exact key: equal configurations, equal strings.
+        let key = serde_json::to_string(&(profile, rootfs)).unwrap_or_default();
+        self.pools
+            .lock()
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(self.rt.pool(PoolConfig { profile: profile.clone(), rootfs: Some(rootfs.clone()), depth: self.depth }))
+            })
+            .clone()
+    }
+
+    /// Starts a sandbox from the matching pool.
+    pub fn start(&self, spec: &crate::SandboxSpec, io: StdioFds) -> Result<Sandbox> {
+        self.pool(&spec.profile, &spec.rootfs).start(None, &spec.process, io)
+    }
+
+    /// Number of pools.
+    pub fn len(&self) -> usize {
+        self.pools.lock().len()
+    }
+
+    /// Whether no pool exists yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

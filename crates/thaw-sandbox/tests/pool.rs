@@ -63,3 +63,22 @@ fn empty_pool_builds_on_demand_and_dead_parts_are_skipped() {
     let sb = pool.start(None, &spec.process, StdioFds::null().unwrap()).unwrap();
     assert!(sb.wait().unwrap().success());
 }
+
+#[test]
+fn pool_set_creates_one_pool_per_configuration() {
+    let Some(f) = common::Fixture::new("pool_set_creates_one_pool_per_configuration") else { return };
+    let set = thaw_sandbox::PoolSet::new(&f.rt, 1);
+    let spec = f.spec(&["true"]);
+    let sb = set.start(&spec, StdioFds::null().unwrap()).unwrap();
+    assert!(!sb.timings().pooled, "the first start of a new configuration is built on demand");
+    assert!(sb.wait().unwrap().success());
+    let pool = set.pool(&spec.profile, &spec.rootfs);
+    assert!(pool.wait_ready(1, Duration::from_secs(20)));
+    let sb = set.start(&spec, StdioFds::null().unwrap()).unwrap();
+    assert!(sb.timings().pooled);
+    assert!(sb.wait().unwrap().success());
+    let mut other = spec.clone();
+    other.profile.limits.pids_max = Some(10);
+    set.pool(&other.profile, &other.rootfs);
+    assert_eq!(set.len(), 2);
+}
