@@ -384,14 +384,23 @@ impl Registry {
         }
     }
 
-    /// The upstream refused this request's own credential for `t`'s repository: forget the grant
+    /// The upstream refused this request's own credential for `t`'s repository. Forget the grant
     /// remembered for the identity, so cached content stops flowing to it now rather than when
-    /// the grant would have lapsed (a revoked user learns it on the first upstream answer).
-    fn forget_grant_on_refusal(&self, t: &Target, ident: &Identity, e: ApiError) -> ApiError {
-        if matches!(e.status.as_u16(), 401 | 403) {
-            if let (Some(up), Some(who)) = (&t.upstream, auth::identity_key(ident, &self.inner.cfg.accounts)) {
-                self.inner.grants.revoke(up.name(), &t.repo, &who);
+    /// the grant would have lapsed (a revoked user learns it on the first upstream answer); and
+    /// when the refused credential is the mirror's default one, the repository has turned
+    /// private: record it, so its cached content is no longer served to everyone.
+    async fn on_refusal(&self, t: &Target, ident: &Identity, e: ApiError) -> ApiError {
+        if !matches!(e.status.as_u16(), 401 | 403) {
+            return e;
+        }
+        let Some(up) = &t.upstream else { return e };
+        let accounts = &self.inner.cfg.accounts;
+        if auth::credential_for(ident, up, accounts) == up.default_credential() {
+            if let Err(err) = self.blocking_store(|s, (u, r)| s.set_private(&u, &r, true), (up.name().to_string(), t.repo.clone())).await {
+                tracing::warn!(error = %err.message, repo = %t.repo, "could not record that a repository turned private");
             }
+        } else if let Some(who) = auth::identity_key(ident, accounts) {
+            self.inner.grants.revoke(up.name(), &t.repo, &who);
         }
         e
     }
@@ -477,7 +486,10 @@ impl Registry {
             // A HEAD miss is answered by one upstream GET, so the manifest is cached for the GET
             // that follows (containerd and docker HEAD first): one upstream request either way.
             self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
-            let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None).await.map_err(|e| self.forget_grant_on_refusal(&t, ident, e))?;
+            let fetched = match self.fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None).await {
+                Ok(f) => f,
+                Err(e) => return Err(self.on_refusal(&t, ident, e).await),
+            };
             return self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss);
         }
 
@@ -509,7 +521,7 @@ impl Registry {
                 }
                 Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
                     let e = self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo));
-                    return Err(self.forget_grant_on_refusal(&t, ident, e));
+                    return Err(self.on_refusal(&t, ident, e).await);
                 }
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
                     return self.serve_stale(ctx, &up, &t.repo, &tag, &entry.digest, head, &format!("upstream answered {}", r.status())).await;
@@ -524,7 +536,10 @@ impl Registry {
         }
         // As above: a HEAD miss of a tag fetches and caches the manifest and the tag.
         self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
-        let fetched = self.fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag)).await.map_err(|e| self.forget_grant_on_refusal(&t, ident, e))?;
+        let fetched = match self.fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag)).await {
+            Ok(f) => f,
+            Err(e) => return Err(self.on_refusal(&t, ident, e).await),
+        };
         self.answer_manifest(ctx, fetched, head, CacheOutcome::Miss)
     }
 
@@ -817,7 +832,10 @@ impl Registry {
             return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
         };
         if head {
-            return self.relay_head(ctx, &up, &t.repo, &object, &cred).await.map_err(|e| self.forget_grant_on_refusal(&t, ident, e));
+            return match self.relay_head(ctx, &up, &t.repo, &object, &cred).await {
+                Ok(r) => Ok(r),
+                Err(e) => Err(self.on_refusal(&t, ident, e).await),
+            };
         }
         // A miss: join or start the flight for this digest.
         let (fl, started) = self.join_or_start(&up, &t.repo, &cred, &d).await?;
@@ -837,7 +855,7 @@ impl Registry {
                 return Err(match status {
                     Some(404) => ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)),
                     // Only the request that started the flight had its own credential refused.
-                    Some(401 | 403) if started => self.forget_grant_on_refusal(&t, ident, self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo))),
+                    Some(401 | 403) if started => self.on_refusal(&t, ident, self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo))).await,
                     Some(401 | 403) => self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo)),
                     Some(429) => rate_limited(&up, st.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()).as_ref()),
                     _ => ApiError::unavailable(format!("fetching {d} from {} failed: {reason}", up.name())),

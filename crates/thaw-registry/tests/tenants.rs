@@ -564,3 +564,36 @@ fn operator_credentials_share_content_with_every_client() {
     let r = get(&c, &format!("{}/v2/priv/c/manifests/v1", thaw.url()), None, None);
     assert_eq!(r.status(), 401);
 }
+
+/// A public repository that turns private upstream stops being served from the cache to everyone
+/// once thaw notices: the next tag revalidation with the mirror's default credential is refused,
+/// thaw records the repository as private, and even content by digest (never revalidated itself)
+/// then needs credentials the upstream accepts.
+#[test]
+fn a_repository_turning_private_is_noticed_at_the_next_revalidation() {
+    let w = world(false, Duration::from_secs(300));
+    let cfg = RegistryConfig {
+        upstreams: vec![upstream("fake", &w.fake.url(), true)],
+        accounts: accounts(),
+        tag_ttl: Duration::ZERO,
+        ..Default::default()
+    };
+    let thaw = Thaw::start(cfg);
+    let c = http();
+    let img = &w.images[0];
+    let (ld, data) = img.layers[1].clone();
+    let tag_url = format!("{}/v2/{}/manifests/v1", thaw.url(), REPOS[0]);
+    let blob_url = format!("{}/v2/{}/blobs/{ld}", thaw.url(), REPOS[0]);
+    assert_eq!(get(&c, &tag_url, None, None).status(), 200);
+    assert_eq!(get(&c, &blob_url, None, None).bytes().unwrap().as_ref(), data.as_slice());
+
+    w.fake.make_private(REPOS[0]);
+    w.fake.allow(REPOS[0], "u1");
+    assert_eq!(get(&c, &tag_url, None, None).status(), 401, "the revalidation was refused");
+    assert_eq!(get(&c, &blob_url, None, None).status(), 401, "cached content of a now-private repository served to anyone");
+    // Those the upstream still lets in are served, from the cache.
+    let r = get(&c, &blob_url, Some(&Who::Account(0)), None);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-thaw-cache"], "hit");
+    assert_eq!(get(&c, &blob_url, Some(&Who::Account(2)), None).status(), 401);
+}

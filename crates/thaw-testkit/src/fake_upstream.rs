@@ -362,6 +362,12 @@ impl FakeUpstream {
         lock(&self.shared.auth).public.insert(repo.into());
     }
 
+    /// No longer readable anonymously (tokens already issued for it stop working for anonymous
+    /// holders at once).
+    pub fn make_private(&self, repo: &str) {
+        lock(&self.shared.auth).public.remove(repo);
+    }
+
     pub fn allow(&self, repo: &str, user: &str) {
         lock(&self.shared.auth).acl.entry(repo.into()).or_default().insert(user.into());
     }
