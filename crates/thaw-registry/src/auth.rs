@@ -12,11 +12,14 @@
 //! The rule for serving cached content of repository R on upstream U:
 //! - R is *public* when U grants the mirror's default credential (anonymous, or the operator's
 //!   configured credentials — whose content the operator chose to share) access to it. Public
-//!   content is served to anyone.
+//!   content is served to anyone. The verdict is revised when a request made with the default
+//!   credential is refused (a tag revalidation after `tag_ttl`, a manifest or blob fetch): the
+//!   repository is then private from that moment. Content by digest is never revalidated, so a
+//!   repository that turns private is noticed at its next tag revalidation or miss.
 //! - Otherwise R is private, and a client is served it only after U has said yes to that client's
 //!   own credential for R (a HEAD of the object asked for, with that credential). The yes is
-//!   remembered for `auth_ttl`, never past the expiry of the client's token. When U cannot be asked
-//!   the answer is no (fail closed).
+//!   remembered for `auth_ttl`, never past the expiry of the client's token, and forgotten as soon
+//!   as U refuses that credential for R. When U cannot be asked the answer is no (fail closed).
 //! - Independently, a blob or manifest digest is served under R only when it is known to belong to
 //!   R (listed by R's manifests or fetched through R), or U confirms it; so naming a private digest
 //!   through a public repository reveals nothing.
