@@ -225,7 +225,7 @@ impl Registry {
                 kind,
                 size: None,
                 bytes_sent: 0,
-                method: parts.method.as_str().to_string(),
+                method: method_label(&parts.method).to_string(),
                 status: 0,
                 duration_us: 0,
                 outcome: CacheOutcome::None,
@@ -240,6 +240,9 @@ impl Registry {
             })),
             Ok(ident) => {
                 let ns = query_param(&query, "ns");
+                if let Err(e) = self.local_access(endpoint.as_ref(), ns.as_deref(), &ident) {
+                    return self.finish(ctx, api, e.into_response());
+                }
                 match endpoint {
                     None => Err(ApiError::new(StatusCode::NOT_FOUND, Code::Unsupported, format!("{path} is not a registry API endpoint"))),
                     // With accounts, the version check is where clients learn that thaw wants
@@ -413,6 +416,12 @@ impl Registry {
     }
 
     /// Runs a store call on the blocking pool.
+    /// Runs a store call on the blocking pool, leaving its result to the caller.
+    async fn blocking_store_raw<R: Send + 'static>(&self, f: impl FnOnce(&BlobStore) -> R + Send + 'static) -> Result<R, ApiError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal)
+    }
+
     pub(crate) async fn blocking_store<A: Send + 'static, R: Send + 'static>(
         &self,
         f: impl FnOnce(&BlobStore, A) -> Result<R, thaw_store::StoreError> + Send + 'static,
@@ -480,8 +489,11 @@ impl Registry {
             let linked = self.blocking_store(|s, (u, r, d)| s.is_linked(&u, &r, &d), (key.clone(), t.repo.clone(), d.clone())).await?;
             let have = self.blocking_store(|s, d| s.stat(&d), d.clone()).await?.is_some();
             if have && (linked || self.confirm(&up, &t.repo, &object, &cred).await?) {
-                self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
-                return self.serve_stored_manifest(ctx, &d, head, CacheOutcome::Hit).await;
+                if let Some(resp) = self.stored_manifest(ctx, &d, head, CacheOutcome::Hit).await? {
+                    self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
+                    return Ok(resp);
+                }
+                // Evicted meanwhile, or not a manifest: fetch (and verify) it as a manifest.
             }
             // A HEAD miss is answered by one upstream GET, so the manifest is cached for the GET
             // that follows (containerd and docker HEAD first): one upstream request either way.
@@ -498,10 +510,13 @@ impl Registry {
         let entry = self.blocking_store(|s, (u, r, tag)| s.get_tag(&u, &r, &tag), (key.clone(), t.repo.clone(), tag.clone())).await?;
         if let Some(entry) = entry {
             let age = now_secs().saturating_sub(entry.fetched_at_unix);
+            // A fresh tag whose manifest was evicted is fetched again below, not answered 404.
             if age < self.inner.cfg.tag_ttl.as_secs() {
-                self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
-                return self.serve_stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await;
-            }
+                if let Some(resp) = self.stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await? {
+                    self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
+                    return Ok(resp);
+                }
+            } else {
             // Revalidate with a HEAD (registries do not count HEADs against pull limits).
             match up.send(Method::HEAD, &t.repo, &object, &cred, accept_headers()).await {
                 Ok(r) if r.status() == StatusCode::OK => {
@@ -510,8 +525,10 @@ impl Registry {
                         let mut fresh = entry.clone();
                         fresh.fetched_at_unix = now_secs();
                         self.blocking_store(move |s, (u, r, tag)| s.put_tag(&u, &r, &tag, &fresh), (key.clone(), t.repo.clone(), tag.clone())).await?;
-                        self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
-                        return self.serve_stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await;
+                        if let Some(resp) = self.stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await? {
+                            self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
+                            return Ok(resp);
+                        }
                     }
                     // The tag moved (or the upstream gave no digest): fetch it anew below.
                 }
@@ -533,6 +550,7 @@ impl Registry {
                     return self.serve_stale(ctx, &up, &t.repo, &tag, &entry.digest, head, &e.to_string()).await;
                 }
             }
+            }
         }
         // As above: a HEAD miss of a tag fetches and caches the manifest and the tag.
         self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
@@ -547,7 +565,9 @@ impl Registry {
     async fn serve_stale(&self, ctx: &mut Ctx, up: &Upstream, repo: &str, tag: &str, d: &Digest, head: bool, why: &str) -> Result<Response, ApiError> {
         tracing::warn!(upstream = up.name(), repo, tag, reason = why, "serving a stale tag: the upstream could not revalidate it");
         self.inner.metrics.stale.inc();
-        let mut resp = self.serve_stored_manifest(ctx, d, head, CacheOutcome::Stale).await?;
+        let Some(mut resp) = self.stored_manifest(ctx, d, head, CacheOutcome::Stale).await? else {
+            return Err(ApiError::unavailable(format!("{}:{tag} cannot be revalidated ({why}) and its manifest is no longer cached; retry when {} answers", repo, up.name())));
+        };
         resp.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("1"));
         resp.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 thaw \"Response is Stale\""));
         Ok(resp)
@@ -702,11 +722,25 @@ impl Registry {
     }
 
     async fn serve_stored_manifest(&self, ctx: &mut Ctx, d: &Digest, head: bool, outcome: CacheOutcome) -> Result<Response, ApiError> {
+        self.stored_manifest(ctx, d, head, outcome).await?.ok_or_else(|| ApiError::not_found(Code::ManifestUnknown, d))
+    }
+
+    /// Answers from the store when `d` is a stored manifest; `None` when it is not there (never
+    /// cached, or evicted) or is not a manifest at all (a layer digest asked for on the manifest
+    /// endpoint is never read into memory or served as a manifest).
+    async fn stored_manifest(&self, ctx: &mut Ctx, d: &Digest, head: bool, outcome: CacheOutcome) -> Result<Option<Response>, ApiError> {
         let loaded = self
             .blocking_store(
                 |s, d| {
-                    let media_type = s.manifest_type(&d)?;
+                    let Some(media_type) = s.manifest_type(&d)? else { return Ok(None) };
+                    let media_type = Some(media_type);
+                    if s.stat(&d)?.is_none_or(|size| size > MAX_MANIFEST_BYTES as u64) {
+                        return Ok(None);
+                    }
                     let Some(handle) = s.get(&d)? else { return Ok(None) };
+                    if handle.size > MAX_MANIFEST_BYTES as u64 {
+                        return Ok(None);
+                    }
                     let mut body = vec![0u8; handle.size as usize];
                     use std::os::unix::fs::FileExt;
                     handle.file().read_exact_at(&mut body, 0).map_err(|source| thaw_store::StoreError::Io { op: "read", path: s.blob_path(&d), source })?;
@@ -716,14 +750,14 @@ impl Registry {
             )
             .await?;
         let Some((body, media_type)) = loaded else {
-            return Err(ApiError::not_found(Code::ManifestUnknown, d));
+            return Ok(None);
         };
         let parsed = Manifest::parse(&body, media_type.as_deref()).ok();
         let media_type = media_type
             .or_else(|| parsed.as_ref().map(|m| m.media_type.as_str().to_string()))
             .unwrap_or_else(|| MediaType::OciManifest.as_str().to_string());
         let layers = parsed.map(|m| m.blobs().map(|d| LayerRef { digest: d.digest.to_string(), size: d.size }).collect()).unwrap_or_default();
-        self.answer_manifest(ctx, FetchedManifest { body: Bytes::from(body), digest: d.clone(), media_type, layers }, head, outcome)
+        self.answer_manifest(ctx, FetchedManifest { body: Bytes::from(body), digest: d.clone(), media_type, layers }, head, outcome).map(Some)
     }
 
     async fn put_manifest(&self, ctx: &mut Ctx, t: &Target, headers: &HeaderMap, reference: &str, digest: Option<Digest>, body: Body) -> Result<Response, ApiError> {
@@ -751,11 +785,15 @@ impl Registry {
         self.blocking_store(
             move |s, ()| {
                 for d in &referenced {
-                    if s.stat(d)?.is_none() {
-                        return Ok(Err(d.clone()));
+                    // Linked to this repository (pushed or mounted into it), not merely present
+                    // somewhere in the shared store.
+                    if !s.is_linked(LOCAL, &repo, d)? || s.stat(d)?.is_none() {
+                        return Ok(Err(PushError::MissingBlob(d.clone())));
                     }
                 }
-                store_bytes(s, &d2, &bodyv)?;
+                if store_bytes(s, &d2, &bodyv)? == Committed::NotCached {
+                    return Ok(Err(PushError::NoRoom(d2.clone())));
+                }
                 s.put_manifest_type(&d2, &media_type)?;
                 s.link(LOCAL, &repo, &d2)?;
                 for d in &referenced {
@@ -769,7 +807,7 @@ impl Registry {
             (),
         )
         .await?
-        .map_err(|missing| ApiError::bad_request(Code::ManifestBlobUnknown, format!("manifest references {missing}, which has not been pushed; push its blobs first")))?;
+        .map_err(push_error)?;
         ctx.rec.digest = Some(computed.to_string());
         ctx.rec.size = Some(body.len() as u64);
         let mut resp = StatusCode::CREATED.into_response();
@@ -795,7 +833,9 @@ impl Registry {
             _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{method} is not allowed on blobs"))),
         };
         let range = match headers.get(header::RANGE) {
-            Some(v) => Some(RangeSpec::parse(v.to_str().unwrap_or("")).map_err(|e| ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::RangeInvalid, e.to_string()))?),
+            // RFC 9110 §14.2: a Range the server cannot use (other unit, several ranges, bad
+            // syntax) is ignored and the whole body served; only an unsatisfiable one gets 416.
+            Some(v) => RangeSpec::parse(v.to_str().unwrap_or("")).ok(),
             None => None,
         };
         let object = format!("blobs/{d}");
@@ -1071,16 +1111,19 @@ impl Registry {
         // Monolithic upload in the POST.
         if let Some(dq) = query_param(query, "digest") {
             let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
-            let data = read_limited(body, usize::MAX).await?;
-            let repo = t.repo.clone();
-            let d2 = d.clone();
-            self.blocking_store(move |s, ()| {
-                let c = store_bytes(s, &d2, &data);
-                if c.is_ok() {
-                    s.link(LOCAL, &repo, &d2)?;
-                }
-                c
-            }, ()).await.map_err(|e| if e.message.contains("mismatch") { ApiError::bad_request(Code::DigestInvalid, e.message) } else { e })?;
+            // Streamed into an upload (never buffered whole), then verified and committed like the
+            // last PUT of a chunked upload.
+            let id = self.blocking_store(|s, ()| s.upload_start(), ()).await?;
+            let appended = self.append_stream(&id, 0, body).await?;
+            let (id2, d2, repo) = (id, d.clone(), t.repo.clone());
+            let finished = match appended {
+                Ok(_) => self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo)).await?,
+                Err(e) => Err(PushError::Store(e)),
+            };
+            if finished.is_err() {
+                let _ = self.blocking_store(move |s, ()| s.upload_cancel(&id), ()).await;
+            }
+            finished.map_err(push_error)?;
             ctx.rec.digest = Some(d.to_string());
             return Ok(created_blob(&t.repo, &d));
         }
@@ -1094,12 +1137,7 @@ impl Registry {
         let t = self.local_target(name, ns)?;
         ctx.rec.repo = Some(t.repo.clone());
         let id: UploadId = id.parse().map_err(|_| ApiError::not_found(Code::BlobUploadUnknown, format!("upload {id}")))?;
-        let unknown = |e: thaw_store::StoreError| match e {
-            thaw_store::StoreError::UnknownUpload { .. } => ApiError::not_found(Code::BlobUploadUnknown, "the upload session"),
-            thaw_store::StoreError::UploadOffset { .. } => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::BlobUploadInvalid, e.to_string()),
-            thaw_store::StoreError::DigestMismatch { .. } => ApiError::bad_request(Code::DigestInvalid, e.to_string()),
-            e => ApiError::from(e),
-        };
+        let unknown = |e: thaw_store::StoreError| push_error(PushError::Store(e));
         let store = self.inner.store.clone();
         let run = |f: StoreJob| {
             let store = store.clone();
@@ -1135,13 +1173,7 @@ impl Registry {
                 let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
                 self.append_stream(&id, current, body).await?.map_err(unknown)?;
                 let (id2, d2, repo) = (id, d.clone(), t.repo.clone());
-                run(Box::new(move |s| {
-                    s.upload_finish(&id2, &d2)?;
-                    s.link(LOCAL, &repo, &d2)?;
-                    Ok(0)
-                }))
-                .await?
-                .map_err(unknown)?;
+                self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo)).await?.map_err(push_error)?;
                 ctx.rec.digest = Some(d.to_string());
                 Ok(created_blob(&t.repo, &d))
             }
@@ -1173,6 +1205,23 @@ impl Registry {
             if done {
                 return Ok(Ok(offset));
             }
+        }
+    }
+
+    /// When thaw has accounts, its local repositories (pushed to it, not mirrored) are for
+    /// authenticated accounts only: reading, listing and pushing alike. Mirrored repositories
+    /// follow the tenant rule in [`crate::auth`] instead.
+    fn local_access(&self, endpoint: Option<&Endpoint>, ns: Option<&str>, ident: &Identity) -> Result<(), ApiError> {
+        if self.inner.cfg.accounts.is_empty() || matches!(ident, Identity::Account(_)) {
+            return Ok(());
+        }
+        let name = match endpoint {
+            Some(Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } | Endpoint::Tags { name } | Endpoint::UploadStart { name } | Endpoint::Upload { name, .. }) => name,
+            _ => return Ok(()),
+        };
+        match self.resolve(name, ns) {
+            Ok(t) if t.upstream.is_none() => Err(self.unauthorized(None, &format!("{} is a local repository of this registry; log in with a thaw account", t.repo))),
+            _ => Ok(()),
         }
     }
 
@@ -1220,16 +1269,81 @@ impl Drop for Counted {
     }
 }
 
-/// Stores a small in-memory blob (manifests, monolithic pushes).
-fn store_bytes(s: &BlobStore, d: &Digest, data: &[u8]) -> Result<(), thaw_store::StoreError> {
+/// The method as metrics and traces name it: the registry's methods, and "OTHER" for anything
+/// else, so a client cannot create unbounded label sets with made-up methods.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// Why a push was refused.
+enum PushError {
+    Store(thaw_store::StoreError),
+    /// A manifest references a blob not pushed to (or mounted into) its repository.
+    MissingBlob(Digest),
+    /// The store has no room beside pinned content: acknowledging the push would lose it.
+    NoRoom(Digest),
+}
+
+impl From<thaw_store::StoreError> for PushError {
+    fn from(e: thaw_store::StoreError) -> PushError {
+        PushError::Store(e)
+    }
+}
+
+fn push_error(e: PushError) -> ApiError {
+    use thaw_store::StoreError as E;
+    match e {
+        PushError::Store(e @ E::UnknownUpload { .. }) => ApiError::not_found(Code::BlobUploadUnknown, format!("the upload session ({e})")),
+        PushError::Store(e @ E::UploadOffset { .. }) => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::BlobUploadInvalid, e.to_string()),
+        PushError::Store(e @ (E::DigestMismatch { .. } | E::SizeMismatch { .. })) => ApiError::bad_request(Code::DigestInvalid, e.to_string()),
+        PushError::Store(e) => ApiError::from(e),
+        PushError::MissingBlob(d) => ApiError::bad_request(
+            Code::ManifestBlobUnknown,
+            format!("manifest references {d}, which was not pushed to this repository; push (or mount) its blobs first"),
+        ),
+        PushError::NoRoom(d) => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            Code::SizeInvalid,
+            format!("{d} does not fit in the store beside the content in use now; nothing was kept: raise the store capacity or retry later"),
+        ),
+    }
+}
+
+/// Verifies and commits a finished upload and links it to the local repository.
+fn finish_push(s: &BlobStore, id: &UploadId, d: &Digest, repo: &str) -> Result<(), PushError> {
+    match s.upload_finish(id, d)? {
+        Committed::NotCached => Err(PushError::NoRoom(d.clone())),
+        Committed::Stored | Committed::AlreadyPresent => {
+            s.link(LOCAL, repo, d)?;
+            Ok(())
+        }
+    }
+}
+
+/// Stores a small in-memory blob (manifests). The bytes are verified against `d` even when the
+/// digest is stored already: a client proves it has content by sending it, never by naming it, so
+/// a push cannot link someone else's cached blob into its repository.
+fn store_bytes(s: &BlobStore, d: &Digest, data: &[u8]) -> Result<Committed, thaw_store::StoreError> {
+    let mut h = d.digester();
+    h.update(data);
+    let actual = h.finish();
+    if actual != *d {
+        return Err(thaw_store::StoreError::DigestMismatch { expected: d.clone(), actual });
+    }
     if s.stat(d)?.is_some() {
-        return Ok(());
+        return Ok(Committed::AlreadyPresent);
     }
     let mut w = s.begin(d, Some(data.len() as u64))?;
     w.write(data)?;
-    match w.commit()? {
-        Committed::Stored | Committed::AlreadyPresent | Committed::NotCached => Ok(()),
-    }
+    w.commit()
 }
 
 /// A 429 for a rate-limited upstream, relaying its `Retry-After` so clients back off as long as
