@@ -597,3 +597,31 @@ fn a_repository_turning_private_is_noticed_at_the_next_revalidation() {
     assert_eq!(r.headers()["x-thaw-cache"], "hit");
     assert_eq!(get(&c, &blob_url, Some(&Who::Account(2)), None).status(), 401);
 }
+
+/// A token service that never answers: private content fails closed within a bound set by the
+/// upstream timeout, and cached public content is still served.
+#[test]
+fn a_hanging_token_service_fails_closed_in_bounded_time() {
+    let w = world(false, Duration::from_secs(300));
+    let cfg = RegistryConfig {
+        upstreams: vec![upstream("fake", &w.fake.url(), true)],
+        accounts: accounts(),
+        upstream_timeout: Duration::from_millis(700),
+        ..Default::default()
+    };
+    let thaw = Thaw::start(cfg);
+    let c = http();
+    let (pl, pdata) = w.images[0].layers[1].clone();
+    let pub_blob = format!("{}/v2/{}/blobs/{pl}", thaw.url(), REPOS[0]);
+    assert_eq!(get(&c, &pub_blob, None, None).bytes().unwrap().as_ref(), pdata.as_slice());
+    w.fake.set(Kind::Token, Fault::Hang);
+    let (ld, _) = w.images[1].layers[1].clone();
+    let blob = format!("{}/v2/{}/blobs/{ld}", thaw.url(), REPOS[1]);
+    let t0 = std::time::Instant::now();
+    let r = get(&c, &blob, Some(&Who::Account(0)), None);
+    assert!(!r.status().is_success(), "{}", r.status());
+    assert!(t0.elapsed() < Duration::from_secs(8), "took {:?}", t0.elapsed());
+    let r = get(&c, &pub_blob, None, None);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), pdata.as_slice());
+}
