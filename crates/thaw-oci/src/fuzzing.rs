@@ -120,6 +120,7 @@ pub fn unpack(data: &[u8]) {
             max_xattr_size: 4096,
             max_xattrs_per_entry: 16,
             max_metadata_bytes: 64 << 10,
+            max_path_bytes: 1 << 20,
         },
         ..UnpackOptions::default()
     };

@@ -110,6 +110,11 @@ pub struct Limits {
     pub max_xattrs_per_entry: usize,
     /// Bytes of one PAX header or GNU long name, which are held in memory.
     pub max_metadata_bytes: u64,
+    /// Bytes of all the distinct paths the unpacker remembers for one layer (every entry and
+    /// parent it wrote, every whiteout it made, every directory whose mode is set at the end).
+    /// Hard links, whiteouts and opaque markers need that memory, so without this bound it would
+    /// be limited only by `max_entries × max_path_len` (gigabytes with the defaults).
+    pub max_path_bytes: u64,
 }
 
 impl Default for Limits {
@@ -121,6 +126,8 @@ impl Default for Limits {
             max_xattr_size: 64 << 10,
             max_xattrs_per_entry: 128,
             max_metadata_bytes: 1 << 20,
+            // Real layers stay far below: half a million files at 100 bytes a path is 50 MiB.
+            max_path_bytes: 256 << 20,
         }
     }
 }
@@ -530,6 +537,9 @@ struct Unpacker<'o> {
     whiteouts: u64,
     skipped_devices: u64,
     skipped_xattrs: u64,
+    /// Bytes of paths held in `created`, `whited` and `dirs`, bounded by
+    /// `Limits::max_path_bytes`.
+    path_bytes: u64,
     buf: Vec<u8>,
     /// This process's umask, when it can be read without changing it.
     umask: Option<u32>,
@@ -561,6 +571,7 @@ impl<'o> Unpacker<'o> {
             whiteouts: 0,
             skipped_devices: 0,
             skipped_xattrs: 0,
+            path_bytes: 0,
             buf: vec![0; 256 << 10],
             umask: current_umask(),
         })
@@ -701,6 +712,33 @@ impl<'o> Unpacker<'o> {
         Ok(())
     }
 
+    /// Counts `len` more bytes of remembered paths against `Limits::max_path_bytes`.
+    fn charge_path(&mut self, len: usize) -> Result<(), UnpackError> {
+        self.path_bytes = self.path_bytes.saturating_add(len as u64);
+        let max = self.opts.limits.max_path_bytes;
+        if self.path_bytes > max {
+            return Err(UnpackError::Limit { limit: "max_path_bytes", value: self.path_bytes, max });
+        }
+        Ok(())
+    }
+
+    /// Records `path` as part of this layer's own tree; only a path not yet recorded costs bytes.
+    fn record_created(&mut self, path: Vec<u8>) -> Result<(), UnpackError> {
+        let len = path.len();
+        if self.created.insert(path) {
+            self.charge_path(len)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a directory's mode and mtime for `finish`. A directory listed twice is queued
+    /// twice (the later entry wins), so every push costs its bytes.
+    fn defer_dir(&mut self, path: Vec<u8>, mode: u32, mtime: (i64, u32)) -> Result<(), UnpackError> {
+        self.charge_path(path.len())?;
+        self.dirs.push((path, mode, mtime));
+        Ok(())
+    }
+
     fn entry<R: Read>(&mut self, kind: EntryType, meta: EntryMeta, data: &mut R) -> Result<(), UnpackError> {
         let entry = &meta.path;
         let comps = meta::components(entry, self.opts.limits.max_path_len).map_err(|p| problem(p, entry, &self.opts.limits))?;
@@ -709,7 +747,7 @@ impl<'o> Unpacker<'o> {
             if kind == EntryType::Directory {
                 let root = self.root.clone();
                 self.set_owner_xattrs(root.as_fd(), None, &meta)?;
-                self.dirs.push((Vec::new(), meta.mode, meta.mtime));
+                self.defer_dir(Vec::new(), meta.mode, meta.mtime)?;
                 return Ok(());
             }
             return Err(UnpackError::Unsupported { entry: show(entry), kind: "non-directory entry for the root itself" });
@@ -742,7 +780,7 @@ impl<'o> Unpacker<'o> {
                     set_opaque(dir.as_fd(), entry)?;
                 }
                 self.set_owner_xattrs(dir.as_fd(), None, &meta)?;
-                self.dirs.push((joined.clone(), meta.mode, meta.mtime));
+                self.defer_dir(joined.clone(), meta.mode, meta.mtime)?;
             }
             EntryType::Regular | EntryType::Continuous => {
                 let parent = self.parent(parents, entry, true)?.expect("created");
@@ -851,8 +889,7 @@ impl<'o> Unpacker<'o> {
             EntryType::GNUSparse => return Err(UnpackError::Unsupported { entry: show(entry), kind: "sparse file" }),
             _ => return Err(UnpackError::Unsupported { entry: show(entry), kind: "tar entry of an unknown type" }),
         }
-        self.created.insert(joined);
-        Ok(())
+        self.record_created(joined)
     }
 
     fn whiteout(&mut self, w: Whiteout<'_>, parents: &[&[u8]], meta: &EntryMeta) -> Result<(), UnpackError> {
@@ -887,7 +924,10 @@ impl<'o> Unpacker<'o> {
                             io_err(entry, "mknod whiteout")(e)
                         }
                     })?;
-                    self.whited.insert(joined);
+                    let len = joined.len();
+                    if self.whited.insert(joined) {
+                        self.charge_path(len)?;
+                    }
                 } else {
                     self.remove(parent.as_fd(), &cname, entry)?;
                 }
@@ -967,7 +1007,7 @@ impl<'o> Unpacker<'o> {
             walked.extend_from_slice(comp);
             if i < keep {
                 if create && !self.chain[i].2 {
-                    self.created.insert(walked.clone());
+                    self.record_created(walked.clone())?;
                     self.chain[i].2 = true;
                 }
                 continue;
@@ -1008,7 +1048,7 @@ impl<'o> Unpacker<'o> {
             if create {
                 // Parents belong to this layer's tree whether they existed or not: an opaque
                 // marker keeps them (overlayfs shows the layer's own directories).
-                self.created.insert(walked.clone());
+                self.record_created(walked.clone())?;
             }
             self.chain.push((comp.to_vec(), Rc::new(next), create));
         }
@@ -1077,13 +1117,20 @@ impl<'o> Unpacker<'o> {
                 None => sys::fsetxattr(fd, &k, value),
                 Some(n) => sys::lsetxattr_at(fd, n, &k, value),
             };
+            let eperm = matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EPERM));
             match r {
                 Ok(()) => {}
                 // The file system has no such namespace, or (EPERM on a symlink or device) the
                 // kernel never allows user.* there: the attribute cannot exist here; count it.
-                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP)
-                    || (name.is_some() && e.raw_os_error() == Some(libc::EPERM)) =>
-                {
+                Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) || (name.is_some() && eperm) => {
+                    self.skipped_xattrs += 1;
+                }
+                // An unprivileged unpacker (not chowning) may not write `security.capability`
+                // (that needs CAP_SETFCAP) nor, under most LSMs, other `security.*` names. Such an
+                // attribute is as impossible here as on a file system without the namespace, so
+                // it is counted like ENOTSUP rather than failing the whole layer. When chowning,
+                // the caller asked for a faithful copy and has the privilege: EPERM stays an error.
+                Err(_) if eperm && !self.chown && key.starts_with(b"security.") => {
                     self.skipped_xattrs += 1;
                 }
                 Err(e) => return Err(io_err(entry, "set xattr")(e)),
