@@ -25,9 +25,9 @@
 //! window — hundreds of millions on a busy registry, where a minute holds hundreds of pulls — and
 //! any pruning of that table loses exactly the counts that matter. Instead, each image pull is
 //! logged compactly (16 bytes: time, image index, client index) and the pairs are counted after
-//! the pass, when pull counts are known: only images pulled more than `min_pulls` times can be A,
-//! and only images pulled more than `share × min_pulls` times can be B (B follows more than
-//! `share` of A's pulls). Each A is then counted on its own, scanning the window after each of
+//! the pass, when pull counts are known: only images pulled more than `min_pulls` times can be A.
+//! (B cannot be filtered the same way: one pull of B can follow several pulls of A.) Each A is
+//! then counted on its own, scanning the window after each of
 //! its pulls, with a dense counter array reused from one A to the next. The counts are exact; the
 //! cost is 16 bytes per image pull, up to [`Limits::max_pull_log`] pulls (past that, later pulls
 //! are left out of the mining and the report says so).
@@ -512,13 +512,33 @@ impl Analyzer {
             self.pulls_skipped += 1;
             return;
         }
-        let next = self.image_ids.len() as u32;
-        let image = *self.image_index.entry(img).or_insert(next);
-        if image == next {
-            self.image_ids.push(img);
-        }
-        let next = self.client_index.len() as u32;
-        let client = *self.client_index.entry(client).or_insert(next);
+        // The index maps are bounded like the rest: a new image or client past the limits is not
+        // mined (and counted as skipped) rather than growing memory without bound.
+        let image = match self.image_index.get(&img) {
+            Some(&i) => i,
+            None if self.image_ids.len() < self.cfg.limits.max_images => {
+                let i = self.image_ids.len() as u32;
+                self.image_index.insert(img, i);
+                self.image_ids.push(img);
+                i
+            }
+            None => {
+                self.pulls_skipped += 1;
+                return;
+            }
+        };
+        let client = match self.client_index.get(&client) {
+            Some(&c) => c,
+            None if self.client_index.len() < self.cfg.limits.max_client_pairs => {
+                let c = self.client_index.len() as u32;
+                self.client_index.insert(client, c);
+                c
+            }
+            None => {
+                self.pulls_skipped += 1;
+                return;
+            }
+        };
         self.pull_log.push(LoggedPull {
             time_us: t,
             image,
@@ -536,8 +556,6 @@ impl Analyzer {
         for p in log {
             pulls[p.image as usize] += 1;
         }
-        let b_floor = a.share * a.min_pulls as f64;
-        let can_be_b: Vec<bool> = pulls.iter().map(|&c| c as f64 > b_floor).collect();
         // Pull positions of each candidate A, grouped by image (a counting sort by index).
         let mut starts = vec![0usize; n + 1];
         for p in log {
@@ -574,7 +592,6 @@ impl Analyzer {
                     }
                     let b = pb.image as usize;
                     if b == img_a
-                        || !can_be_b[b]
                         || (a.same_client && pb.client != pa.client)
                         || stamp[b] == inst as u32
                     {
@@ -967,7 +984,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         #[test]
         fn mining_matches_brute_force(
             pulls in proptest::collection::vec((0u64..40, 0u8..6, 0u8..3), 1..120),
