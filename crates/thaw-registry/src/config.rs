@@ -129,6 +129,11 @@ pub struct RegistryConfig {
     /// remembered (never longer than the client's token is valid).
     #[serde(deserialize_with = "duration")]
     pub auth_ttl: Duration,
+    /// How long the upstream's verdict that a repository is public (or private) is trusted before
+    /// it is asked again. While the upstream cannot be asked, content last seen public is still
+    /// served; private content never is.
+    #[serde(deserialize_with = "duration")]
+    pub visibility_ttl: Duration,
     /// Timeout for connecting to and hearing from an upstream.
     #[serde(deserialize_with = "duration")]
     pub upstream_timeout: Duration,
@@ -146,6 +151,7 @@ impl Default for RegistryConfig {
             upstreams: Vec::new(),
             tag_ttl: Duration::from_secs(300),
             auth_ttl: Duration::from_secs(60),
+            visibility_ttl: Duration::from_secs(300),
             upstream_timeout: Duration::from_secs(30),
             fetch_retries: 3,
             accounts: Vec::new(),

@@ -172,6 +172,10 @@ pub struct FetchJob {
     pub digest: Digest,
     pub retries: u32,
     pub metrics: Arc<Metrics>,
+    /// Runs on the writer thread after a successful commit and before the outcome is published,
+    /// so whatever it records (the blob's repository membership) is in place before any waiter
+    /// gets the last byte and can ask again.
+    pub after_commit: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 /// Creates a flight around `writer` and starts its fetch. `on_done` runs once the outcome is set
@@ -206,6 +210,8 @@ async fn run(
     let wtx = tx.clone();
     let digest = job.digest.clone();
     let metrics = job.metrics.clone();
+    let mut job = job;
+    let after_commit = job.after_commit.take();
     let writer_task = tokio::task::spawn_blocking(move || -> Outcome {
         for msg in chunk_rx {
             match msg {
@@ -219,7 +225,12 @@ async fn run(
                 }
                 Msg::Finish => {
                     return match writer.commit() {
-                        Ok(Committed::Stored | Committed::AlreadyPresent) => Outcome::Stored,
+                        Ok(Committed::Stored | Committed::AlreadyPresent) => {
+                            if let Some(f) = after_commit {
+                                f();
+                            }
+                            Outcome::Stored
+                        }
                         Ok(Committed::NotCached) => Outcome::NotCached,
                         Err(StoreError::DigestMismatch { expected, actual }) => {
                             metrics.digest_mismatches.inc();

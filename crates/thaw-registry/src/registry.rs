@@ -51,6 +51,9 @@ struct Inner {
     trace: Option<TraceWriter>,
     principals: PrincipalHasher,
     grants: Grants,
+    /// When each (upstream, repository)'s public/private verdict was last heard from the upstream
+    /// (in memory: after a restart every verdict is asked again).
+    visibility: Mutex<HashMap<(String, String), Instant>>,
 }
 
 /// Where a repository name leads.
@@ -121,6 +124,7 @@ impl Registry {
                 trace,
                 principals,
                 grants: Grants::default(),
+                visibility: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -330,7 +334,9 @@ impl Registry {
         } else if let Some(c) = upstream_challenge {
             e.with_header(header::WWW_AUTHENTICATE, c)
         } else {
-            e
+            // RFC 9110 §11.6.1: a 401 carries a challenge. With no upstream challenge to relay,
+            // Basic is the one a client can answer (with credentials, or an empty user).
+            e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"thaw\"")
         }
     }
 
@@ -342,7 +348,10 @@ impl Registry {
         let accounts = &self.inner.cfg.accounts;
         let cred = auth::credential_for(ident, up, accounts);
         let default = up.default_credential();
-        let private = self.blocking_store(|s, (u, r)| s.is_private(&u, &r), (up.name().to_string(), t.repo.clone())).await?;
+        let stored = self.blocking_store(|s, (u, r)| s.is_private(&u, &r), (up.name().to_string(), t.repo.clone())).await?;
+        // A verdict older than visibility_ttl is asked again: a repository that was private before
+        // it was published, or public before it was made private, must not stay so forever.
+        let private = if self.visibility_fresh(up.name(), &t.repo) { stored } else { None };
         if private == Some(false) {
             return Ok((cred, false));
         }
@@ -360,16 +369,26 @@ impl Registry {
             return Err(self.unauthorized(self.challenge_hint(up, &t.repo).await.as_deref(), &format!("{} is private on {}; present credentials the upstream accepts", t.repo, up.name())));
         }
         // Ask the upstream about this very object with the client's credential.
-        let resp = up
-            .send(Method::HEAD, &t.repo, object, &cred, accept_headers())
-            .await
-            .map_err(|e| ApiError::unavailable(format!("cannot check access to {} with {}: {e}; private content is not served while the upstream cannot be asked", t.repo, up.name())))?;
+        let resp = match up.send(Method::HEAD, &t.repo, object, &cred, accept_headers()).await {
+            Ok(r) => r,
+            Err(e) if stored == Some(false) => {
+                tracing::warn!(upstream = up.name(), repo = %t.repo, error = %e, "serving content last seen public while the upstream cannot be asked");
+                return Ok((cred, false));
+            }
+            Err(e) => {
+                return Err(ApiError::unavailable(format!("cannot check access to {} with {}: {e}; private content is not served while the upstream cannot be asked", t.repo, up.name())))
+            }
+        };
         let status = resp.status();
+        if stored == Some(false) && (status.as_u16() == 429 || status.is_server_error()) {
+            tracing::warn!(upstream = up.name(), repo = %t.repo, %status, "serving content last seen public while the upstream cannot confirm it");
+            return Ok((cred, false));
+        }
         let challenge = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
         match status.as_u16() {
             200 => {
                 if cred == default {
-                    self.blocking_store(|s, (u, r)| s.set_private(&u, &r, false), (up.name().to_string(), t.repo.clone())).await?;
+                    self.record_visibility(up.name(), &t.repo, false).await?;
                 } else if let Some(who) = who {
                     self.inner.grants.grant(up.name(), &t.repo, &who, auth::grant_lifetime(&cred, self.inner.cfg.auth_ttl));
                 }
@@ -377,7 +396,7 @@ impl Registry {
             }
             401 | 403 => {
                 if cred == default {
-                    self.blocking_store(|s, (u, r)| s.set_private(&u, &r, true), (up.name().to_string(), t.repo.clone())).await?;
+                    self.record_visibility(up.name(), &t.repo, true).await?;
                 }
                 Err(self.unauthorized(challenge.as_deref(), &format!("{} refused access to {}", up.name(), t.repo)))
             }
@@ -399,13 +418,31 @@ impl Registry {
         let Some(up) = &t.upstream else { return e };
         let accounts = &self.inner.cfg.accounts;
         if auth::credential_for(ident, up, accounts) == up.default_credential() {
-            if let Err(err) = self.blocking_store(|s, (u, r)| s.set_private(&u, &r, true), (up.name().to_string(), t.repo.clone())).await {
+            if let Err(err) = self.record_visibility(up.name(), &t.repo, true).await {
                 tracing::warn!(error = %err.message, repo = %t.repo, "could not record that a repository turned private");
             }
         } else if let Some(who) = auth::identity_key(ident, accounts) {
             self.inner.grants.revoke(up.name(), &t.repo, &who);
         }
         e
+    }
+
+    /// Whether the upstream's verdict on `repo`'s visibility is recent enough to trust.
+    fn visibility_fresh(&self, upstream: &str, repo: &str) -> bool {
+        let map = self.inner.visibility.lock();
+        map.get(&(upstream.to_string(), repo.to_string())).is_some_and(|t| t.elapsed() < self.inner.cfg.visibility_ttl)
+    }
+
+    /// Records the upstream's verdict: durably in the store, and its time in memory.
+    async fn record_visibility(&self, upstream: &str, repo: &str, private: bool) -> Result<(), ApiError> {
+        self.blocking_store(move |s, (u, r)| s.set_private(&u, &r, private), (upstream.to_string(), repo.to_string())).await?;
+        let mut map = self.inner.visibility.lock();
+        if map.len() > 100_000 {
+            let ttl = self.inner.cfg.visibility_ttl;
+            map.retain(|_, t| t.elapsed() < ttl);
+        }
+        map.insert((upstream.to_string(), repo.to_string()), Instant::now());
+        Ok(())
     }
 
     /// The challenge an anonymous client should follow for `repo` (an anonymous HEAD of the
@@ -537,7 +574,8 @@ impl Registry {
                     return Err(ApiError::not_found(Code::ManifestUnknown, format!("{}:{tag}", t.repo)));
                 }
                 Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
-                    let e = self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo));
+                    let hint = self.challenge_hint(&up, &t.repo).await;
+                    let e = self.unauthorized(hint.as_deref(), &format!("{} refused access to {}", up.name(), t.repo));
                     return Err(self.on_refusal(&t, ident, e).await);
                 }
                 Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
@@ -892,11 +930,12 @@ impl Registry {
         let st = fl.wait_started().await;
         if let Some(Outcome::Failed { status, reason }) = &st.outcome {
             if st.written == 0 {
+                let hint = if matches!(status, Some(401 | 403)) { self.challenge_hint(&up, &t.repo).await } else { None };
                 return Err(match status {
                     Some(404) => ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)),
                     // Only the request that started the flight had its own credential refused.
-                    Some(401 | 403) if started => self.on_refusal(&t, ident, self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo))).await,
-                    Some(401 | 403) => self.unauthorized(None, &format!("{} refused access to {}", up.name(), t.repo)),
+                    Some(401 | 403) if started => self.on_refusal(&t, ident, self.unauthorized(hint.as_deref(), &format!("{} refused access to {}", up.name(), t.repo))).await,
+                    Some(401 | 403) => self.unauthorized(hint.as_deref(), &format!("{} refused access to {}", up.name(), t.repo)),
                     Some(429) => rate_limited(&up, st.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()).as_ref()),
                     _ => ApiError::unavailable(format!("fetching {d} from {} failed: {reason}", up.name())),
                 });
@@ -966,7 +1005,7 @@ impl Registry {
         }
         let reg = self.clone();
         let key = d.clone();
-        let link = (up.name().to_string(), repo.to_string(), d.clone(), self.inner.store.clone());
+        let (u, r, dd, store) = (up.name().to_string(), repo.to_string(), d.clone(), self.inner.store.clone());
         let job = FetchJob {
             upstream: up.clone(),
             repo: repo.to_string(),
@@ -974,18 +1013,17 @@ impl Registry {
             digest: d.clone(),
             retries: self.inner.cfg.fetch_retries,
             metrics: self.inner.metrics.clone(),
+            // Membership is recorded after the commit (a crash never leaves a link to a blob
+            // never stored) and before the last byte is released (a client asking again at once
+            // finds the blob linked to the repository it came through).
+            after_commit: Some(Box::new(move || {
+                if let Err(e) = store.link(&u, &r, &dd) {
+                    tracing::warn!(error = %e, "could not record repository membership");
+                }
+            })),
         };
-        let fl = flight::start(job, writer, move |outcome| {
+        let fl = flight::start(job, writer, move |_outcome| {
             reg.inner.flights.lock().remove(&key);
-            if *outcome == Outcome::Stored {
-                let (u, r, d, store) = link;
-                // Recorded after the commit so a crash never leaves a link to a blob never stored.
-                std::thread::spawn(move || {
-                    if let Err(e) = store.link(&u, &r, &d) {
-                        tracing::warn!(error = %e, "could not record repository membership");
-                    }
-                });
-            }
         })
         .map_err(ApiError::from)?;
         flights.insert(d.clone(), fl.clone());
@@ -1043,15 +1081,8 @@ impl Registry {
             let mut resp = Response::new(Body::from(body));
             *resp.status_mut() = status;
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            if let Some(l) = link {
-                // The upstream's Link points at its own host; clients follow it relative to us.
-                if let Ok(s) = l.to_str() {
-                    if let Some(i) = s.find("/v2/") {
-                        if let Ok(v) = HeaderValue::from_str(&format!("<{}", &s[i..])) {
-                            resp.headers_mut().insert(header::LINK, v);
-                        }
-                    }
-                }
+            if let Some(v) = link.as_ref().and_then(|l| l.to_str().ok()).and_then(|l| next_link(l, name, ns)) {
+                resp.headers_mut().insert(header::LINK, v);
             }
             return Ok(resp);
         }
@@ -1269,6 +1300,22 @@ impl Drop for Counted {
     }
 }
 
+/// Rewrites an upstream's `Link: <...?n=..&last=..>; rel="next"` for the client: the path is the
+/// client's own name for the repository (with its prefix) and `ns` is kept, so the next page is
+/// routed to the same upstream; only the upstream's query (the page position) is carried over.
+fn next_link(upstream_link: &str, name: &str, ns: Option<&str>) -> Option<HeaderValue> {
+    let inside = upstream_link.split_once('<')?.1.split_once('>')?.0;
+    let query = inside.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let query: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty() && !kv.starts_with("ns=")).collect();
+    let mut q = query.join("&");
+    if let Some(ns) = ns {
+        let ns: String = percent_encoding::utf8_percent_encode(ns, percent_encoding::NON_ALPHANUMERIC).collect();
+        q = if q.is_empty() { format!("ns={ns}") } else { format!("{q}&ns={ns}") };
+    }
+    let sep = if q.is_empty() { "" } else { "?" };
+    HeaderValue::from_str(&format!("</v2/{name}/tags/list{sep}{q}>; rel=\"next\"")).ok()
+}
+
 /// The method as metrics and traces name it: the registry's methods, and "OTHER" for anything
 /// else, so a client cannot create unbounded label sets with made-up methods.
 fn method_label(m: &Method) -> &'static str {
@@ -1432,5 +1479,27 @@ impl Registry {
     /// The request timeout the server applies to upstream answers (exposed for the daemon).
     pub fn upstream_timeout(&self) -> Duration {
         self.inner.cfg.upstream_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 10: the next page of an upstream tag listing is routed back to the same upstream.
+    #[test]
+    fn next_link_keeps_the_clients_name_and_ns() {
+        let up = r#"<https://quay.io/v2/org/repo/tags/list?n=50&last=v9>; rel="next""#;
+        assert_eq!(next_link(up, "quay.io/org/repo", None).unwrap(), r#"</v2/quay.io/org/repo/tags/list?n=50&last=v9>; rel="next""#);
+        assert_eq!(next_link(up, "org/repo", Some("quay.io")).unwrap(), r#"</v2/org/repo/tags/list?n=50&last=v9&ns=quay%2Eio>; rel="next""#);
+        let relative = r#"</v2/library/alpine/tags/list?last=3.19&n=2&ns=docker.io>; rel="next""#;
+        assert_eq!(next_link(relative, "alpine", Some("docker.io")).unwrap(), r#"</v2/alpine/tags/list?last=3.19&n=2&ns=docker%2Eio>; rel="next""#);
+        assert!(next_link("garbage", "x", None).is_none());
+    }
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"PROPFIND").unwrap()), "OTHER");
     }
 }

@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 
 use crate::registry::Registry;
 
+/// How long a TLS client has to complete its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The router for the registry's HTTP API.
 pub fn router(reg: Registry) -> Router {
     Router::new()
@@ -89,10 +92,16 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
+            // A client that connects and never finishes the handshake must not hold a task and a
+            // descriptor forever.
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };

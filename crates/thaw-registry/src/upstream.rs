@@ -98,6 +98,9 @@ pub fn parse_bearer_challenge(value: &str) -> Option<BearerChallenge> {
     })
 }
 
+/// The most upstream tokens kept at once.
+const MAX_CACHED_TOKENS: usize = 4096;
+
 #[derive(Hash, PartialEq, Eq)]
 struct TokenKey {
     scope: String,
@@ -258,7 +261,18 @@ impl Upstream {
         })?;
         let life = token_cache_life(body.expires_in);
         if !life.is_zero() {
-            self.tokens.lock().insert(TokenKey { scope: scope.to_string(), cred: cred.clone() }, (token.clone(), Instant::now() + life));
+            let mut tokens = self.tokens.lock();
+        // Bounded: one token per (repository scope, credential) would otherwise grow with every
+        // repository name anyone asks for. Expired tokens go first; past the bound, all of them
+        // (they are re-fetched on demand).
+        if tokens.len() >= MAX_CACHED_TOKENS {
+            let now = Instant::now();
+            tokens.retain(|_, (_, exp)| *exp > now);
+            if tokens.len() >= MAX_CACHED_TOKENS {
+                tokens.clear();
+            }
+        }
+        tokens.insert(TokenKey { scope: scope.to_string(), cred: cred.clone() }, (token.clone(), Instant::now() + life));
         }
         Ok(token)
     }

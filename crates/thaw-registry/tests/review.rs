@@ -119,3 +119,51 @@ fn finding_6_unknown_methods_share_one_label() {
     assert!(!text.contains("FOO"), "{text}");
     assert!(text.contains("method=\"OTHER\""), "{text}");
 }
+
+/// Finding 5: the upstream's public/private verdict is asked again after `visibility_ttl`, so a
+/// repository private before it was published does not stay closed forever, and one that turns
+/// private stops being served to everyone; content last seen public is still served while the
+/// upstream is down.
+#[test]
+fn finding_5_visibility_is_asked_again_after_its_ttl() {
+    use std::time::Duration;
+    use thaw_testkit::fake_upstream::FakeUpstream;
+    let fake = FakeUpstream::start();
+    fake.enable_auth(false, Duration::from_secs(300));
+    let img = fake.put_image("new/app", "v1", &[filler(501, 10_000)]);
+    let ttl = Duration::from_millis(300);
+    let thaw = Thaw::start(RegistryConfig { upstreams: vec![upstream("fake", &fake.url(), true)], visibility_ttl: ttl, ..Default::default() });
+    let c = Client::new();
+    let manifest = format!("{}/v2/new/app/manifests/v1", thaw.url());
+    let (layer, data) = img.layers[0].clone();
+    let blob = format!("{}/v2/new/app/blobs/{layer}", thaw.url());
+    let accept = "application/vnd.oci.image.manifest.v1+json";
+
+    assert_eq!(c.get(&manifest).header("Accept", accept).send().unwrap().status(), 401, "not yet public");
+    fake.make_public("new/app");
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    assert_eq!(c.get(&manifest).header("Accept", accept).send().unwrap().status(), 200, "published: asked again");
+    assert_eq!(c.get(&blob).send().unwrap().bytes().unwrap().as_ref(), data.as_slice());
+
+    fake.make_private("new/app");
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    assert_eq!(c.get(&blob).send().unwrap().status(), 401, "turned private: cached content no longer served to anonymous clients");
+
+    fake.make_public("new/app");
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    assert_eq!(c.get(&blob).send().unwrap().status(), 200);
+    std::thread::sleep(ttl + Duration::from_millis(100));
+    fake.go_down();
+    let r = c.get(&blob).send().unwrap();
+    assert_eq!(r.status(), 200, "content last seen public is served while the upstream is down");
+    assert_eq!(r.bytes().unwrap().as_ref(), data.as_slice());
+}
+
+/// Finding 12: a 401 always carries a challenge.
+#[test]
+fn finding_12_every_401_has_a_challenge() {
+    let thaw = Thaw::start(RegistryConfig::default());
+    let r = Client::new().get(format!("{}/v2/x/blobs/{}", thaw.url(), sha(b"x"))).header("Authorization", "Digest nonsense").send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+}
