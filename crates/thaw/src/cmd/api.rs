@@ -9,7 +9,8 @@
 //! - `POST /v1/preheat` — `{"references": ["...", ...]}` → events per image, then `done`
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -72,22 +73,122 @@ pub fn event_of(reference: &str, e: PullEvent) -> ApiEvent {
     }
 }
 
-/// Binds the socket, replacing a stale socket file that nobody listens on.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The directory for API sockets whose `<data>/api.sock` path is too long for a unix socket
+/// address: `$XDG_RUNTIME_DIR/thaw` when the session has one (the user's private runtime
+/// directory), else `/run/thaw` as root, else `/tmp/thaw-<uid>`.
+///
+/// The name is predictable on purpose (a client must find the daemon's socket without asking it),
+/// which is why [`bind`] creates the directory 0700 and refuses one owned by another user: in a
+/// shared /tmp, whoever creates the directory first controls what is in it, and could otherwise
+/// swap the socket for one of their own and receive this user's requests.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_absolute()) {
+        return x.join("thaw");
+    }
+    match euid() {
+        0 => PathBuf::from("/run/thaw"),
+        uid => PathBuf::from(format!("/tmp/thaw-{uid}")),
+    }
+}
+
+/// Makes `dir` a directory only this user can enter: creates it 0700 if missing, refuses it if
+/// it is not a real directory or belongs to someone else, and takes group/other access away if
+/// this user left any.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create the socket directory {}", dir.display())),
+    }
+    // lstat: a symlink planted in its place must not redirect us into a directory we did not check.
+    let md = std::fs::symlink_metadata(dir).with_context(|| format!("cannot inspect the socket directory {}", dir.display()))?;
+    if !md.file_type().is_dir() {
+        anyhow::bail!("{} is not a directory (a symlink or file is in its place); remove it or choose another --socket", dir.display());
+    }
+    if md.uid() != euid() {
+        anyhow::bail!(
+            "the socket directory {} belongs to uid {}, not to this user (uid {}); someone else may have created it to intercept the API socket: remove it or choose another --socket",
+            dir.display(),
+            md.uid(),
+            euid()
+        );
+    }
+    if md.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Sets the process umask for its lifetime and puts the old one back on drop.
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Umask {
+        // SAFETY: umask has no preconditions and cannot fail.
+        Umask(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above; restores the value `set` replaced.
+        unsafe { libc::umask(self.0) };
+    }
+}
+
+/// Binds the socket, replacing a stale socket file of this user's that nobody listens on.
+///
+/// Only the daemon's own user may drive it (the API can fill the store and start sandboxes), and
+/// connecting to a unix socket needs write permission on it. So the socket is created under umask
+/// 077 and is never, not even between bind and chmod, connectable by anyone else. The umask is
+/// process-wide: a file another thread creates in that window gets a stricter mode, never a
+/// looser one.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another thaw daemon is answering on {}; stop it or choose another --socket", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if dir == runtime_dir() {
+            private_dir(dir)?;
+        } else {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(md) => {
+            if !md.file_type().is_socket() {
+                anyhow::bail!("{} exists and is not a socket; remove it or choose another --socket", path.display());
+            }
+            if md.uid() != euid() {
+                anyhow::bail!(
+                    "the socket {} belongs to uid {}, not to this user (uid {}); refusing to replace it: its owner must remove it, or choose another --socket",
+                    path.display(),
+                    md.uid(),
+                    euid()
+                );
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("another thaw daemon is answering on {}; stop it or choose another --socket", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
-    let l = UnixListener::bind(path).with_context(|| format!("cannot create the API socket {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    // Only the daemon's own user may drive it: the API can fill the store and start sandboxes.
+    let l = {
+        let _mask = Umask::set(0o077);
+        std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot create the API socket {}", path.display()))?
+    };
+    // umask 077 left 0700 (execute means nothing on a socket); 0600 says what is meant.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    l.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(l)?)
 }
 
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -184,6 +285,17 @@ pub async fn call_streaming(
     body: serde_json::Value,
     mut on_event: impl FnMut(ApiEvent),
 ) -> anyhow::Result<Option<()>> {
+    // A socket someone else owns is not our daemon's: it could answer with anything.
+    if let Ok(md) = std::fs::symlink_metadata(socket) {
+        if md.uid() != euid() {
+            anyhow::bail!(
+                "refusing to use the API socket {}: it belongs to uid {}, not to this user (uid {}); choose another --socket",
+                socket.display(),
+                md.uid(),
+                euid()
+            );
+        }
+    }
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(_) => return Ok(None),
@@ -216,4 +328,54 @@ pub async fn call_streaming(
         }
     }
     Ok(Some(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn private_dir_is_created_0700_and_tightened() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/thaw");
+        private_dir(&d).unwrap();
+        assert_eq!(mode(&d), 0o700);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        private_dir(&d).unwrap();
+        assert_eq!(mode(&d), 0o700, "group/other access is taken away");
+    }
+
+    #[test]
+    fn private_dir_refuses_symlinks_and_files() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = private_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        let file = t.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(private_dir(&file).is_err());
+    }
+
+    #[test]
+    fn private_dir_refuses_another_users_directory() {
+        if euid() != 0 {
+            assert!(std::env::var_os("CI").is_none(), "private_dir_refuses_another_users_directory needs root, and CI is set");
+            eprintln!("skipping private_dir_refuses_another_users_directory: needs root to chown");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("thaw");
+        std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        let e = private_dir(&d).unwrap_err().to_string();
+        assert!(e.contains("belongs to uid 65534"), "{e}");
+        assert_eq!(std::fs::symlink_metadata(&d).unwrap().uid(), 65534, "left alone");
+    }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -57,8 +58,9 @@ pub struct CommonArgs {
     /// Mirror nothing: serve only local repositories (a standalone registry).
     #[arg(long, conflicts_with = "upstreams")]
     pub standalone: bool,
-    /// Path of the daemon's local API socket. Default: <data>/api.sock (or a short path under
-    /// /tmp when that is too long for a unix socket).
+    /// Path of the daemon's local API socket. Default: <data>/api.sock (or, when that is too long
+    /// for a unix socket, one in a private per-user directory: $XDG_RUNTIME_DIR/thaw, /run/thaw
+    /// as root, else /tmp/thaw-<uid>).
     #[arg(long, env = "THAW_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Store capacity, e.g. 20GiB (unbounded when not set).
@@ -89,6 +91,21 @@ struct ServeSection {
 struct StoreSection {
     capacity: Option<bytesize::ByteSize>,
     policy: Option<String>,
+    /// How long an upload may sit idle (no chunk received) before the daemon deletes
+    /// it, e.g. "1h". A client that vanished mid-push otherwise leaves its partial blob on disk
+    /// for good.
+    #[serde(deserialize_with = "opt_duration")]
+    upload_ttl: Option<Duration>,
+}
+
+/// Default idle time after which an abandoned upload is removed.
+pub const DEFAULT_UPLOAD_TTL: Duration = Duration::from_secs(3600);
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"30m\" or \"1h\"")))
 }
 
 /// Everything resolved: what the daemon (or a command running without one) uses.
@@ -100,6 +117,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub store: thaw_store::StoreConfig,
     pub registry: RegistryConfig,
+    /// Idle time after which the daemon deletes an unfinished upload (`[store] upload_ttl`).
+    pub upload_ttl: Duration,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -114,17 +133,22 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/thaw")
 }
 
-/// The API socket for a data directory: `<data>/api.sock`, or `/tmp/thaw-<hash>.sock` when that
-/// path would not fit a unix socket address (108 bytes).
+/// The API socket for a data directory: `<data>/api.sock`, or `<runtime dir>/<hash>.sock` when
+/// that path would not fit a unix socket address (108 bytes). See [`api::runtime_dir`] for the
+/// runtime directory and why it must be private.
 pub fn default_socket(data: &Path) -> PathBuf {
     let p = data.join("api.sock");
     if p.as_os_str().len() < 100 {
         return p;
     }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    data.hash(&mut h);
-    PathBuf::from(format!("/tmp/thaw-{:016x}.sock", h.finish()))
+    // FNV-1a rather than std's DefaultHasher, whose algorithm may change between Rust releases:
+    // a daemon and a client built by different toolchains must agree on the name.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in std::os::unix::ffi::OsStrExt::as_bytes(data.as_os_str()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    api::runtime_dir().join(format!("{h:016x}.sock"))
 }
 
 /// Parses `--upstream` values: `URL` or `NAME=URL`.
@@ -179,7 +203,11 @@ impl Settings {
             None => thaw_policy::PolicySpec::Lru,
         };
         let store = thaw_store::StoreConfig { capacity: common.capacity.or(file.store.capacity).map(|b| b.as_u64()), policy };
-        Ok(Settings { listen, data, socket, tls, store, registry })
+        let upload_ttl = file.store.upload_ttl.unwrap_or(DEFAULT_UPLOAD_TTL);
+        if upload_ttl.is_zero() {
+            bail!("[store] upload_ttl must be longer than 0s: every upload in progress would be deleted; write e.g. \"1h\"");
+        }
+        Ok(Settings { listen, data, socket, tls, store, registry, upload_ttl })
     }
 
     /// Opens the store (taking its lock) and builds the registry over it.
@@ -241,10 +269,74 @@ async fn serve(settings: Settings, print_address: bool) -> anyhow::Result<()> {
     };
     let api_state = Arc::new(api::ApiState { registry: registry.clone(), listen: addr, settings: settings.clone() });
     let api_task = tokio::spawn(api::serve(api_listener, api_state, wait(stop_rx.clone())));
+    let expiry_task = tokio::spawn(expire_uploads(registry.store().clone(), settings.upload_ttl, wait(stop_rx.clone())));
     let router = thaw_registry::server::router(registry.clone());
     thaw_registry::server::serve(listener, router, tls, wait(stop_rx)).await?;
     let _ = api_task.await;
+    let _ = expiry_task.await;
     let _ = std::fs::remove_file(&settings.socket);
     registry.store().flush_access_times()?;
     Ok(())
+}
+
+/// How often to look for abandoned uploads: a quarter of the idle time, so an upload goes at most
+/// 25% past its ttl, but never more often than every 100 ms nor less often than every 5 minutes.
+fn expiry_period(ttl: Duration) -> Duration {
+    (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(300))
+}
+
+/// Deletes uploads idle for longer than `ttl` until `shutdown` resolves. A client that dies in
+/// the middle of a push never finishes or cancels its upload, and the store keeps its partial
+/// data until someone calls `expire_uploads`.
+async fn expire_uploads(store: thaw_store::BlobStore, ttl: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(expiry_period(ttl));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        // It deletes files: keep it off the async workers.
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.expire_uploads(ttl)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot expire abandoned uploads; retrying at the next tick"),
+            Err(e) => tracing::warn!(error = %e, "the upload expiry task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_period_follows_the_ttl_within_bounds() {
+        assert_eq!(expiry_period(Duration::from_secs(3600)), Duration::from_secs(300));
+        assert_eq!(expiry_period(Duration::from_secs(60)), Duration::from_secs(15));
+        assert_eq!(expiry_period(Duration::from_millis(10)), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn upload_ttl_parses_and_defaults() {
+        let f: FileConfig = toml::from_str("[store]\nupload_ttl = \"90s\"\n").unwrap();
+        assert_eq!(f.store.upload_ttl, Some(Duration::from_secs(90)));
+        let f: FileConfig = toml::from_str("").unwrap();
+        assert_eq!(f.store.upload_ttl, None);
+        let e = toml::from_str::<FileConfig>("[store]\nupload_ttl = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.contains("bad duration") && e.contains("1h"), "{e}");
+    }
+
+    #[test]
+    fn long_data_paths_get_a_short_socket_in_the_runtime_dir() {
+        let short = Path::new("/var/lib/thaw");
+        assert_eq!(default_socket(short), short.join("api.sock"));
+        let long = PathBuf::from(format!("/data/{}", "x".repeat(120)));
+        let s = default_socket(&long);
+        assert!(s.as_os_str().len() < 108, "{}", s.display());
+        assert_eq!(s.parent().unwrap(), api::runtime_dir());
+        assert_eq!(s, default_socket(&long), "stable for one data directory");
+        assert_ne!(s, default_socket(&long.join("y")), "distinct for another");
+    }
 }
