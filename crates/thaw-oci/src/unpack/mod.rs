@@ -35,8 +35,9 @@
 //!
 //! # Bombs
 //!
-//! [`Limits`] bounds the uncompressed bytes, the entries, path lengths, xattr sizes and the
-//! metadata (PAX headers, GNU long names) that is held in memory. Sparse files are refused, so
+//! [`Limits`] bounds the uncompressed bytes, the entries, path lengths, xattr sizes, the
+//! metadata (PAX headers, GNU long names) and the paths of the layer's own tree that are held in
+//! memory (`max_path_bytes`, for hard links and whiteouts). Sparse files are refused, so
 //! no entry writes more bytes than the stream carries. zstd frames that need a window larger
 //! than the decoder's default (128 MiB) are refused by the decoder.
 
