@@ -955,14 +955,7 @@ impl Registry {
             ctx.rec.outcome = CacheOutcome::PassThrough;
         }
         ctx.rec.size = Some(total);
-        let (status, start, end) = match range {
-            Some(spec) => {
-                let r = spec.resolve(total).map_err(|e| range_error(e, total))?;
-                ctx.rec.range = Some((r.start, r.end));
-                (StatusCode::PARTIAL_CONTENT, r.start, r.end + 1)
-            }
-            None => (StatusCode::OK, 0, total),
-        };
+        let (status, start, end) = body_window(ctx, range, total)?;
         let reg = self.clone();
         let fl2 = fl.clone();
         tokio::spawn(async move {
@@ -970,16 +963,7 @@ impl Registry {
                 reg.inner.metrics.pass_through.inc();
             }
         });
-        let mut resp = Response::new(Body::from_stream(fl.stream(start, end)));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if status == StatusCode::PARTIAL_CONTENT {
-            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)).expect("ascii"));
-        }
+        let resp = blob_response(Body::from_stream(fl.stream(start, end)), &d, status, start, end, total);
         Ok(resp)
     }
 
@@ -1036,25 +1020,8 @@ impl Registry {
         let file = Arc::new(handle.try_clone_file().map_err(ApiError::internal)?);
         ctx.rec.outcome = CacheOutcome::Hit;
         ctx.rec.size = Some(total);
-        let (status, start, end) = match range {
-            Some(spec) => {
-                let r = spec.resolve(total).map_err(|e| range_error(e, total))?;
-                ctx.rec.range = Some((r.start, r.end));
-                (StatusCode::PARTIAL_CONTENT, r.start, r.end + 1)
-            }
-            None => (StatusCode::OK, 0, total),
-        };
-        let mut resp = Response::new(Body::from_stream(flight::file_stream(file, start, end, handle)));
-        *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-        h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
-        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{d}\"")).expect("ascii"));
-        if status == StatusCode::PARTIAL_CONTENT {
-            h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)).expect("ascii"));
-        }
+        let (status, start, end) = body_window(ctx, range, total)?;
+        let resp = blob_response(Body::from_stream(flight::file_stream(file, start, end, handle)), d, status, start, end, total);
         Ok(Some(resp))
     }
 
@@ -1412,6 +1379,35 @@ fn outcome_name(o: CacheOutcome) -> &'static str {
         CacheOutcome::PassThrough => "pass-through",
         CacheOutcome::None => "none",
     }
+}
+
+/// The part of a `total`-byte body to send: all of it (200), or the client's range (206),
+/// recorded in the trace.
+fn body_window(ctx: &mut Ctx, range: Option<RangeSpec>, total: u64) -> Result<(StatusCode, u64, u64), ApiError> {
+    Ok(match range {
+        Some(spec) => {
+            let r = spec.resolve(total).map_err(|e| range_error(e, total))?;
+            ctx.rec.range = Some((r.start, r.end));
+            (StatusCode::PARTIAL_CONTENT, r.start, r.end + 1)
+        }
+        None => (StatusCode::OK, 0, total),
+    })
+}
+
+/// A blob answer (from the store or from a flight) with its headers; `end` is exclusive.
+fn blob_response(body: Body, d: &Digest, status: StatusCode, start: u64, end: u64, total: u64) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{d}\"")).expect("ascii"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)).expect("ascii"));
+    }
+    resp
 }
 
 fn range_error(e: thaw_oci::RangeError, total: u64) -> ApiError {
