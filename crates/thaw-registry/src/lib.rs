@@ -14,6 +14,7 @@
 //! decides what to evict (the store's policy does).
 
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod flight;

@@ -19,6 +19,7 @@ use thaw_record::{CacheOutcome, LayerRef, ObjectKind, RequestRecord, SCHEMA_VERS
 use thaw_store::{BlobStore, Committed, TagEntry, UploadId};
 
 use crate::auth::{self, Grants, Identity};
+use crate::coalesce::Coalesce;
 use crate::config::RegistryConfig;
 use crate::error::{ApiError, Code};
 use crate::flight::{self, FetchJob, Flight, Outcome};
@@ -54,6 +55,18 @@ struct Inner {
     /// When each (upstream, repository)'s public/private verdict was last heard from the upstream
     /// (in memory: after a restart every verdict is asked again).
     visibility: Mutex<HashMap<(String, String), Instant>>,
+    /// Access probes in flight, keyed by (upstream, repository, object, credential).
+    probes: Coalesce<(String, String, String, Credential), Result<Probe, String>>,
+    /// Manifest fetches in flight, keyed by (upstream, repository, reference, credential).
+    manifest_fetches: Coalesce<(String, String, String, Credential), Result<FetchedManifest, ApiError>>,
+}
+
+/// What an access probe (a HEAD with the client's credential) learned.
+#[derive(Clone)]
+struct Probe {
+    status: StatusCode,
+    challenge: Option<String>,
+    retry_after: Option<HeaderValue>,
 }
 
 /// Where a repository name leads.
@@ -125,6 +138,8 @@ impl Registry {
                 principals,
                 grants: Grants::default(),
                 visibility: Mutex::new(HashMap::new()),
+                probes: Coalesce::default(),
+                manifest_fetches: Coalesce::default(),
             }),
         })
     }
@@ -369,7 +384,20 @@ impl Registry {
             return Err(self.unauthorized(self.challenge_hint(up, &t.repo).await.as_deref(), &format!("{} is private on {}; present credentials the upstream accepts", t.repo, up.name())));
         }
         // Ask the upstream about this very object with the client's credential.
-        let resp = match up.send(Method::HEAD, &t.repo, object, &cred, accept_headers()).await {
+        // Concurrent requests for one object with one credential share one probe.
+        let probe_key = (up.name().to_string(), t.repo.clone(), object.to_string(), cred.clone());
+        let probed = self
+            .inner
+            .probes
+            .run(probe_key, || async {
+                up.send(Method::HEAD, &t.repo, object, &cred, accept_headers()).await.map(|r| Probe {
+                    status: r.status(),
+                    challenge: r.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string),
+                    retry_after: r.headers().get(header::RETRY_AFTER).cloned(),
+                }).map_err(|e| e.to_string())
+            })
+            .await;
+        let resp = match probed {
             Ok(r) => r,
             Err(e) if stored == Some(false) => {
                 tracing::warn!(upstream = up.name(), repo = %t.repo, error = %e, "serving content last seen public while the upstream cannot be asked");
@@ -379,12 +407,12 @@ impl Registry {
                 return Err(ApiError::unavailable(format!("cannot check access to {} with {}: {e}; private content is not served while the upstream cannot be asked", t.repo, up.name())))
             }
         };
-        let status = resp.status();
+        let status = resp.status;
         if stored == Some(false) && (status.as_u16() == 429 || status.is_server_error()) {
             tracing::warn!(upstream = up.name(), repo = %t.repo, %status, "serving content last seen public while the upstream cannot confirm it");
             return Ok((cred, false));
         }
-        let challenge = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let challenge = resp.challenge.clone();
         match status.as_u16() {
             200 => {
                 if cred == default {
@@ -401,7 +429,7 @@ impl Registry {
                 Err(self.unauthorized(challenge.as_deref(), &format!("{} refused access to {}", up.name(), t.repo)))
             }
             404 => Err(ApiError::not_found(if object.starts_with("blobs/") { Code::BlobUnknown } else { Code::ManifestUnknown }, format!("{}/{}", t.repo, object))),
-            429 => Err(rate_limited(up, resp.headers().get(header::RETRY_AFTER))),
+            429 => Err(rate_limited(up, resp.retry_after.as_ref())),
             _ => Err(ApiError::unavailable(format!("{} answered {status} when asked about {}; private content is not served while the upstream cannot confirm access", up.name(), t.repo))),
         }
     }
@@ -664,7 +692,23 @@ impl Registry {
 
     /// GETs a manifest from the upstream, verifies and stores it, links it and its blobs to the
     /// repository, and records the tag.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn fetch_manifest(
+        &self,
+        up: &Upstream,
+        repo: &str,
+        reference: &str,
+        cred: &Credential,
+        want: Option<&Digest>,
+        tag: Option<&str>,
+    ) -> Result<FetchedManifest, ApiError> {
+        // Concurrent requests for one manifest with one credential share one upstream GET (the
+        // pulls Docker Hub counts against its rate limit), whoever of them arrived first.
+        let key = (up.name().to_string(), repo.to_string(), reference.to_string(), cred.clone());
+        self.inner.manifest_fetches.run(key, || self.fetch_manifest_once(up, repo, reference, cred, want, tag)).await
+    }
+
+    async fn fetch_manifest_once(
         &self,
         up: &Upstream,
         repo: &str,
@@ -1235,6 +1279,7 @@ impl Registry {
 /// A store call run on the blocking pool by the upload handlers.
 type StoreJob = Box<dyn FnOnce(&BlobStore) -> Result<u64, thaw_store::StoreError> + Send>;
 
+#[derive(Clone)]
 pub(crate) struct FetchedManifest {
     pub body: Bytes,
     pub digest: Digest,

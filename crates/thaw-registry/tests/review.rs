@@ -167,3 +167,35 @@ fn finding_12_every_401_has_a_challenge() {
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
 }
+
+/// Benchmark finding: concurrent cold requests for one manifest make one upstream GET (what Docker
+/// Hub counts as a pull) and one access probe, not one each.
+#[test]
+fn concurrent_manifest_misses_make_one_upstream_get() {
+    use thaw_testkit::fake_upstream::FakeUpstream;
+    let fake = FakeUpstream::start();
+    let img = fake.put_image("team/app", "v1", &[filler(601, 50_000)]);
+    let thaw = Thaw::start(RegistryConfig { upstreams: vec![upstream("fake", &fake.url(), true)], ..Default::default() });
+    fake.clear_log();
+    let url = format!("{}/v2/team/app/manifests/v1", thaw.url());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let bodies = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (c, u) = (c.clone(), url.clone());
+                tokio::spawn(async move { c.get(u).header("Accept", "application/vnd.oci.image.manifest.v1+json").send().await.unwrap().bytes().await.unwrap() })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    for b in bodies {
+        assert_eq!(b.as_ref(), img.manifest.as_slice());
+    }
+    assert_eq!(fake.count("GET", "/v2/team/app/manifests/v1"), 1, "{:?}", fake.log());
+    assert!(fake.count("HEAD", "/v2/team/app/manifests/v1") <= 1, "{:?}", fake.log());
+}
