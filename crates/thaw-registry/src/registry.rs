@@ -390,11 +390,34 @@ impl Registry {
             .inner
             .probes
             .run(probe_key, || async {
-                up.send(Method::HEAD, &t.repo, object, &cred, accept_headers()).await.map(|r| Probe {
+                // A probe of the mirror's own credential that finished just before this one was
+                // keyed has recorded its verdict: use it rather than asking again.
+                if cred == default && self.visibility_fresh(up.name(), &t.repo) {
+                    if let Ok(Some(private)) = self.blocking_store(|s, (u, r)| s.is_private(&u, &r), (up.name().to_string(), t.repo.clone())).await {
+                        let status = if private { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+                        return Ok(Probe { status, challenge: None, retry_after: None });
+                    }
+                }
+                let probe = up.send(Method::HEAD, &t.repo, object, &cred, accept_headers()).await.map(|r| Probe {
                     status: r.status(),
                     challenge: r.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string),
                     retry_after: r.headers().get(header::RETRY_AFTER).cloned(),
-                }).map_err(|e| e.to_string())
+                }).map_err(|e| e.to_string())?;
+                // The verdict on the mirror's default credential is recorded inside the shared
+                // call, so it is in place before any waiter (or a request arriving next) looks.
+                if cred == default {
+                    let verdict = match probe.status.as_u16() {
+                        200 => Some(false),
+                        401 | 403 => Some(true),
+                        _ => None,
+                    };
+                    if let Some(private) = verdict {
+                        if let Err(e) = self.record_visibility(up.name(), &t.repo, private).await {
+                            tracing::warn!(error = %e.message, "could not record a repository's visibility");
+                        }
+                    }
+                }
+                Ok(probe)
             })
             .await;
         let resp = match probed {
@@ -415,17 +438,17 @@ impl Registry {
         let challenge = resp.challenge.clone();
         match status.as_u16() {
             200 => {
-                if cred == default {
-                    self.record_visibility(up.name(), &t.repo, false).await?;
-                } else if let Some(who) = who {
+                // (The default credential's verdict was recorded inside the probe.)
+                if let Some(who) = who {
                     self.inner.grants.grant(up.name(), &t.repo, &who, auth::grant_lifetime(&cred, self.inner.cfg.auth_ttl));
                 }
                 Ok((cred, true))
             }
             401 | 403 => {
-                if cred == default {
-                    self.record_visibility(up.name(), &t.repo, true).await?;
-                }
+                let challenge = match challenge {
+                    Some(c) => Some(c),
+                    None => self.challenge_hint(up, &t.repo).await,
+                };
                 Err(self.unauthorized(challenge.as_deref(), &format!("{} refused access to {}", up.name(), t.repo)))
             }
             404 => Err(ApiError::not_found(if object.starts_with("blobs/") { Code::BlobUnknown } else { Code::ManifestUnknown }, format!("{}/{}", t.repo, object))),

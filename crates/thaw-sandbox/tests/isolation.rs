@@ -81,8 +81,12 @@ fn fixture_with_probe(test: &str) -> Option<Fixture> {
     Some(f)
 }
 
+/// Every capability the test process can grant: its bounding set, not `caps::all()`, because a
+/// host (or a container running the tests) may withhold some — this machine has no
+/// CAP_SYS_RESOURCE — and asking for one outside the bounding set makes capset fail.
 fn all_caps() -> CapabilitySets {
-    let names: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    let bounding = caps::read(None, caps::CapSet::Bounding).expect("read the bounding set");
+    let names: Vec<String> = caps::all().iter().filter(|c| bounding.contains(c)).map(|c| c.to_string()).collect();
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     CapabilitySets::uniform(&refs)
 }
