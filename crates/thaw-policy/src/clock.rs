@@ -7,9 +7,7 @@
 //! the same order a hand sweeping a ring would visit objects in, and reproducing it exactly is what
 //! makes thaw's miss counts equal libCacheSim's.
 
-use rustc_hash::FxHashMap;
-
-use crate::slab::{enough_unpinned, Idx, List, Slab};
+use crate::listcache::{ListCache, ListEntry};
 use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
 
 #[derive(Debug, Clone, Copy)]
@@ -19,18 +17,23 @@ struct Entry {
     freq: u32,
 }
 
+impl ListEntry for Entry {
+    fn key(&self) -> Key {
+        self.key
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 /// The largest counter width accepted (`clock:N`); libCacheSim stores the counter in an `int`.
 pub const CLOCK_MAX_BITS: u32 = 16;
 
 #[derive(Debug)]
 pub struct Clock {
-    capacity: u64,
-    used: u64,
+    c: ListCache<Entry>,
     bits: u32,
     max_freq: u32,
-    slab: Slab<Entry>,
-    list: List,
-    map: FxHashMap<Key, Idx>,
 }
 
 impl Clock {
@@ -38,23 +41,15 @@ impl Clock {
     /// `1..=CLOCK_MAX_BITS`; the spec parser rejects other values with an error first.
     pub fn new(capacity: u64, bits: u32) -> Clock {
         let bits = bits.clamp(1, CLOCK_MAX_BITS);
-        Clock {
-            capacity,
-            used: 0,
-            bits,
-            max_freq: (1u32 << bits) - 1,
-            slab: Slab::default(),
-            list: List::default(),
-            map: FxHashMap::default(),
-        }
+        Clock { c: ListCache::new(capacity), bits, max_freq: (1u32 << bits) - 1 }
     }
 
     #[inline]
     fn hit(&mut self, key: Key) -> bool {
-        match self.map.get(&key) {
-            Some(&id) => {
-                let e = self.slab.get_mut(id);
-                if e.freq < self.max_freq {
+        let max = self.max_freq;
+        match self.c.get_mut(key) {
+            Some(e) => {
+                if e.freq < max {
                     e.freq += 1;
                 }
                 true
@@ -64,83 +59,27 @@ impl Clock {
     }
 
     #[inline]
-    fn admit_inner(
-        &mut self,
-        req: &Request,
-        pinned: Option<&dyn Fn(Key) -> bool>,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if self.map.contains_key(&req.key) {
-            return true;
-        }
-        self.admit_absent(req, pinned, effects)
-    }
-
-    /// [`Self::admit_inner`] for a key the caller just found absent.
-    #[inline]
-    fn admit_absent(
-        &mut self,
-        req: &Request,
-        pinned: Option<&dyn Fn(Key) -> bool>,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if req.size > self.capacity {
-            return false;
-        }
-        let need = (self.used + req.size).saturating_sub(self.capacity);
-        if let Some(p) = pinned {
-            let candidates = self
-                .slab
-                .iter_from_back(&self.list)
-                .map(|(_, e)| (e.key, e.size));
-            if !enough_unpinned(candidates, need, p) {
-                return false;
-            }
-        }
-        while self.used + req.size > self.capacity {
-            self.evict_one(pinned, effects);
-        }
-        let id = self.slab.alloc(Entry {
-            key: req.key,
-            size: req.size,
-            freq: 0,
-        });
-        self.slab.push_front(&mut self.list, id);
-        self.map.insert(req.key, id);
-        self.used += req.size;
-        effects.push(Effect::Inserted {
-            key: req.key,
-            tier: Tier::Fast,
-            size: req.size,
-        });
-        true
+    fn admit_absent(&mut self, req: &Request, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) -> bool {
+        let entry = Entry { key: req.key, size: req.size, freq: 0 };
+        self.c.admit_absent(req, entry, pinned, effects, Self::evict_one)
     }
 
     /// libCacheSim's `Clock_evict`. A pinned object at the tail is treated like a referenced one
     /// (moved to the head) but keeps its counter; the caller made sure an unpinned object exists,
     /// and its counter reaches zero within `max_freq` sweeps, so this ends.
-    fn evict_one(&mut self, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) {
+    fn evict_one(c: &mut ListCache<Entry>, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) {
         loop {
-            let id = self.list.back().expect("eviction from an empty CLOCK");
-            let e = self.slab.get_mut(id);
+            let id = c.list.back().expect("eviction from an empty CLOCK");
+            let e = c.slab.get_mut(id);
             let is_pinned = pinned.is_some_and(|p| p(e.key));
             if e.freq >= 1 || is_pinned {
                 if !is_pinned {
                     e.freq -= 1;
                 }
-                self.slab.move_to_front(&mut self.list, id);
+                c.slab.move_to_front(&mut c.list, id);
                 continue;
             }
-            let e = *e;
-            self.slab.unlink(&mut self.list, id);
-            self.slab.release(id);
-            self.map.remove(&e.key);
-            self.used -= e.size;
-            effects.push(Effect::Evicted {
-                key: e.key,
-                tier: Tier::Fast,
-                size: e.size,
-            });
+            c.evict(id, effects);
             return;
         }
     }
@@ -159,13 +98,11 @@ impl CachePolicy for Clock {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        self.admit_inner(req, Some(pinned), effects)
+    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+        if self.c.map.contains_key(&req.key) {
+            return true;
+        }
+        self.admit_absent(req, Some(pinned), effects)
     }
 
     fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
@@ -177,33 +114,23 @@ impl CachePolicy for Clock {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(id) = self.map.remove(&key) else {
-            return false;
-        };
-        let e = *self.slab.get(id);
-        self.slab.unlink(&mut self.list, id);
-        self.slab.release(id);
-        self.used -= e.size;
-        true
+        self.c.remove(key).is_some()
     }
 
     fn peek(&self, key: Key) -> Option<Tier> {
-        self.map.contains_key(&key).then_some(Tier::Fast)
+        self.c.peek(key)
     }
 
     fn used(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Fast => self.used,
-            Tier::Slow => 0,
-        }
+        self.c.used(tier)
     }
 
     fn capacity(&self) -> Capacity {
-        Capacity::single(self.capacity)
+        Capacity::single(self.c.capacity)
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.c.map.len()
     }
 }
 
@@ -235,12 +162,12 @@ mod tests {
     fn two_bit_counters_saturate_at_three() {
         let mut c = Clock::new(2, 2);
         run(&mut c, &[1, 1, 1, 1, 1, 2]);
-        assert_eq!(c.slab.get(c.map[&1]).freq, 3);
+        assert_eq!(c.c.slab.get(c.c.map[&1]).freq, 3);
         // 3 arrives: 2 (freq 0) is at the tail after 1 is swept 0 times? tail is 1 (oldest):
         // 1 is decremented and moved to the head, then 2 is evicted.
         run(&mut c, &[3]);
         assert_eq!(c.peek(2), None);
-        assert_eq!(c.slab.get(c.map[&1]).freq, 2);
+        assert_eq!(c.c.slab.get(c.c.map[&1]).freq, 2);
         assert_eq!(c.name(), "clock:2");
     }
 

@@ -76,6 +76,7 @@ mod clock;
 mod dlist;
 mod lacache;
 mod lfu;
+mod listcache;
 mod lru;
 mod queue;
 mod s3fifo;

@@ -6,9 +6,8 @@
 //! falls off the head it restarts at the tail. Unlike CLOCK, survivors are never moved, which is
 //! what lets new objects be evicted quickly.
 
-use rustc_hash::FxHashMap;
-
-use crate::slab::{enough_unpinned, Idx, List, Slab, NIL};
+use crate::listcache::{ListCache, ListEntry};
+use crate::slab::{Idx, NIL};
 use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
 
 #[derive(Debug, Clone, Copy)]
@@ -18,31 +17,32 @@ struct Entry {
     visited: bool,
 }
 
-#[derive(Debug, Default)]
+impl ListEntry for Entry {
+    fn key(&self) -> Key {
+        self.key
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+#[derive(Debug)]
 pub struct Sieve {
-    capacity: u64,
-    used: u64,
-    slab: Slab<Entry>,
-    list: List,
-    map: FxHashMap<Key, Idx>,
+    c: ListCache<Entry>,
     /// Where the next eviction starts; `NIL` means "at the tail" (libCacheSim's NULL pointer).
     hand: Idx,
 }
 
 impl Sieve {
     pub fn new(capacity: u64) -> Sieve {
-        Sieve {
-            capacity,
-            hand: NIL,
-            ..Default::default()
-        }
+        Sieve { c: ListCache::new(capacity), hand: NIL }
     }
 
     #[inline]
     fn hit(&mut self, key: Key) -> bool {
-        match self.map.get(&key) {
-            Some(&id) => {
-                self.slab.get_mut(id).visited = true;
+        match self.c.get_mut(key) {
+            Some(e) => {
+                e.visited = true;
                 true
             }
             None => false,
@@ -50,66 +50,20 @@ impl Sieve {
     }
 
     #[inline]
-    fn admit_inner(
-        &mut self,
-        req: &Request,
-        pinned: Option<&dyn Fn(Key) -> bool>,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if self.map.contains_key(&req.key) {
-            return true;
-        }
-        self.admit_absent(req, pinned, effects)
-    }
-
-    /// [`Self::admit_inner`] for a key the caller just found absent.
-    #[inline]
-    fn admit_absent(
-        &mut self,
-        req: &Request,
-        pinned: Option<&dyn Fn(Key) -> bool>,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if req.size > self.capacity {
-            return false;
-        }
-        let need = (self.used + req.size).saturating_sub(self.capacity);
-        if let Some(p) = pinned {
-            let candidates = self
-                .slab
-                .iter_from_back(&self.list)
-                .map(|(_, e)| (e.key, e.size));
-            if !enough_unpinned(candidates, need, p) {
-                return false;
-            }
-        }
-        while self.used + req.size > self.capacity {
-            self.evict_one(pinned, effects);
-        }
-        let id = self.slab.alloc(Entry {
-            key: req.key,
-            size: req.size,
-            visited: false,
-        });
-        self.slab.push_front(&mut self.list, id);
-        self.map.insert(req.key, id);
-        self.used += req.size;
-        effects.push(Effect::Inserted {
-            key: req.key,
-            tier: Tier::Fast,
-            size: req.size,
-        });
-        true
+    fn admit_absent(&mut self, req: &Request, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) -> bool {
+        let entry = Entry { key: req.key, size: req.size, visited: false };
+        let hand = &mut self.hand;
+        self.c.admit_absent(req, entry, pinned, effects, |c, p, fx| Self::evict_one(c, hand, p, fx))
     }
 
     /// libCacheSim's `Sieve_evict`. Pinned objects are stepped over without touching their bit;
     /// unpinned ones lose theirs, so within two sweeps the hand finds a victim (the caller made
     /// sure an unpinned object exists).
-    fn evict_one(&mut self, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) {
-        let tail = self.list.back().expect("eviction from an empty SIEVE");
-        let mut id = if self.hand == NIL { tail } else { self.hand };
+    fn evict_one(c: &mut ListCache<Entry>, hand: &mut Idx, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) {
+        let tail = c.list.back().expect("eviction from an empty SIEVE");
+        let mut id = if *hand == NIL { tail } else { *hand };
         loop {
-            let e = self.slab.get_mut(id);
+            let e = c.slab.get_mut(id);
             let is_pinned = pinned.is_some_and(|p| p(e.key));
             if !e.visited && !is_pinned {
                 break;
@@ -117,22 +71,13 @@ impl Sieve {
             if !is_pinned {
                 e.visited = false;
             }
-            id = match self.slab.prev(id) {
+            id = match c.slab.prev(id) {
                 Some(p) => p,
-                None => self.list.back().expect("non-empty"),
+                None => c.list.back().expect("non-empty"),
             };
         }
-        self.hand = self.slab.prev(id).unwrap_or(NIL);
-        let e = *self.slab.get(id);
-        self.slab.unlink(&mut self.list, id);
-        self.slab.release(id);
-        self.map.remove(&e.key);
-        self.used -= e.size;
-        effects.push(Effect::Evicted {
-            key: e.key,
-            tier: Tier::Fast,
-            size: e.size,
-        });
+        *hand = c.slab.prev(id).unwrap_or(NIL);
+        c.evict(id, effects);
     }
 }
 
@@ -145,13 +90,11 @@ impl CachePolicy for Sieve {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        self.admit_inner(req, Some(pinned), effects)
+    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+        if self.c.map.contains_key(&req.key) {
+            return true;
+        }
+        self.admit_absent(req, Some(pinned), effects)
     }
 
     fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
@@ -163,38 +106,29 @@ impl CachePolicy for Sieve {
     }
 
     fn remove(&mut self, key: Key) -> bool {
-        let Some(id) = self.map.remove(&key) else {
-            return false;
-        };
         // As libCacheSim's `Sieve_remove_obj`: a hand resting on the removed object moves to the
-        // object in front of it.
+        // object in front of it (computed before the object leaves the list).
+        let Some(&id) = self.c.map.get(&key) else { return false };
         if self.hand == id {
-            self.hand = self.slab.prev(id).unwrap_or(NIL);
+            self.hand = self.c.slab.prev(id).unwrap_or(NIL);
         }
-        let e = *self.slab.get(id);
-        self.slab.unlink(&mut self.list, id);
-        self.slab.release(id);
-        self.used -= e.size;
-        true
+        self.c.remove(key).is_some()
     }
 
     fn peek(&self, key: Key) -> Option<Tier> {
-        self.map.contains_key(&key).then_some(Tier::Fast)
+        self.c.peek(key)
     }
 
     fn used(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Fast => self.used,
-            Tier::Slow => 0,
-        }
+        self.c.used(tier)
     }
 
     fn capacity(&self) -> Capacity {
-        Capacity::single(self.capacity)
+        Capacity::single(self.c.capacity)
     }
 
     fn len(&self) -> usize {
-        self.map.len()
+        self.c.map.len()
     }
 }
 
@@ -225,9 +159,9 @@ mod tests {
     fn removing_the_object_under_the_hand_moves_the_hand() {
         let mut s = Sieve::new(3);
         run(&mut s, &[1, 2, 3, 4]); // evicts 1, hand on 2
-        assert_eq!(s.hand, s.map[&2]);
+        assert_eq!(s.hand, s.c.map[&2]);
         assert!(s.remove(2));
-        assert_eq!(s.hand, s.map[&3]);
+        assert_eq!(s.hand, s.c.map[&3]);
         run(&mut s, &[5, 6]); // 5 fits; 6 evicts 3 (under the hand)
         assert_eq!(s.peek(3), None);
         assert_eq!(s.peek(4), Some(Tier::Fast));
