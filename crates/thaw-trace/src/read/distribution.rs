@@ -12,9 +12,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::lines::{Line, LineReader};
+use super::lines::LineReader;
 use super::{
-    http_event, EventSource, NumOrStr, Position, ReadOptions, ReadStats, Tally, TraceError,
+    http_event, next_text_line, EventSource, NumOrStr, ReadOptions, ReadStats, Tally, TraceError,
 };
 use crate::event::{parse_go_duration_us, parse_rfc3339_us, Event};
 
@@ -115,27 +115,8 @@ fn parse_line(text: &str) -> Result<Option<Event>, String> {
 impl EventSource for DistributionReader {
     fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         loop {
-            let line = match self.lines.next_line(&mut self.buf) {
-                Ok(Some(l)) => l,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(self.tally.io(e)),
-            };
-            self.tally.stats.records += 1;
-            let pos = Position::Line(self.lines.line_no);
-            if line == Line::TooLong {
-                self.tally.malformed(
-                    pos,
-                    format!("line longer than {} bytes", super::MAX_LINE_BYTES),
-                )?;
-                continue;
-            }
-            if self.buf.iter().all(u8::is_ascii_whitespace) {
-                self.tally.stats.skipped += 1;
-                continue;
-            }
-            let Ok(text) = std::str::from_utf8(&self.buf) else {
-                self.tally.malformed(pos, "line is not utf-8")?;
-                continue;
+            let Some((pos, text)) = next_text_line(&mut self.lines, &mut self.buf, &mut self.tally)? else {
+                return Ok(None);
             };
             match parse_line(text) {
                 Ok(Some(ev)) => {
@@ -156,6 +137,7 @@ impl EventSource for DistributionReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::Position;
     use crate::event::{key_of_digest, ObjectKind};
     use proptest::prelude::*;
     use std::path::PathBuf;

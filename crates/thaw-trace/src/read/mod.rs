@@ -235,6 +235,42 @@ impl Tally {
     }
 }
 
+/// The next line of a JSON-lines file worth parsing, with its position. Lines longer than the
+/// reader's limit and lines that are not UTF-8 are counted as malformed (an error when strict);
+/// blank lines are counted as skipped. Takes the reader's fields apart, so the caller can go on
+/// using `tally` while it holds the line (which borrows `buf`).
+pub(crate) fn next_text_line<'a, R: std::io::BufRead>(
+    lines: &mut LineReader<R>,
+    buf: &'a mut Vec<u8>,
+    tally: &mut Tally,
+) -> Result<Option<(Position, &'a str)>, TraceError> {
+    loop {
+        let line = match lines.next_line(buf) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(tally.io(e)),
+        };
+        tally.stats.records += 1;
+        let pos = Position::Line(lines.line_no);
+        if line == lines::Line::TooLong {
+            tally.malformed(pos, format!("line longer than {} bytes", MAX_LINE_BYTES))?;
+            continue;
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            tally.stats.skipped += 1;
+            continue;
+        }
+        if std::str::from_utf8(buf).is_err() {
+            tally.malformed(pos, "line is not utf-8")?;
+            continue;
+        }
+        break;
+    }
+    // Checked just above; re-borrowed here so the returned slice outlives the loop.
+    let text = std::str::from_utf8(buf).expect("checked as utf-8");
+    Ok(Some((Position::Line(lines.line_no), text)))
+}
+
 /// Opens one file in `format`.
 pub fn open_file(
     path: &Path,

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use thaw_record::{ObjectKind, Record, RequestRecord};
 
-use super::lines::{Line, LineReader};
-use super::{EventSource, Position, ReadOptions, ReadStats, Tally, TraceError};
+use super::lines::LineReader;
+use super::{next_text_line, EventSource, ReadOptions, ReadStats, Tally, TraceError};
 use crate::event::{image_id, key_of_digest, stable_hash, Event, Method};
 
 /// Reads a thaw trace (plain or zstd-compressed).
@@ -85,30 +85,8 @@ pub fn request_into_event(r: RequestRecord) -> Event {
 impl EventSource for ThawReader {
     fn next_event(&mut self) -> Result<Option<Event>, TraceError> {
         loop {
-            let line = match self.lines.next_line(&mut self.buf) {
-                Ok(Some(l)) => l,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(self.tally.io(e)),
-            };
-            self.tally.stats.records += 1;
-            let pos = Position::Line(self.lines.line_no);
-            if line == Line::TooLong {
-                self.tally.malformed(
-                    pos,
-                    format!("line longer than {} bytes", super::MAX_LINE_BYTES),
-                )?;
-                continue;
-            }
-            if self.buf.iter().all(u8::is_ascii_whitespace) {
-                self.tally.stats.skipped += 1;
-                continue;
-            }
-            let text = match std::str::from_utf8(&self.buf) {
-                Ok(t) => t,
-                Err(_) => {
-                    self.tally.malformed(pos, "line is not utf-8")?;
-                    continue;
-                }
+            let Some((pos, text)) = next_text_line(&mut self.lines, &mut self.buf, &mut self.tally)? else {
+                return Ok(None);
             };
             // Fast path: a request record parsed straight into its struct. The internally tagged
             // `Record` enum makes serde buffer the whole object before choosing the variant,
@@ -141,6 +119,7 @@ impl EventSource for ThawReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::Position;
     use proptest::prelude::*;
     use std::path::PathBuf;
     use thaw_record::{CacheOutcome, LayerRef, SCHEMA_VERSION};
