@@ -101,6 +101,20 @@ impl Flight {
         }
     }
 
+    /// Waits until more than `seen` bytes were written or the flight ended, and returns the state.
+    pub async fn next_state(&self, seen: u64) -> FlightState {
+        let mut rx = self.rx.clone();
+        loop {
+            let st = rx.borrow_and_update().clone();
+            if st.written != seen || st.outcome.is_some() {
+                return st;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone();
+            }
+        }
+    }
+
     /// Waits for the end of the flight.
     pub async fn wait_done(&self) -> Outcome {
         let mut rx = self.rx.clone();

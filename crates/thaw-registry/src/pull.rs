@@ -81,6 +81,9 @@ impl Registry {
         let total: u64 = blobs.iter().map(|b| b.1).sum();
         progress(PullEvent::Resolved { digest: m.digest.to_string(), blobs: blobs.len(), total_bytes: total });
         let mut summary = PullSummary { reference: reference.to_string(), digest: m.digest.to_string(), blobs: blobs.len(), bytes: total, ..Default::default() };
+        // Start every missing blob's flight first, so they download concurrently as a client's
+        // pull would; then follow them in turn, woken by their progress rather than polling.
+        let mut flights = Vec::new();
         for (d, size) in blobs {
             let have = self.blocking_store(|s, d| s.stat(&d), d.clone()).await?;
             if have.is_some() {
@@ -89,9 +92,12 @@ impl Registry {
                 continue;
             }
             let (fl, _) = self.join_or_start(&up, &target.repo, &cred, &d).await?;
+            flights.push((d, size, fl));
+        }
+        for (d, size, fl) in flights {
             let mut last = 0;
             let outcome = loop {
-                let st = fl.state();
+                let st = fl.next_state(last).await;
                 if st.written != last {
                     last = st.written;
                     progress(PullEvent::Progress { digest: d.to_string(), done: st.written, size });
@@ -99,7 +105,6 @@ impl Registry {
                 if let Some(o) = st.outcome {
                     break o;
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             };
             match outcome {
                 Outcome::Stored => {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -504,6 +504,13 @@ impl Registry {
     }
 
     /// Runs a store call on the blocking pool.
+    /// Whether `d` belongs to (`upstream`, `repo`), and its size when it is stored: one trip to the
+    /// blocking pool for both, as every blob and manifest-by-digest request asks them together.
+    async fn membership(&self, upstream: &str, repo: &str, d: &Digest) -> Result<(bool, Option<u64>), ApiError> {
+        self.blocking_store(|s, (u, r, d)| Ok((s.is_linked(&u, &r, &d)?, s.stat(&d)?)), (upstream.to_string(), repo.to_string(), d.clone()))
+            .await
+    }
+
     /// Runs a store call on the blocking pool, leaving its result to the caller.
     async fn blocking_store_raw<R: Send + 'static>(&self, f: impl FnOnce(&BlobStore) -> R + Send + 'static) -> Result<R, ApiError> {
         let store = self.inner.store.clone();
@@ -574,8 +581,8 @@ impl Registry {
         let key = up.name().to_string();
         if let Some(d) = digest {
             // Content by digest is immutable: never revalidated.
-            let linked = self.blocking_store(|s, (u, r, d)| s.is_linked(&u, &r, &d), (key.clone(), t.repo.clone(), d.clone())).await?;
-            let have = self.blocking_store(|s, d| s.stat(&d), d.clone()).await?.is_some();
+            let (linked, have) = self.membership(&key, &t.repo, &d).await?;
+            let have = have.is_some();
             if have && (linked || self.confirm(&up, &t.repo, &object, &cred).await?) {
                 if let Some(resp) = self.stored_manifest(ctx, &d, head, CacheOutcome::Hit).await? {
                     self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
@@ -949,8 +956,8 @@ impl Registry {
             Some(_) => self.authorize(&t, ident, &object).await?,
             None => (Credential::Anonymous, false),
         };
-        let linked = confirmed || self.blocking_store(|s, (u, r, d)| s.is_linked(&u, &r, &d), (key.clone(), t.repo.clone(), d.clone())).await?;
-        let have = self.blocking_store(|s, d| s.stat(&d), d.clone()).await?;
+        let (linked, have) = self.membership(&key, &t.repo, &d).await?;
+        let linked = confirmed || linked;
         if let Some(size) = have {
             let allowed = linked || match &t.upstream {
                 Some(up) => self.confirm(up, &t.repo, &object, &cred).await?,
@@ -1537,13 +1544,6 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
     })
-}
-
-impl Registry {
-    /// The request timeout the server applies to upstream answers (exposed for the daemon).
-    pub fn upstream_timeout(&self) -> Duration {
-        self.inner.cfg.upstream_timeout
-    }
 }
 
 #[cfg(test)]

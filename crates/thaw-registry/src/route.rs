@@ -3,8 +3,6 @@
 //! Repository names contain slashes, so routes are recognised from the end of the path: the last
 //! one or two segments name the endpoint and everything before them is the name.
 
-use thaw_oci::Digest;
-
 /// A parsed registry API path (below `/v2/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
@@ -56,12 +54,6 @@ pub fn parse(rest: &str) -> Option<Endpoint> {
     None
 }
 
-/// A manifest reference: a tag or a digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ManifestRef {
-    Tag(String),
-    Digest(Digest),
-}
 
 #[cfg(test)]
 mod tests {
