@@ -499,8 +499,7 @@ impl Registry {
     /// The challenge an anonymous client should follow for `repo` (an anonymous HEAD of the
     /// version endpoint is not enough: the challenge must carry the repository scope).
     async fn challenge_hint(&self, up: &Upstream, repo: &str) -> Option<String> {
-        let resp = up.send(Method::HEAD, repo, "tags/list", &Credential::Bearer(String::new()), HeaderMap::new()).await.ok()?;
-        resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string)
+        up.challenge(repo).await
     }
 
     /// Runs a store call on the blocking pool.

@@ -188,6 +188,15 @@ impl Upstream {
         Err(UpstreamError::BadChallenge { upstream: self.name().into(), challenge })
     }
 
+    /// The challenge the upstream gives an unauthenticated request for `repo` (with the
+    /// repository's scope), for relaying to a client; `None` when it asks for none or cannot be
+    /// reached. No token is fetched.
+    pub async fn challenge(&self, repo: &str) -> Option<String> {
+        let url = self.url(repo, "tags/list");
+        let resp = self.send_once(Method::HEAD, &url, HeaderMap::new(), None).await.ok()?;
+        resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+
     async fn send_once(
         &self,
         method: Method,
