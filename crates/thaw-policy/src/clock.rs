@@ -41,7 +41,11 @@ impl Clock {
     /// `1..=CLOCK_MAX_BITS`; the spec parser rejects other values with an error first.
     pub fn new(capacity: u64, bits: u32) -> Clock {
         let bits = bits.clamp(1, CLOCK_MAX_BITS);
-        Clock { c: ListCache::new(capacity), bits, max_freq: (1u32 << bits) - 1 }
+        Clock {
+            c: ListCache::new(capacity),
+            bits,
+            max_freq: (1u32 << bits) - 1,
+        }
     }
 
     #[inline]
@@ -59,15 +63,29 @@ impl Clock {
     }
 
     #[inline]
-    fn admit_absent(&mut self, req: &Request, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) -> bool {
-        let entry = Entry { key: req.key, size: req.size, freq: 0 };
-        self.c.admit_absent(req, entry, pinned, effects, Self::evict_one)
+    fn admit_absent(
+        &mut self,
+        req: &Request,
+        pinned: Option<&dyn Fn(Key) -> bool>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
+        let entry = Entry {
+            key: req.key,
+            size: req.size,
+            freq: 0,
+        };
+        self.c
+            .admit_absent(req, entry, pinned, effects, Self::evict_one)
     }
 
     /// libCacheSim's `Clock_evict`. A pinned object at the tail is treated like a referenced one
     /// (moved to the head) but keeps its counter; the caller made sure an unpinned object exists,
     /// and its counter reaches zero within `max_freq` sweeps, so this ends.
-    fn evict_one(c: &mut ListCache<Entry>, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) {
+    fn evict_one(
+        c: &mut ListCache<Entry>,
+        pinned: Option<&dyn Fn(Key) -> bool>,
+        effects: &mut Vec<Effect>,
+    ) {
         loop {
             let id = c.list.back().expect("eviction from an empty CLOCK");
             let e = c.slab.get_mut(id);
@@ -98,7 +116,12 @@ impl CachePolicy for Clock {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if self.c.map.contains_key(&req.key) {
             return true;
         }

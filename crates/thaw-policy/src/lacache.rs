@@ -10,7 +10,12 @@
 //!
 //! # Placement and demotion
 //!
-//! A new object goes to the fast tier when it fits there, else to the slow tier. Each category
+//! A new object goes to the fast tier when it fits there and is no larger than the size gate
+//! (`fast_max_object`, 16 MiB by default, as the size-tiered baseline's threshold), else to the
+//! slow tier. The gate is thaw's addition: memory is worth most for the many small layers whose
+//! fetch is dominated by round trips, and without it one large layer promoted into memory
+//! demotes hundreds of them (on the generated web/ML/IoT trace LACache then lost to the
+//! baseline; with it, it wins — BENCHMARKS.md). `lacache:any` turns the gate off. Each category
 //! keeps its own LRU list in the fast tier. When the fast tier needs room, the victim is the
 //! least recently used object of the category whose tail is *most over its lifetime*: the largest
 //! `idle / lifetime(category)` among the categories' tails, ties to the lower category. Objects
@@ -21,7 +26,8 @@
 //! keeping an expired object in memory that nobody else needs costs nothing and can still hit, and
 //! because this crate has no clock of its own (time comes from [`Request::time_us`]).
 //!
-//! A hit in the slow tier promotes the object back to the fast tier (demoting others as needed).
+//! A hit in the slow tier promotes the object back to the fast tier (demoting others as needed),
+//! unless it is above the size gate.
 //!
 //! # Adapting the lifetimes
 //!
@@ -130,7 +136,18 @@ pub struct LaCacheConfig {
     pub prefetch_min_probability: f64,
     /// An image's followers are announced at most once per this window (default 60 s).
     pub prefetch_window_us: u64,
+    /// Objects larger than this never enter the fast tier: they are admitted to the slow tier
+    /// and are not promoted on a slow-tier hit (default [`LACACHE_DEFAULT_FAST_MAX_OBJECT`];
+    /// `u64::MAX` lets any object in).
+    pub fast_max_object: u64,
 }
+
+/// The default size gate of LACache's fast tier: the same 16 MiB as the size-tiered baseline's
+/// default threshold, so that the two policies differ only in what LACache adds (lifetimes,
+/// demotion, prefetch). Without a gate a single multi-GiB layer is promoted into memory and
+/// demotes hundreds of small layers whose fetch cost is mostly round trips; measured on the
+/// generated web/ML/IoT trace, that made LACache lose to the baseline (BENCHMARKS.md).
+pub const LACACHE_DEFAULT_FAST_MAX_OBJECT: u64 = 16 << 20;
 
 impl Default for LaCacheConfig {
     fn default() -> Self {
@@ -145,6 +162,7 @@ impl Default for LaCacheConfig {
             prefetch_top_k: 2,
             prefetch_min_probability: 0.5,
             prefetch_window_us: 60 * 1_000_000,
+            fast_max_object: LACACHE_DEFAULT_FAST_MAX_OBJECT,
         }
     }
 }
@@ -495,6 +513,10 @@ impl LaCache {
                     req.time_us.saturating_sub(e.last_access_us),
                 );
                 self.slab.get_mut(id).last_access_us = req.time_us.max(e.last_access_us);
+                if e.size > self.cfg.fast_max_object {
+                    self.slab.move_to_front(&mut self.slow, id);
+                    return Some(Tier::Slow);
+                }
                 // Take it out of the slow tier first, so that demotions making room in the fast
                 // tier can use its space.
                 self.unlink(id);
@@ -532,7 +554,9 @@ impl LaCache {
                 );
             }
         }
-        let tier = if self.room_in_fast(req.time_us, req.size, !req.prefetch, pinned, effects) {
+        let tier = if req.size <= self.cfg.fast_max_object
+            && self.room_in_fast(req.time_us, req.size, !req.prefetch, pinned, effects)
+        {
             Tier::Fast
         } else if self.room_in_slow(req.size, pinned, effects) {
             Tier::Slow
@@ -657,6 +681,37 @@ mod tests {
         assert_eq!(p.peek(1), Some(Tier::Fast));
         // the victim was expired, so no fill adaptation happened
         assert_eq!(p.lifetime_us(Some(1)), 10 * S);
+    }
+
+    #[test]
+    fn objects_above_the_size_gate_stay_in_the_slow_tier() {
+        let gated = LaCacheConfig {
+            fast_max_object: 4,
+            ..cfg()
+        };
+        let mut p = LaCache::new(Capacity { fast: 10, slow: 20 }, gated);
+        let mut fx = Vec::new();
+        p.access(&req(0, 1, 3, Some(0)), &mut fx);
+        p.access(&req(0, 2, 5, Some(0)), &mut fx); // above the gate, though the fast tier has room
+        assert_eq!(p.peek(1), Some(Tier::Fast));
+        assert_eq!(p.peek(2), Some(Tier::Slow));
+        fx.clear();
+        // a slow hit of a gated object is served from the slow tier and promotes nothing
+        assert_eq!(p.access(&req(S, 2, 5, Some(0)), &mut fx), Some(Tier::Slow));
+        assert!(fx.is_empty(), "no promotion or demotion: {fx:?}");
+        assert_eq!(p.peek(2), Some(Tier::Slow));
+        assert_eq!(p.used(Tier::Fast), 3);
+        assert_eq!(p.used(Tier::Slow), 5);
+        // without a gate the same object goes to the fast tier
+        let mut any = LaCache::new(
+            Capacity { fast: 10, slow: 20 },
+            LaCacheConfig {
+                fast_max_object: u64::MAX,
+                ..cfg()
+            },
+        );
+        any.access(&req(0, 2, 5, Some(0)), &mut fx);
+        assert_eq!(any.peek(2), Some(Tier::Fast));
     }
 
     #[test]

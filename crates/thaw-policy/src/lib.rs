@@ -88,7 +88,10 @@ mod spec;
 
 pub use clock::{Clock, CLOCK_MAX_BITS};
 pub use dlist::{DList, NodeId};
-pub use lacache::{AssociationTable, LaCache, LaCacheConfig, DEFAULT_CATEGORY_SLOT};
+pub use lacache::{
+    AssociationTable, LaCache, LaCacheConfig, DEFAULT_CATEGORY_SLOT,
+    LACACHE_DEFAULT_FAST_MAX_OBJECT,
+};
 pub use lfu::Lfu;
 pub use lru::{Fifo, Lru, QueuePolicy};
 pub use s3fifo::{S3Fifo, S3FIFO_GHOST_RATIO, S3FIFO_MOVE_TO_MAIN_THRESHOLD, S3FIFO_SMALL_RATIO};

@@ -26,7 +26,13 @@ pub(crate) struct ListCache<E> {
 
 impl<E: ListEntry> ListCache<E> {
     pub fn new(capacity: u64) -> Self {
-        ListCache { capacity, used: 0, slab: Slab::default(), list: List::default(), map: FxHashMap::default() }
+        ListCache {
+            capacity,
+            used: 0,
+            slab: Slab::default(),
+            list: List::default(),
+            map: FxHashMap::default(),
+        }
     }
 
     /// The entry of a resident key.
@@ -53,7 +59,10 @@ impl<E: ListEntry> ListCache<E> {
         }
         let need = (self.used + req.size).saturating_sub(self.capacity);
         if let Some(p) = pinned {
-            let candidates = self.slab.iter_from_back(&self.list).map(|(_, e)| (e.key(), e.size()));
+            let candidates = self
+                .slab
+                .iter_from_back(&self.list)
+                .map(|(_, e)| (e.key(), e.size()));
             if !enough_unpinned(candidates, need, p) {
                 return false;
             }
@@ -65,7 +74,11 @@ impl<E: ListEntry> ListCache<E> {
         self.slab.push_front(&mut self.list, id);
         self.map.insert(req.key, id);
         self.used += req.size;
-        effects.push(Effect::Inserted { key: req.key, tier: Tier::Fast, size: req.size });
+        effects.push(Effect::Inserted {
+            key: req.key,
+            tier: Tier::Fast,
+            size: req.size,
+        });
         true
     }
 
@@ -77,7 +90,11 @@ impl<E: ListEntry> ListCache<E> {
         self.slab.release(id);
         self.map.remove(&e.key());
         self.used -= e.size();
-        effects.push(Effect::Evicted { key: e.key(), tier: Tier::Fast, size: e.size() });
+        effects.push(Effect::Evicted {
+            key: e.key(),
+            tier: Tier::Fast,
+            size: e.size(),
+        });
     }
 
     /// Forgets `key`; returns its slot as it was (for a policy whose hand may rest on it).

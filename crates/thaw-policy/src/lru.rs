@@ -20,7 +20,9 @@ pub type Fifo = QueuePolicy<false>;
 
 impl<const REORDER_ON_HIT: bool> QueuePolicy<REORDER_ON_HIT> {
     pub fn new(capacity: u64) -> Self {
-        QueuePolicy { core: QueueCore::new(capacity) }
+        QueuePolicy {
+            core: QueueCore::new(capacity),
+        }
     }
 
     /// Keys from the tail (next victim) to the head: least to most recently used for LRU, oldest
@@ -166,7 +168,6 @@ mod tests {
             }
         }
     }
-
 
     #[test]
     fn hits_do_not_reorder() {

@@ -35,7 +35,10 @@ pub struct Sieve {
 
 impl Sieve {
     pub fn new(capacity: u64) -> Sieve {
-        Sieve { c: ListCache::new(capacity), hand: NIL }
+        Sieve {
+            c: ListCache::new(capacity),
+            hand: NIL,
+        }
     }
 
     #[inline]
@@ -50,16 +53,33 @@ impl Sieve {
     }
 
     #[inline]
-    fn admit_absent(&mut self, req: &Request, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) -> bool {
-        let entry = Entry { key: req.key, size: req.size, visited: false };
+    fn admit_absent(
+        &mut self,
+        req: &Request,
+        pinned: Option<&dyn Fn(Key) -> bool>,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
+        let entry = Entry {
+            key: req.key,
+            size: req.size,
+            visited: false,
+        };
         let hand = &mut self.hand;
-        self.c.admit_absent(req, entry, pinned, effects, |c, p, fx| Self::evict_one(c, hand, p, fx))
+        self.c
+            .admit_absent(req, entry, pinned, effects, |c, p, fx| {
+                Self::evict_one(c, hand, p, fx)
+            })
     }
 
     /// libCacheSim's `Sieve_evict`. Pinned objects are stepped over without touching their bit;
     /// unpinned ones lose theirs, so within two sweeps the hand finds a victim (the caller made
     /// sure an unpinned object exists).
-    fn evict_one(c: &mut ListCache<Entry>, hand: &mut Idx, pinned: Option<&dyn Fn(Key) -> bool>, effects: &mut Vec<Effect>) {
+    fn evict_one(
+        c: &mut ListCache<Entry>,
+        hand: &mut Idx,
+        pinned: Option<&dyn Fn(Key) -> bool>,
+        effects: &mut Vec<Effect>,
+    ) {
         let tail = c.list.back().expect("eviction from an empty SIEVE");
         let mut id = if *hand == NIL { tail } else { *hand };
         loop {
@@ -90,7 +110,12 @@ impl CachePolicy for Sieve {
         self.hit(req.key).then_some(Tier::Fast)
     }
 
-    fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, effects: &mut Vec<Effect>) -> bool {
+    fn admit(
+        &mut self,
+        req: &Request,
+        pinned: &dyn Fn(Key) -> bool,
+        effects: &mut Vec<Effect>,
+    ) -> bool {
         if self.c.map.contains_key(&req.key) {
             return true;
         }
@@ -108,7 +133,9 @@ impl CachePolicy for Sieve {
     fn remove(&mut self, key: Key) -> bool {
         // As libCacheSim's `Sieve_remove_obj`: a hand resting on the removed object moves to the
         // object in front of it (computed before the object leaves the list).
-        let Some(&id) = self.c.map.get(&key) else { return false };
+        let Some(&id) = self.c.map.get(&key) else {
+            return false;
+        };
         if self.hand == id {
             self.hand = self.c.slab.prev(id).unwrap_or(NIL);
         }

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 use crate::{
     AssociationTable, CachePolicy, Capacity, Clock, Fifo, LaCache, LaCacheConfig, Lfu, Lru, S3Fifo,
-    Sieve, SizeTieredLru, Slru, CLOCK_MAX_BITS, SIZE_TIERED_DEFAULT_THRESHOLD, SLRU_MAX_SEGMENTS,
+    Sieve, SizeTieredLru, Slru, CLOCK_MAX_BITS, LACACHE_DEFAULT_FAST_MAX_OBJECT,
+    SIZE_TIERED_DEFAULT_THRESHOLD, SLRU_MAX_SEGMENTS,
 };
 
 /// Every policy name this build knows, each with its default parameters, exactly as
@@ -24,7 +25,7 @@ pub const POLICY_NAMES: &[&str] = &[
 
 /// The accepted syntax, for help texts.
 pub const POLICY_SYNTAX: &str = "fifo, lru, clock[:BITS], lfu, slru[:SEGMENTS], s3fifo, sieve, \
-     size-tiered-lru[:THRESHOLD] (two tiers), lacache (two tiers)";
+     size-tiered-lru[:THRESHOLD] (two tiers), lacache[:FAST_MAX_OBJECT|any] (two tiers)";
 
 /// libCacheSim's default number of SLRU segments.
 pub const SLRU_DEFAULT_SEGMENTS: usize = 4;
@@ -50,9 +51,12 @@ pub enum PolicySpec {
     SizeTieredLru {
         threshold: u64,
     },
-    /// LACache with its default configuration (no association table); build [`LaCache`] directly
-    /// to give it one.
-    LaCache,
+    /// LACache with its default configuration (no association table; build it with
+    /// [`build_with_associations`] or [`LaCache`] directly to give it one). Objects larger than
+    /// `fast_max_object` bytes are never placed in the fast tier (`u64::MAX`: any size may be).
+    LaCache {
+        fast_max_object: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -140,7 +144,18 @@ impl FromStr for PolicySpec {
             "lfu" => no_param(PolicySpec::Lfu),
             "s3fifo" | "s3-fifo" => no_param(PolicySpec::S3Fifo),
             "sieve" => no_param(PolicySpec::Sieve),
-            "lacache" => no_param(PolicySpec::LaCache),
+            "lacache" => {
+                let fast_max_object = match param {
+                    None => LACACHE_DEFAULT_FAST_MAX_OBJECT,
+                    Some(p) if p == "any" => u64::MAX,
+                    Some(p) => parse_bytes(p).map_err(|e| {
+                        bad(format!(
+                            "largest object for the fast tier: {e} (or \"any\")"
+                        ))
+                    })?,
+                };
+                Ok(PolicySpec::LaCache { fast_max_object })
+            }
             "clock" => {
                 let bits = match param {
                     None => 1,
@@ -199,7 +214,17 @@ impl fmt::Display for PolicySpec {
             PolicySpec::SizeTieredLru { threshold } => {
                 write!(f, "size-tiered-lru:{}", format_bytes(*threshold))
             }
-            PolicySpec::LaCache => f.write_str("lacache"),
+            PolicySpec::LaCache { fast_max_object }
+                if *fast_max_object == LACACHE_DEFAULT_FAST_MAX_OBJECT =>
+            {
+                f.write_str("lacache")
+            }
+            PolicySpec::LaCache {
+                fast_max_object: u64::MAX,
+            } => f.write_str("lacache:any"),
+            PolicySpec::LaCache { fast_max_object } => {
+                write!(f, "lacache:{}", format_bytes(*fast_max_object))
+            }
         }
     }
 }
@@ -207,7 +232,10 @@ impl fmt::Display for PolicySpec {
 impl PolicySpec {
     /// Whether the policy manages two tiers (and so needs a slow-tier capacity).
     pub fn two_tier(&self) -> bool {
-        matches!(self, PolicySpec::SizeTieredLru { .. } | PolicySpec::LaCache)
+        matches!(
+            self,
+            PolicySpec::SizeTieredLru { .. } | PolicySpec::LaCache { .. }
+        )
     }
 }
 
@@ -248,10 +276,11 @@ pub fn build_with_associations(
         PolicySpec::SizeTieredLru { threshold } => {
             Box::new(SizeTieredLru::new(capacity, threshold))
         }
-        PolicySpec::LaCache => Box::new(LaCache::new(
+        PolicySpec::LaCache { fast_max_object } => Box::new(LaCache::new(
             capacity,
             LaCacheConfig {
                 associations,
+                fast_max_object,
                 ..Default::default()
             },
         )),
@@ -275,10 +304,19 @@ mod tests {
             "slru:8",
             "size-tiered-lru:1MiB",
             "size-tiered-lru:1000",
+            "lacache:any",
+            "lacache:64MiB",
         ] {
             let spec: PolicySpec = name.parse().unwrap();
             assert_eq!(spec.to_string(), name);
         }
+        assert_eq!(
+            "lacache:any".parse::<PolicySpec>(),
+            Ok(PolicySpec::LaCache {
+                fast_max_object: u64::MAX
+            })
+        );
+        assert!("lacache:lots".parse::<PolicySpec>().is_err());
         assert!(matches!(
             "nope".parse::<PolicySpec>(),
             Err(PolicyError::Unknown { .. })
@@ -328,12 +366,24 @@ mod tests {
             slow: 1000,
         };
         assert!(build(&PolicySpec::Lru, two).is_err());
-        assert!(build(&PolicySpec::LaCache, one).is_err());
+        assert!(build(
+            &PolicySpec::LaCache {
+                fast_max_object: LACACHE_DEFAULT_FAST_MAX_OBJECT
+            },
+            one
+        )
+        .is_err());
         let err = build(&PolicySpec::SizeTieredLru { threshold: 10 }, one)
             .err()
             .unwrap();
         assert!(err.to_string().contains("two tiers"), "{err}");
-        assert!(build(&PolicySpec::LaCache, two).is_ok());
+        assert!(build(
+            &PolicySpec::LaCache {
+                fast_max_object: LACACHE_DEFAULT_FAST_MAX_OBJECT
+            },
+            two
+        )
+        .is_ok());
     }
 
     #[test]
@@ -343,7 +393,14 @@ mod tests {
             fast: 100,
             slow: 100,
         };
-        let mut p = build_with_associations(&PolicySpec::LaCache, cap, table).unwrap();
+        let mut p = build_with_associations(
+            &PolicySpec::LaCache {
+                fast_max_object: LACACHE_DEFAULT_FAST_MAX_OBJECT,
+            },
+            cap,
+            table,
+        )
+        .unwrap();
         let mut fx = Vec::new();
         let r = crate::Request {
             image: Some(1),
@@ -355,7 +412,13 @@ mod tests {
             probability: 0.9
         }));
         // plain `build` has no table, so nothing is announced
-        let mut p = build(&PolicySpec::LaCache, cap).unwrap();
+        let mut p = build(
+            &PolicySpec::LaCache {
+                fast_max_object: LACACHE_DEFAULT_FAST_MAX_OBJECT,
+            },
+            cap,
+        )
+        .unwrap();
         fx.clear();
         p.access(&r, &mut fx);
         assert!(!fx
