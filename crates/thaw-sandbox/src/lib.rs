@@ -26,6 +26,7 @@ pub mod proto;
 pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
+pub mod service;
 pub mod spec;
 pub mod testsupport;
 
