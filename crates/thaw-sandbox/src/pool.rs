@@ -214,34 +214,86 @@ impl Drop for Pool {
 /// Pools keyed by (profile, root filesystem), created on first use: what a daemon holds to serve
 /// `thaw run` requests. The first request for a new image is built on demand while its pool
 /// starts filling; later ones find ready parts.
+///
+/// Every distinct configuration a client asks for gets a pool that holds `depth` parked parts
+/// (processes, cgroups, mounts), so the number of pools is capped: past `max_pools`, the pool used
+/// least recently is dropped (its ready parts torn down; starts in flight keep theirs).
 pub struct PoolSet {
     rt: Runtime,
     depth: usize,
-    pools: Mutex<std::collections::HashMap<String, Arc<Pool>>>,
+    max_pools: usize,
+    pools: Mutex<std::collections::HashMap<String, Entry>>,
+    tick: AtomicU64,
+}
+
+struct Entry {
+    pool: Arc<Pool>,
+    label: String,
+    last_used: u64,
 }
 
 impl PoolSet {
     /// An empty set whose pools keep `depth` parts ready each.
     pub fn new(rt: &Runtime, depth: usize) -> Self {
-        PoolSet { rt: rt.clone(), depth, pools: Mutex::new(std::collections::HashMap::new()) }
+        Self::with_limit(rt, depth, usize::MAX)
+    }
+
+    /// An empty set of at most `max_pools` pools (at least one).
+    pub fn with_limit(rt: &Runtime, depth: usize, max_pools: usize) -> Self {
+        PoolSet {
+            rt: rt.clone(),
+            depth,
+            max_pools: max_pools.max(1),
+            pools: Mutex::new(std::collections::HashMap::new()),
+            tick: AtomicU64::new(0),
+        }
     }
 
     /// The pool for this profile and root, created (and starting to fill) if new.
     pub fn pool(&self, profile: &Profile, rootfs: &RootfsConfig) -> Arc<Pool> {
+        self.pool_with(profile, rootfs, self.depth, "")
+    }
+
+    /// The pool for this profile and root, created with `depth` and named `label` (for metrics)
+    /// if new; an existing pool keeps its depth and label.
+    pub fn pool_with(&self, profile: &Profile, rootfs: &RootfsConfig, depth: usize, label: &str) -> Arc<Pool> {
         // The serialized pair is an exact key: equal configurations, equal strings.
         let key = serde_json::to_string(&(profile, rootfs)).unwrap_or_default();
-        self.pools
-            .lock()
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(self.rt.pool(PoolConfig { profile: profile.clone(), rootfs: Some(rootfs.clone()), depth: self.depth }))
-            })
-            .clone()
+        let now = self.tick.fetch_add(1, Ordering::Relaxed);
+        let mut evicted = None;
+        let pool = {
+            let mut pools = self.pools.lock();
+            if !pools.contains_key(&key) && pools.len() >= self.max_pools {
+                let victim = pools.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
+                evicted = victim.and_then(|k| pools.remove(&k));
+            }
+            let e = pools.entry(key).or_insert_with(|| Entry {
+                pool: Arc::new(self.rt.pool(PoolConfig { profile: profile.clone(), rootfs: Some(rootfs.clone()), depth })),
+                label: label.to_string(),
+                last_used: now,
+            });
+            e.last_used = now;
+            e.pool.clone()
+        };
+        // Dropping a pool joins its filler thread, which may be in the middle of a build:
+        // outside the lock.
+        if let Some(e) = evicted {
+            tracing::info!(pool = %e.label, "dropping the least recently used sandbox pool (max_pools reached)");
+            drop(e);
+        }
+        pool
     }
 
     /// Starts a sandbox from the matching pool.
     pub fn start(&self, spec: &crate::SandboxSpec, io: StdioFds) -> Result<Sandbox> {
         self.pool(&spec.profile, &spec.rootfs).start(None, &spec.process, io)
+    }
+
+    /// Every pool with its label.
+    pub fn pools(&self) -> Vec<(String, Arc<Pool>)> {
+        let mut v: Vec<(String, Arc<Pool>)> = self.pools.lock().values().map(|e| (e.label.clone(), e.pool.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// Number of pools.
@@ -253,4 +305,68 @@ impl PoolSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Runs a sandbox with `input` on its stdin and its stdout and stderr captured (each up to
+/// `max_output` bytes; the rest is read and dropped, so the workload never blocks on a full
+/// pipe). With a `timeout`, the workload is killed when it runs longer, and its status is the
+/// signal. This is how a function is invoked with its payload.
+pub fn run_with_input(
+    start: impl FnOnce(StdioFds) -> Result<Sandbox>,
+    input: &[u8],
+    timeout: Option<Duration>,
+    max_output: usize,
+) -> Result<Output> {
+    use std::io::{Read, Write};
+    let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| crate::Error::sys("pipe", e));
+    let (in_r, in_w) = pipe()?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let reader = |fd: std::os::fd::OwnedFd| {
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(fd);
+            let mut v = Vec::new();
+            let mut buf = [0u8; 16 << 10];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => return v,
+                    Ok(n) => {
+                        let room = max_output.saturating_sub(v.len());
+                        v.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+            }
+        })
+    };
+    let ro = reader(out_r);
+    let re = reader(err_r);
+    let sb = start(StdioFds { stdin: in_r, stdout: out_w, stderr: err_w })?;
+    // A workload that does not read its stdin must not block us: write from a thread, and a
+    // closed pipe (EPIPE; the daemon ignores SIGPIPE) just ends the writing.
+    let payload = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let mut f = std::fs::File::from(in_w);
+        let _ = f.write_all(&payload);
+    });
+    let timings = sb.timings().clone();
+    let killer = timeout.map(|t| {
+        let sig = sb.signaller();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(t) {
+                let _ = sig.signal(libc::SIGKILL);
+            }
+        });
+        (tx, h)
+    });
+    let status = sb.wait();
+    if let Some((tx, h)) = killer {
+        drop(tx);
+        let _ = h.join();
+    }
+    let status = status?;
+    let _ = writer.join();
+    let stdout = ro.join().unwrap_or_default();
+    let stderr = re.join().unwrap_or_default();
+    Ok(Output { status, stdout, stderr, timings })
 }
