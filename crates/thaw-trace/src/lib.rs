@@ -12,6 +12,7 @@
 pub mod analyze;
 pub mod category;
 pub mod event;
+pub mod files;
 pub mod gen;
 pub mod hist;
 pub mod read;
