@@ -21,6 +21,8 @@
 //!    which drops privileges, installs seccomp and execs the workload.
 //!
 //! Steps 1 and 2 are what the pools do ahead of time; a cold start sends all three at once.
+//! A helper can instead start a template runtime (`Template`, see [`crate::zygote`]) and
+//! supervise it.
 //! Nothing after step 1 writes `cgroup.procs`: PID 1 is born inside the cgroup.
 
 use crate::error::{Error, Result};
@@ -65,7 +67,7 @@ fn micros(t: Instant) -> u64 {
 fn serve(ctrl: BorrowedFd<'_>) -> Result<()> {
     let mut shell_done = false;
     loop {
-        let Some((req, _fds)) = proto::recv::<Request>(ctrl)? else {
+        let Some((req, fds)) = proto::recv::<Request>(ctrl)? else {
             // The owner is gone before a root was built (a pool being drained): just exit.
             return Ok(());
         };
@@ -85,6 +87,12 @@ fn serve(ctrl: BorrowedFd<'_>) -> Result<()> {
                 drop(p.sock);
                 // Parked: sleeping costs nothing, and the exit report is on the critical path
                 // of the sandbox's end, so supervise at normal priority.
+                set_idle_priority(false);
+                return supervise(ctrl, pid);
+            }
+            Request::Template(plan) if !shell_done => {
+                let (pid, stages) = crate::zygote::start_template(&plan, fds)?;
+                proto::send(ctrl, &Reply::TemplateReady { pid: pid.as_raw(), stages }, &[])?;
                 set_idle_priority(false);
                 return supervise(ctrl, pid);
             }
@@ -218,7 +226,7 @@ pub fn set_idle_priority(idle: bool) {
 
 /// Relays signals to PID 1 and reports how it ended. PID 1 may still be parked: if the owner
 /// goes away first, PID 1 is killed.
-fn supervise(ctrl: BorrowedFd<'_>, pid: Pid) -> Result<()> {
+pub(crate) fn supervise(ctrl: BorrowedFd<'_>, pid: Pid) -> Result<()> {
     let pidfd = pidfd_open(pid)?;
     let mut owner_gone = false;
     loop {

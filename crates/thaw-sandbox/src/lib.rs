@@ -7,6 +7,7 @@
 //! * [`runtime`]: the caller's side (lives in any process, even a multithreaded daemon): the
 //!   cold path, sandbox handles, teardown off the critical path;
 //! * [`pool`]: parts built ahead of time, assembled per request;
+//! * [`zygote`]: template runtimes (Python) forked per invocation into fresh parts;
 //! * [`helper`]: the single-threaded helper process that does every namespace, mount and cgroup
 //!   operation (started with fork+exec, never forked from the caller's threads);
 //! * [`cgroup`], [`devices`], [`rootfs`], [`seccomp`], [`process`]: the kernel-facing pieces the
@@ -29,6 +30,7 @@ pub mod seccomp;
 pub mod service;
 pub mod spec;
 pub mod testsupport;
+pub mod zygote;
 
 pub use error::{Error, Result};
 pub use pool::{Pool, PoolConfig, PoolSet, PoolStats};
@@ -37,6 +39,7 @@ pub use runtime::{
     Timings,
 };
 pub use spec::{Limits, ProcessConfig, Profile, RootfsConfig, SandboxSpec, SeccompOptions};
+pub use zygote::{Invocation, Template, TemplateConfig, TemplateRuntime};
 
 use serde::{Deserialize, Serialize};
 

@@ -19,7 +19,7 @@ pub fn cap_set(names: &[String]) -> Result<CapsHashSet> {
         .collect()
 }
 
-fn rlimit_resource(name: &str) -> Result<libc::__rlimit_resource_t> {
+pub(crate) fn rlimit_resource(name: &str) -> Result<libc::__rlimit_resource_t> {
     Ok(match name {
         "RLIMIT_AS" => libc::RLIMIT_AS,
         "RLIMIT_CORE" => libc::RLIMIT_CORE,
@@ -61,7 +61,7 @@ pub fn resolve_program(prog: &str, env: &[String]) -> Result<PathBuf> {
     Err(Error::Config(format!("executable {prog:?} not found in the sandbox's PATH ({path})")))
 }
 
-fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
+pub(crate) fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
     v.iter()
         .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Config(format!("{what} {s:?} contains a NUL byte"))))
         .collect()

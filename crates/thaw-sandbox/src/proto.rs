@@ -30,6 +30,37 @@ pub enum Request {
     Root(RootPlan),
     /// Send this signal to the workload.
     Signal(i32),
+    /// Start a template runtime (see [`crate::zygote`]): a user namespace with a shifted id
+    /// range, idmapped layers, its own mount, PID, network, UTS, IPC and cgroup namespaces, the
+    /// root switched, then exec of the interpreter. Three descriptors travel with it: the
+    /// template's control socket (installed at descriptor 3 of the interpreter), its stdout and
+    /// its stderr.
+    Template(TemplatePlan),
+}
+
+/// The plan of a template process.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TemplatePlan {
+    /// The template's own cgroup (instances are moved out of it into their own).
+    pub cgroup: CgroupPlan,
+    /// Hostname in the template's UTS namespace.
+    pub hostname: String,
+    /// Layers and mounts of the template's root.
+    pub rootfs: RootfsConfig,
+    /// Host directory the template's private tmpfs is mounted on, in its own mount namespace.
+    pub staging: PathBuf,
+    /// First host id of the user namespace's range: id 0 inside is this id outside.
+    pub id_base: u32,
+    /// Number of ids mapped.
+    pub id_count: u32,
+    /// The template's seccomp profile ([`crate::seccomp::compile_template`]).
+    pub seccomp: CompiledSeccomp,
+    /// Interpreter and arguments (looked up inside the root).
+    pub argv: Vec<String>,
+    /// Environment of the interpreter.
+    pub env: Vec<String>,
+    /// Working directory inside the root.
+    pub cwd: String,
 }
 
 /// The image-independent plan.
@@ -80,6 +111,13 @@ pub enum Reply {
     /// The critical path of a start therefore wakes no process but PID 1.
     RootReady {
         /// Host pid of PID 1 (the future workload).
+        pid: i32,
+        /// Stage durations in microseconds.
+        stages: Vec<(String, u64)>,
+    },
+    /// The template's interpreter runs (exec succeeded).
+    TemplateReady {
+        /// Host pid of the process supervising the template (the template's parent).
         pid: i32,
         /// Stage durations in microseconds.
         stages: Vec<(String, u64)>,

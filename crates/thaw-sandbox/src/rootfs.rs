@@ -249,8 +249,16 @@ fn populate_dev(root: &Path, cfg: &RootfsConfig) -> Result<()> {
     let dev = root.join("dev");
     for (name, major, minor) in DEVICES {
         let p = dev.join(name);
-        mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(*major, *minor))
-            .map_err(|e| Error::sys(format!("mknod {}", p.display()), e))?;
+        match mknod(&p, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), nix::sys::stat::makedev(*major, *minor)) {
+            Ok(()) => {}
+            // Inside a user namespace (template runtimes) no device node can be created: bind
+            // the host's node instead, as rootless container runtimes do.
+            Err(nix::errno::Errno::EPERM) => {
+                fs::File::create(&p).map_err(|e| Error::io("create mount point", &p, e))?;
+                mnt(Some(&format!("/dev/{name}")), &p, NONE, MsFlags::MS_BIND, NONE)?;
+            }
+            Err(e) => return Err(Error::sys(format!("mknod {}", p.display()), e)),
+        }
     }
     for d in &cfg.devices {
         let p = secure_join(root, &d.path)?;

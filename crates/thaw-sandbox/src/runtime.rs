@@ -175,7 +175,9 @@ pub struct Runtime {
 }
 
 struct Teardown {
-    child: Child,
+    /// The helper to reap; `None` for a template instance, whose processes are not our
+    /// children (removing its cgroup waits for them to exit).
+    child: Option<Child>,
     cgroup: CgroupPlan,
 }
 
@@ -213,7 +215,9 @@ impl Runtime {
             .name("thaw-sandbox-reaper".into())
             .spawn(move || {
                 for mut t in rx {
-                    let _ = t.child.wait();
+                    if let Some(c) = t.child.as_mut() {
+                        let _ = c.wait();
+                    }
                     if let Err(e) = t.cgroup.remove(Duration::from_secs(10)) {
                         tracing::warn!(error = %e, "sandbox cgroup not removed");
                         c2.failed_teardowns.fetch_add(1, Ordering::Relaxed);
@@ -299,7 +303,7 @@ impl Runtime {
     /// `background`: build at idle CPU priority (pool refills), so that on a busy machine the
     /// starts being served win the CPU over the parts being prepared for later.
     pub(crate) fn build_part(&self, profile: &Profile, rootfs: Option<&RootfsConfig>, background: bool) -> Result<Part> {
-        let id = format!("s{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = self.inner.new_id("s");
         let cgroup = CgroupPlan::new(&self.inner.layout, &self.inner.names.cgroup_parent, &id, profile.limits.clone());
         let t = Instant::now();
         let (ctrl, child) = self.spawn_helper(background)?;
@@ -379,7 +383,7 @@ impl Runtime {
         Ok(Sandbox { part, pid })
     }
 
-    fn spawn_helper(&self, background: bool) -> Result<(OwnedFd, Child)> {
+    pub(crate) fn spawn_helper(&self, background: bool) -> Result<(OwnedFd, Child)> {
         let (mine, theirs) = proto::seqpacket_pair()?;
         let raw = theirs.as_raw_fd();
         let mut cmd = Command::new(&self.inner.helper.program);
@@ -415,6 +419,39 @@ impl Runtime {
     }
 }
 
+impl Inner {
+    /// A fresh name for a sandbox's cgroup: `prefix` and a number unique in this instance.
+    pub(crate) fn new_id(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Hands a finished sandbox to the reaper: reap its helper (if any), then remove its
+    /// cgroups. Runs inline when the reaper is gone (the runtime is shutting down).
+    pub(crate) fn schedule_teardown(&self, child: Option<Child>, cgroup: CgroupPlan) {
+        self.counters.pending_teardowns.fetch_add(1, Ordering::AcqRel);
+        let t = Teardown { child, cgroup };
+        let tx = self.reaper.lock().clone();
+        let inline = |mut t: Teardown, kill: bool| {
+            if let Some(c) = t.child.as_mut() {
+                if kill {
+                    let _ = c.kill();
+                }
+                let _ = c.wait();
+            }
+            let _ = t.cgroup.remove(Duration::from_secs(10));
+            self.counters.pending_teardowns.fetch_sub(1, Ordering::Release);
+        };
+        match tx {
+            Some(tx) => {
+                if let Err(mpsc::SendError(t)) = tx.send(t) {
+                    inline(t, false);
+                }
+            }
+            None => inline(t, true),
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Close the channel so the reaper finishes the queue and exits, then make sure nothing
@@ -427,7 +464,7 @@ impl Drop for Inner {
     }
 }
 
-fn recv_reply(ctrl: &OwnedFd) -> Result<Reply> {
+pub(crate) fn recv_reply(ctrl: &OwnedFd) -> Result<Reply> {
     match proto::recv::<Reply>(ctrl.as_fd())? {
         Some((Reply::Failed(e), _)) => Err(Error::Helper(e)),
         Some((r, _)) => Ok(r),
@@ -435,7 +472,7 @@ fn recv_reply(ctrl: &OwnedFd) -> Result<Reply> {
     }
 }
 
-fn unexpected(r: Reply) -> Error {
+pub(crate) fn unexpected(r: Reply) -> Error {
     Error::Protocol(format!("unexpected reply {r:?}"))
 }
 
@@ -484,25 +521,7 @@ impl Drop for Part {
         self.pid1.take();
         self.ctrl.take();
         if let Some(child) = self.child.take() {
-            let tx = self.rt.reaper.lock().clone();
-            self.rt.counters.pending_teardowns.fetch_add(1, Ordering::AcqRel);
-            let t = Teardown { child, cgroup: self.cgroup.clone() };
-            match tx {
-                Some(tx) => {
-                    if let Err(mpsc::SendError(mut t)) = tx.send(t) {
-                        let _ = t.child.wait();
-                        let _ = t.cgroup.remove(Duration::from_secs(10));
-                        self.rt.counters.pending_teardowns.fetch_sub(1, Ordering::Release);
-                    }
-                }
-                None => {
-                    let mut t = t;
-                    let _ = t.child.kill();
-                    let _ = t.child.wait();
-                    let _ = t.cgroup.remove(Duration::from_secs(10));
-                    self.rt.counters.pending_teardowns.fetch_sub(1, Ordering::Release);
-                }
-            }
+            self.rt.schedule_teardown(Some(child), self.cgroup.clone());
         }
     }
 }

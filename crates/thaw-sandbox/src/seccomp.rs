@@ -126,24 +126,51 @@ fn unpack(p: &[u64]) -> BpfProgram {
         .collect()
 }
 
+/// System calls a template runtime (zygote) may make although the default profile refuses them:
+/// its forked instances build their own mount, network, UTS, IPC, PID and cgroup namespaces
+/// inside the template's user namespace, mount their root and switch into it. None of them
+/// reaches beyond that user namespace (the kernel checks every one against it), and every
+/// instance installs the full default profile on top before the function's handler runs.
+pub const TEMPLATE_ALLOWED: &[&str] = &["mount", "umount2", "pivot_root", "unshare"];
+
 /// Compiles the default profile. Call once per set of options and reuse the result.
 pub fn compile(opts: SeccompOptions) -> Result<CompiledSeccomp> {
+    compile_with(opts, &[], CLONE_NAMESPACE_FLAGS)
+}
+
+/// The profile of a template process: the default profile without [`TEMPLATE_ALLOWED`], and
+/// with `unshare` and `clone` refused only when they would create a user namespace (a nested
+/// one would give the template's code a fresh set of capabilities to probe the kernel with).
+pub fn compile_template(opts: SeccompOptions) -> Result<CompiledSeccomp> {
+    compile_with(opts, TEMPLATE_ALLOWED, &[libc::CLONE_NEWUSER as u64])
+}
+
+fn compile_with(opts: SeccompOptions, allowed: &[&str], refused_clone_flags: &[u64]) -> Result<CompiledSeccomp> {
     if opts.disabled {
         return Ok(CompiledSeccomp::default());
     }
     let arch = target_arch()?;
     let se = |e: seccompiler::BackendError| Error::Seccomp(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for (_, nr) in denied_syscalls(opts) {
-        rules.insert(nr, vec![]);
+    for (name, nr) in denied_syscalls(opts) {
+        if !allowed.contains(&name) {
+            rules.insert(nr, vec![]);
+        }
     }
-    let mut clone_rules = Vec::new();
-    for &flag in CLONE_NAMESPACE_FLAGS {
-        // x86-64 passes the flags in the first argument of clone.
-        let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag).map_err(se)?;
-        clone_rules.push(SeccompRule::new(vec![cond]).map_err(se)?);
+    // A rule per flag: the call is refused when any one of them is set. x86-64 passes the
+    // flags in the first argument of both clone and unshare.
+    let flag_rules = || -> Result<Vec<SeccompRule>> {
+        let mut v = Vec::new();
+        for &flag in refused_clone_flags {
+            let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag).map_err(se)?;
+            v.push(SeccompRule::new(vec![cond]).map_err(se)?);
+        }
+        Ok(v)
+    };
+    rules.insert(libc::SYS_clone, flag_rules()?);
+    if allowed.contains(&"unshare") {
+        rules.insert(libc::SYS_unshare, flag_rules()?);
     }
-    rules.insert(libc::SYS_clone, clone_rules);
     let deny = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
         .map_err(se)?;
     let deny: BpfProgram = deny.try_into().map_err(se)?;

@@ -238,3 +238,124 @@ pub fn parse_probe(out: &str) -> Vec<(String, i64, i32)> {
         })
         .collect()
 }
+
+/// Debian's python3 (package `python3.11`; `python3-minimal` alone lacks the full standard
+/// library), from which [`python_rootfs`] builds a root filesystem.
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
+/// Its standard library.
+pub const DEBIAN_PYTHON_LIB: &str = "/usr/lib/python3.11";
+
+/// Builds a Python root filesystem in `dir` from the host's Debian python3: the interpreter
+/// (also as `python3`), its standard library without `test/`, `site-packages/` and
+/// `dist-packages/`, and every shared library `ldd` lists for the interpreter and its extension
+/// modules, each at the path `ldd` printed (real directories, no merged-/usr symlinks, so the
+/// tree stacks over a busybox root without hiding its `/bin`).
+pub fn python_rootfs(dir: &Path) -> io::Result<()> {
+    for d in ["usr/bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+    fs::copy(DEBIAN_PYTHON, dir.join("usr/bin/python3.11"))?;
+    symlink("python3.11", dir.join("usr/bin/python3"))?;
+    let lib = Path::new(DEBIAN_PYTHON_LIB);
+    copy_tree(lib, &dir.join(lib.strip_prefix("/").expect("absolute")), &|rel| {
+        matches!(rel.to_str(), Some("test" | "site-packages" | "dist-packages"))
+    })?;
+    let mut objects = vec![PathBuf::from(DEBIAN_PYTHON)];
+    for e in fs::read_dir(lib.join("lib-dynload"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "so") {
+            objects.push(p);
+        }
+    }
+    let out = Command::new("ldd").args(&objects).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut libs: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=> ") {
+                Some((_, r)) => r.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then_some(path)
+        })
+        .collect();
+    libs.sort_unstable();
+    libs.dedup();
+    if !libs.iter().any(|l| l.contains("libc.so")) {
+        return Err(io::Error::other(format!("ldd listed no libc for {DEBIAN_PYTHON}: {text}")));
+    }
+    for l in libs {
+        let to = dir.join(l.trim_start_matches('/'));
+        fs::create_dir_all(to.parent().expect("a library path has a parent"))?;
+        if !to.exists() {
+            fs::copy(l, &to)?;
+        }
+    }
+    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    Ok(())
+}
+
+/// Copies a tree, keeping symbolic links as links; `skip` sees paths relative to `from`.
+fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> io::Result<()> {
+    fn walk(root: &Path, from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> io::Result<()> {
+        fs::create_dir_all(to)?;
+        for e in fs::read_dir(from)? {
+            let e = e?;
+            let src = e.path();
+            if skip(src.strip_prefix(root).unwrap_or(&src)) {
+                continue;
+            }
+            let dst = to.join(e.file_name());
+            let t = e.file_type()?;
+            if t.is_dir() {
+                walk(root, &src, &dst, skip)?;
+            } else if t.is_symlink() {
+                symlink(fs::read_link(&src)?, &dst)?;
+            } else if t.is_file() {
+                fs::copy(&src, &dst)?;
+            }
+        }
+        Ok(())
+    }
+    walk(from, from, to, skip)
+}
+
+/// The Python root filesystem of this process, built once on /dev/shm (see [`python_rootfs`])
+/// and shared by every test of the binary; directories left by earlier, finished processes
+/// are removed first. `None` (after printing `skipping <test>: <why>`) when the host has no
+/// Debian python3; panics instead when `CI` is set.
+pub fn cached_python_rootfs(test: &str) -> Option<PathBuf> {
+    static ROOT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let r = ROOT.get_or_init(|| {
+        if !Path::new(DEBIAN_PYTHON).exists() || !Path::new(DEBIAN_PYTHON_LIB).join("json").is_dir() {
+            return Err(format!("no Debian python3 at {DEBIAN_PYTHON} (install the apt package python3.11)"));
+        }
+        for e in fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix("thaw-pyroot-") {
+                let pid = rest.split('.').next().unwrap_or_default();
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = PathBuf::from(format!("/dev/shm/thaw-pyroot-{}", std::process::id()));
+        let tmp = dir.with_extension("partial");
+        let _ = fs::remove_dir_all(&tmp);
+        python_rootfs(&tmp).map_err(|e| format!("building the python rootfs: {e}"))?;
+        fs::rename(&tmp, &dir).map_err(|e| format!("renaming the python rootfs into place: {e}"))?;
+        Ok(dir)
+    });
+    match r {
+        Ok(p) => Some(p.clone()),
+        Err(why) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: {why}, and CI is set");
+            }
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}

@@ -1,0 +1,747 @@
+//! Template runtimes (zygotes): a language runtime initialised once per function, inside the
+//! function's image, and forked per invocation into fresh parts.
+//!
+//! # The template
+//!
+//! A [`Template`] is a Python interpreter running thaw's template script (`zygote/template.py`)
+//! over the function's image. It imports the preload modules and the handler once, then forks
+//! an instance whenever the runtime asks. Its code is untrusted, so the template is confined
+//! like a sandbox and more:
+//!
+//! * **its own user namespace** with a shifted id range: root inside is host uid
+//!   `100000 + N·65536` (`N` a host-wide slot, locked under `/run/thaw/idmap` for the template's
+//!   life, so two templates — of this or another runtime instance — never share ids). It has
+//!   every capability inside that namespace and none on the host;
+//! * **idmapped layers**: the helper (host root) clones each layer as a detached mount whose ids
+//!   are shifted through the template's user namespace, so files owned by host root appear owned
+//!   by the template's root, readable and copy-up-able, while the layer directories on the host
+//!   stay untouched and owned by host root;
+//! * its own mount (overlay root, `pivot_root`), PID, network (loopback only), UTS, IPC and
+//!   cgroup namespaces, all owned by its user namespace, and its own cgroup with the profile's
+//!   limits;
+//! * `no_new_privs` and a seccomp profile ([`crate::seccomp::compile_template`]): the default
+//!   profile minus what building an instance needs (`mount`, `umount2`, `pivot_root`, `unshare`
+//!   without `CLONE_NEWUSER`).
+//!
+//! The template keeps, in a hidden 0700 tmpfs at `/.thaw`, the idmapped layers, the mountpoint
+//! of its instances' staging tmpfs, and an unmasked procfs and sysfs of its own namespaces: the
+//! kernel lets a user namespace mount procfs or sysfs only where one is already fully visible
+//! (`mount_too_revealing`). Instances switch root away from all of it; the template itself —
+//! the function's own code — can read them.
+//!
+//! # Instances
+//!
+//! Forking is cheap; moving a process into a v1 cgroup is not (about 8 ms, an RCU grace
+//! period). So instances are made ahead of time, `depth` of them per template, by a background
+//! thread:
+//!
+//! 1. the runtime sends `fork` with a fresh socket; the template forks the *outer* process,
+//!    which unshares mount, network, UTS, IPC and PID namespaces, mounts a fresh tmpfs with its
+//!    own upper and work directories and an overlay over the same idmapped layers, sets the
+//!    hostname and brings loopback up, and says `ready`;
+//! 2. the runtime reads the outer process's host pid from the kernel (`SCM_CREDENTIALS`),
+//!    creates the instance's cgroup with the profile's limits and writes the pid into it — the
+//!    expensive step, off the critical path — and says `go`;
+//! 3. the outer process forks the *inner* one, PID 1 of the new PID namespace, born inside the
+//!    cgroup. It unshares a cgroup namespace rooted there, mounts /proc, /dev, /sys, masks and
+//!    read-only paths and a private /tmp, switches root, applies rlimits, drops capabilities to
+//!    the runtime-spec default set, sets `no_new_privs`, installs the default seccomp profile
+//!    (mode 2, on top of the template's) and parks, waiting for a payload.
+//!
+//! [`Template::invoke`] takes a parked instance (or builds one on demand: a miss, which pays the
+//! cgroup move), hands it three memfds (the payload as stdin, stdout, stderr), and the inner
+//! process reseeds `random` from `os.urandom`, runs the handler and exits. The outer process
+//! reports the exit status; the runtime reads the memfds and tears the instance down off the
+//! critical path (its cgroup is removed once its processes are gone).
+//!
+//! Instances of one function share the template's user namespace (and so its id range) and its
+//! read-only layers; nothing writable: each has its own upper directory and /tmp (tmpfs), its
+//! own mount, PID, network, UTS, IPC and cgroup namespaces and its own cgroup.
+//!
+//! # Random state
+//!
+//! `random` is reseeded from `os.urandom` in every instance (CPython also reseeds it after
+//! fork). `os.urandom`, `secrets` and `uuid4` read the kernel and need nothing. What cannot be
+//! reseeded is the string-hash seed (`PYTHONHASHSEED`): it is fixed when the interpreter starts
+//! and every dict and set of the preloaded heap depends on it. thaw draws it from the kernel's
+//! random source per template, so it differs between functions and between restarts of one
+//! function's template, but **all instances of one template share it** (hash-flooding
+//! resistance across instances of one function is that of a single long-lived process).
+//!
+//! Multi-layer images: opaque directories are marked with `trusted.overlay.opaque`, which an
+//! overlay mounted inside a user namespace cannot read; in a template, a directory made opaque
+//! by an upper layer also shows the lower layers' entries.
+
+mod setup;
+
+pub(crate) use setup::start_template;
+
+use crate::cgroup::CgroupPlan;
+use crate::error::{Error, Result};
+use crate::pool::PoolStats;
+use crate::proto::{self, Reply, Request, TemplatePlan};
+use crate::runtime::{Inner, Runtime, Timings};
+use crate::spec::{MountEntry, ProcessConfig, Profile, RootfsConfig};
+use crate::ExitStatus;
+use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
+use std::fs;
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Descriptor of the template's control socket in the interpreter.
+pub const TEMPLATE_CONTROL_FD: RawFd = 3;
+/// Host id that root of the first template slot maps to.
+pub const ID_BASE: u32 = 100_000;
+/// Ids per template user namespace.
+pub const ID_COUNT: u32 = 65_536;
+/// Number of template slots (host id ranges); the last range ends below 2^32.
+pub const ID_SLOTS: u32 = 60_000;
+/// Host directory of the slot lock files.
+pub const ID_LOCK_DIR: &str = "/run/thaw/idmap";
+/// Largest stdout or stderr returned by an invocation; the rest is cut.
+pub const MAX_OUTPUT: u64 = 64 << 20;
+/// How long the template may take to import its preload modules and handler.
+const INIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long building one instance may take before it counts as failed.
+const INSTANCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const SCRIPT: &str = include_str!("zygote/template.py");
+
+/// The language runtime a template runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateRuntime {
+    /// CPython.
+    Python {
+        /// The interpreter, a path inside the image (`/usr/bin/python3`).
+        interpreter: String,
+        /// Modules imported once by the template.
+        preload: Vec<String>,
+        /// `module:function`, or `/path/in/image.py:function`. The function is called with the
+        /// payload (bytes) and returns bytes, str, None or anything `json.dumps` takes.
+        handler: String,
+    },
+}
+
+/// What a template is made of.
+#[derive(Clone, Debug)]
+pub struct TemplateConfig {
+    /// Limits and namespaces of each instance (and of the template itself).
+    pub profile: Profile,
+    /// The function's image layers; each instance gets its own upper directory.
+    pub rootfs: RootfsConfig,
+    /// The runtime to initialise.
+    pub runtime: TemplateRuntime,
+    /// Environment of the interpreter (`KEY=VALUE`).
+    pub env: Vec<String>,
+    /// Working directory inside the image.
+    pub cwd: String,
+    /// Ready forked instances kept.
+    pub depth: usize,
+}
+
+/// The result of one invocation.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    /// What the handler returned (or printed).
+    pub stdout: Vec<u8>,
+    /// What it wrote to stderr (a traceback when it raised).
+    pub stderr: Vec<u8>,
+    /// How the instance ended.
+    pub status: ExitStatus,
+    /// Where the time went: the instance's preparation (done ahead of time on a hit), then
+    /// `take`, `send`, `run`, `collect`.
+    pub timings: Timings,
+}
+
+/// A parked instance: its socket, cgroup and the host pid of its outer process.
+struct Instance {
+    sock: OwnedFd,
+    cgroup: Option<CgroupPlan>,
+    pid: i32,
+    stages: Vec<(String, Duration)>,
+    rt: Arc<Inner>,
+}
+
+impl Instance {
+    /// SIGKILLs every process in the instance's cgroup (a timeout, or a broken instance).
+    fn kill(&self) {
+        if let Some(c) = &self.cgroup {
+            for (_, d) in &c.dirs {
+                for pid in crate::cgroup::procs(d) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+        // Before the cgroup move only the outer process exists (its child is not born yet).
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // The socket closes right after this (a field): that ends a parked instance, and one
+        // that ran has exited already. The reaper removes the cgroup once it is empty.
+        if let Some(c) = self.cgroup.take() {
+            self.rt.schedule_teardown(None, c);
+        }
+    }
+}
+
+struct State {
+    ready: VecDeque<Instance>,
+    stop: bool,
+}
+
+struct Shared {
+    rt: Runtime,
+    cfg: TemplateConfig,
+    ctrl: OwnedFd,
+    state: Mutex<State>,
+    cond: Condvar,
+    stats: PoolStats,
+}
+
+/// A running template and its pool of parked instances. Dropping it stops the template and
+/// every instance.
+pub struct Template {
+    shared: Arc<Shared>,
+    filler: Option<std::thread::JoinHandle<()>>,
+    helper: Option<(Child, OwnedFd)>,
+    cgroup: CgroupPlan,
+    pid: i32,
+    id_base: u32,
+    log: Arc<Mutex<Vec<u8>>>,
+    _slot: fs::File,
+}
+
+/// Locks the first free id slot; the lock lives as long as the returned file.
+fn lock_id_slot() -> Result<(u32, fs::File)> {
+    fs::create_dir_all(ID_LOCK_DIR).map_err(|e| Error::io("create directory", ID_LOCK_DIR, e))?;
+    for n in 0..ID_SLOTS {
+        let p = Path::new(ID_LOCK_DIR).join(format!("{n}.lock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io("open", &p, e))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok((ID_BASE + n * ID_COUNT, f));
+        }
+    }
+    Err(Error::Config(format!("all {ID_SLOTS} template id ranges are in use; stop some templates")))
+}
+
+/// The mount plan an instance replays on its new root, in the order of
+/// [`crate::rootfs::finish_and_pivot`].
+fn mount_ops(r: &RootfsConfig) -> Vec<serde_json::Value> {
+    let mut ops = Vec::new();
+    for m in &r.mounts {
+        let o = crate::rootfs::parse_options(&m.options);
+        let bind = m.typ == "bind" || o.flags.contains(nix::mount::MsFlags::MS_BIND);
+        let (typ, src, data) = if m.typ == "cgroup" || m.typ == "cgroup2" {
+            ("cgroup2".to_string(), "cgroup2".to_string(), None)
+        } else {
+            let data = o.data.join(",");
+            let src = if m.source.is_empty() { m.typ.clone() } else { m.source.clone() };
+            (m.typ.clone(), src, if data.is_empty() { None } else { Some(data) })
+        };
+        ops.push(serde_json::json!({
+            "op": "mount", "dst": m.destination, "src": src, "type": typ, "data": data,
+            "flags": o.flags.bits(), "bind": bind, "propagation": o.propagation.bits(),
+        }));
+    }
+    ops.extend(r.masked_paths.iter().map(|p| serde_json::json!({"op": "mask", "path": p})));
+    ops.extend(r.readonly_paths.iter().map(|p| serde_json::json!({"op": "readonly", "path": p})));
+    if r.readonly {
+        ops.push(serde_json::json!({"op": "readonly_root"}));
+    }
+    ops
+}
+
+/// The template's root: the configured one plus a private tmpfs on /tmp unless one is there.
+fn template_rootfs(r: &RootfsConfig) -> RootfsConfig {
+    let mut r = r.clone();
+    if !r.mounts.iter().any(|m| m.destination.trim_end_matches('/') == "/tmp") {
+        r.mounts.push(MountEntry {
+            destination: "/tmp".into(),
+            typ: "tmpfs".into(),
+            source: "tmpfs".into(),
+            options: vec!["nosuid".into(), "nodev".into(), "mode=1777".into(), format!("size={}", r.upper_size_bytes)],
+        });
+    }
+    r
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // getrandom never fails for 4 bytes once the pool is initialised; zero is still a valid seed.
+    // SAFETY: getrandom writes at most the length we pass into the buffer we own.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    u32::from_ne_bytes(b)
+}
+
+fn set_passcred(fd: &OwnedFd) -> Result<()> {
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::PassCred, &true).map_err(|e| Error::sys("SO_PASSCRED", e))
+}
+
+/// Waits up to `timeout` for `fd` to be readable. Returns false on timeout.
+fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                left.as_millis().clamp(1, i32::MAX as u128) as i32
+            }
+        };
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll reads and writes the one pollfd we pass.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n > 0 {
+            return Ok(true);
+        }
+        if n < 0 && nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+            return Err(Error::sys("poll", nix::errno::Errno::last()));
+        }
+    }
+}
+
+/// Receives one message and the sender's host pid (the socket has `SO_PASSCRED`).
+fn recv_with_pid(fd: &OwnedFd) -> Result<Option<(Vec<u8>, i32)>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut cmsg = nix::cmsg_space!(libc::ucred);
+    loop {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => {
+                if m.bytes == 0 {
+                    return Ok(None);
+                }
+                let mut pid = 0;
+                for c in m.cmsgs().map_err(|e| Error::sys("reading control messages", e))? {
+                    if let ControlMessageOwned::ScmCredentials(cr) = c {
+                        pid = cr.pid();
+                    }
+                }
+                let n = m.bytes;
+                return Ok(Some((buf[..n].to_vec(), pid)));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::ECONNRESET) => return Ok(None),
+            Err(e) => return Err(Error::sys("receiving from a template instance", e)),
+        }
+    }
+}
+
+/// A message from the template side that is not what the protocol expects at this point.
+fn template_error(what: &str, msg: &[u8]) -> Error {
+    match serde_json::from_slice::<serde_json::Value>(msg) {
+        Ok(v) if v.get("error").is_some() => {
+            Error::Helper(format!("{what}: {}", v["error"].as_str().unwrap_or_default().trim_end()))
+        }
+        _ => Error::Protocol(format!("{what}: unexpected message {:?}", String::from_utf8_lossy(msg))),
+    }
+}
+
+fn memfd(name: &std::ffi::CStr) -> Result<fs::File> {
+    // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::sys("memfd_create", nix::errno::Errno::last()));
+    }
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { fs::File::from_raw_fd(fd) })
+}
+
+fn read_capped(f: &fs::File) -> Vec<u8> {
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0).min(MAX_OUTPUT) as usize;
+    let mut v = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match f.read_at(&mut v[done..], done as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
+        }
+    }
+    v.truncate(done);
+    v
+}
+
+impl Runtime {
+    /// Starts a template for `cfg` and begins keeping `cfg.depth` instances ready. Returns once
+    /// the template has imported its preload modules and handler; an import error is returned
+    /// here, with the interpreter's traceback.
+    pub fn template(&self, cfg: TemplateConfig) -> Result<Template> {
+        let TemplateRuntime::Python { interpreter, preload, handler } = &cfg.runtime;
+        let (id_base, slot) = lock_id_slot()?;
+        let rootfs = template_rootfs(&cfg.rootfs);
+        let mut env = cfg.env.clone();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        if !env.iter().any(|e| e.starts_with("PYTHONHASHSEED=")) {
+            // 0 would turn hash randomisation off.
+            env.push(format!("PYTHONHASHSEED={}", random_u32() % 4_294_967_295 + 1));
+        }
+        let id = self.inner.new_id("t");
+        let cgroup = CgroupPlan::new(&self.inner.layout, &self.inner.names.cgroup_parent, &id, cfg.profile.limits.clone());
+        let plan = TemplatePlan {
+            cgroup: cgroup.clone(),
+            hostname: cfg.profile.hostname.clone(),
+            rootfs: rootfs.clone(),
+            staging: self.inner.names.mount_prefix.clone(),
+            id_base,
+            id_count: ID_COUNT,
+            seccomp: crate::seccomp::compile_template(cfg.profile.seccomp)?,
+            argv: vec![interpreter.clone(), "-B".into(), "-s".into(), "-c".into(), SCRIPT.into()],
+            env,
+            cwd: cfg.cwd.clone(),
+        };
+        let (ours, theirs) = proto::seqpacket_pair()?;
+        set_passcred(&ours)?;
+        let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::Builder::new()
+            .name("thaw-template-log".into())
+            .spawn(move || {
+                // Keeps the last 64 KiB the template (or an instance before its stdio is set)
+                // wrote, for error messages; the rest goes to the trace log.
+                let mut f = fs::File::from(log_r);
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    tracing::debug!(output = %String::from_utf8_lossy(&buf[..n]), "template output");
+                    let mut l = log2.lock();
+                    l.extend_from_slice(&buf[..n]);
+                    let excess = l.len().saturating_sub(64 << 10);
+                    l.drain(..excess);
+                }
+            })
+            .map_err(|e| Error::io("spawn thread", "thaw-template-log", e))?;
+        let (hctrl, child) = self.spawn_helper(false)?;
+        self.inner.counters.parts_built.fetch_add(1, Ordering::Relaxed);
+        let mut template = Template {
+            shared: Arc::new(Shared {
+                rt: self.clone(),
+                cfg: TemplateConfig { rootfs, ..cfg.clone() },
+                ctrl: ours,
+                state: Mutex::new(State { ready: VecDeque::new(), stop: false }),
+                cond: Condvar::new(),
+                stats: PoolStats::default(),
+            }),
+            filler: None,
+            helper: Some((child, hctrl)),
+            cgroup,
+            pid: 0,
+            id_base,
+            log,
+            _slot: slot,
+        };
+        let hctrl = &template.helper.as_ref().expect("set above").1;
+        let fds = [theirs.as_raw_fd(), log_w.as_raw_fd(), log_w.as_raw_fd()];
+        proto::send(hctrl.as_fd(), &Request::Template(plan), &fds)?;
+        drop(theirs);
+        drop(log_w);
+        match crate::runtime::recv_reply(hctrl) {
+            Ok(Reply::TemplateReady { .. }) => {}
+            Ok(other) => return Err(crate::runtime::unexpected(other)),
+            Err(e) => return Err(template.with_log(e)),
+        }
+        let config = serde_json::json!({
+            "preload": preload,
+            "handler": handler,
+            "lowers": (0..cfg.rootfs.lowers.len()).map(|i| format!("/.thaw/l/{i}")).collect::<Vec<_>>(),
+            "upper_size": cfg.rootfs.upper_size_bytes,
+            "hostname": cfg.profile.hostname,
+            "ops": mount_ops(&template.shared.cfg.rootfs),
+            "seccomp": self.seccomp(cfg.profile.seccomp)?.programs,
+            "caps": instance_caps()?,
+            "last_cap": caps::all().iter().map(|c| c.index()).max().unwrap_or(40),
+            "rlimits": instance_rlimits()?,
+            "cwd": cfg.cwd,
+            "syscalls": {"pivot_root": libc::SYS_pivot_root, "capset": libc::SYS_capset, "seccomp": libc::SYS_seccomp},
+        });
+        let ctrl = &template.shared.ctrl;
+        proto::send(ctrl.as_fd(), &config, &[])?;
+        if !wait_readable(ctrl, Some(INIT_TIMEOUT))? {
+            return Err(Error::Helper(format!("the template did not finish importing within {INIT_TIMEOUT:?}")));
+        }
+        match recv_with_pid(ctrl)? {
+            Some((msg, pid)) => match serde_json::from_slice::<serde_json::Value>(&msg) {
+                Ok(v) if v.get("ok").is_some() => template.pid = pid,
+                Ok(v) if v.get("error").is_some() => {
+                    return Err(Error::Config(format!(
+                        "the template for handler {handler} failed to initialise (preload {preload:?}); fix the image or the module list. The interpreter said:\n{}",
+                        v["error"].as_str().unwrap_or_default().trim_end()
+                    )))
+                }
+                _ => return Err(template_error("template start", &msg)),
+            },
+            None => {
+                let e = Error::Helper(format!("the template interpreter {interpreter} exited during start-up"));
+                return Err(template.with_log(e));
+            }
+        }
+        let s2 = template.shared.clone();
+        template.filler = Some(
+            std::thread::Builder::new()
+                .name("thaw-template-filler".into())
+                .spawn(move || fill(&s2))
+                .map_err(|e| Error::io("spawn thread", "thaw-template-filler", e))?,
+        );
+        Ok(template)
+    }
+}
+
+/// Capability numbers instances keep: the runtime-spec default.
+fn instance_caps() -> Result<Vec<u8>> {
+    Ok(crate::process::cap_set(&ProcessConfig::default().capabilities.bounding)?.iter().map(|c| c.index()).collect())
+}
+
+/// `[resource, soft, hard]` of the default process config's rlimits.
+fn instance_rlimits() -> Result<Vec<(u32, u64, u64)>> {
+    ProcessConfig::default()
+        .rlimits
+        .iter()
+        .map(|r| Ok((crate::process::rlimit_resource(&r.resource)? as u32, r.soft, r.hard)))
+        .collect()
+}
+
+fn fill(s: &Shared) {
+    crate::helper::set_idle_priority(true);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        {
+            let mut st = s.state.lock();
+            while !st.stop && st.ready.len() >= s.cfg.depth {
+                s.cond.wait(&mut st);
+            }
+            if st.stop {
+                return;
+            }
+        }
+        let t = Instant::now();
+        match make_instance(s) {
+            Ok(inst) => {
+                s.stats.built.fetch_add(1, Ordering::Relaxed);
+                s.stats.build_wall_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let mut st = s.state.lock();
+                if st.stop {
+                    return;
+                }
+                st.ready.push_back(inst);
+                s.cond.notify_all();
+                backoff = Duration::from_millis(10);
+            }
+            Err(e) => {
+                s.stats.build_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "forking a template instance failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Forks one instance and parks it in its own cgroup.
+fn make_instance(s: &Shared) -> Result<Instance> {
+    let rt = &s.rt.inner;
+    let t = Instant::now();
+    let (a, b) = proto::seqpacket_pair()?;
+    set_passcred(&a)?;
+    proto::send_bytes(s.ctrl.as_fd(), b"fork", &[b.as_raw_fd()])?;
+    drop(b);
+    let mut inst = Instance { sock: a, cgroup: None, pid: 0, stages: Vec::new(), rt: rt.clone() };
+    let step = |inst: &Instance, what: &str| -> Result<Vec<u8>> {
+        if !wait_readable(&inst.sock, Some(INSTANCE_TIMEOUT))? {
+            inst.kill();
+            return Err(Error::Helper(format!("{what}: no answer within {INSTANCE_TIMEOUT:?}")));
+        }
+        match proto::recv_bytes(inst.sock.as_fd())? {
+            Some((m, _)) => Ok(m),
+            None => Err(Error::Helper(format!("{what}: the instance died (is the template gone?)"))),
+        }
+    };
+    if !wait_readable(&inst.sock, Some(INSTANCE_TIMEOUT))? {
+        return Err(Error::Helper("forking an instance: the template did not answer".into()));
+    }
+    match recv_with_pid(&inst.sock)? {
+        Some((m, pid)) if m == b"ready" && pid > 0 => inst.pid = pid,
+        Some((m, _)) => return Err(template_error("forking an instance", &m)),
+        None => return Err(Error::Helper("forking an instance: the template closed the instance socket".into())),
+    }
+    inst.stages.push(("fork_unshare_overlay".into(), t.elapsed()));
+    let t = Instant::now();
+    let cgroup = CgroupPlan::new(&rt.layout, &rt.names.cgroup_parent, &rt.new_id("z"), s.cfg.profile.limits.clone());
+    inst.cgroup = Some(cgroup.clone());
+    cgroup.create()?;
+    for (_, d) in &cgroup.dirs {
+        crate::cgroup::write_file(&d.join("cgroup.procs"), &inst.pid.to_string())?;
+    }
+    inst.stages.push(("cgroup_move".into(), t.elapsed()));
+    let t = Instant::now();
+    proto::send_bytes(inst.sock.as_fd(), b"go", &[])?;
+    let m = step(&inst, "parking an instance")?;
+    if m != b"parked" {
+        return Err(template_error("parking an instance", &m));
+    }
+    inst.stages.push(("pid_ns_root_seccomp".into(), t.elapsed()));
+    Ok(inst)
+}
+
+impl Template {
+    /// Runs the handler on `payload` in a fresh instance and waits for it. With a `timeout`,
+    /// an instance still running after it is killed (status `Signal(SIGKILL)`, a note on stderr).
+    pub fn invoke(&self, payload: &[u8], timeout: Option<Duration>) -> Result<Invocation> {
+        let t0 = Instant::now();
+        let s = &self.shared;
+        let taken = {
+            let mut st = s.state.lock();
+            let i = st.ready.pop_front();
+            s.cond.notify_all();
+            i
+        };
+        let hit = taken.is_some();
+        let inst = match taken {
+            Some(i) => {
+                s.stats.hits.fetch_add(1, Ordering::Relaxed);
+                i
+            }
+            None => {
+                s.stats.misses.fetch_add(1, Ordering::Relaxed);
+                make_instance(s)?
+            }
+        };
+        let mut timings = Timings { pooled: hit, ..Timings::default() };
+        timings.stages = inst.stages.clone();
+        timings.critical_from = if hit { timings.stages.len() } else { 0 };
+        timings.stages.push(("take".into(), t0.elapsed()));
+        let t = Instant::now();
+        let mut stdin = memfd(c"thaw-stdin")?;
+        std::io::Write::write_all(&mut stdin, payload).map_err(|e| Error::io("write", "payload memfd", e))?;
+        std::io::Seek::rewind(&mut stdin).map_err(|e| Error::io("seek", "payload memfd", e))?;
+        let stdout = memfd(c"thaw-stdout")?;
+        let stderr = memfd(c"thaw-stderr")?;
+        proto::send_bytes(inst.sock.as_fd(), b"run", &[stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()])?;
+        drop(stdin);
+        timings.stages.push(("send".into(), t.elapsed()));
+        timings.to_exec = t0.elapsed();
+        let t = Instant::now();
+        let mut timed_out = false;
+        if !wait_readable(&inst.sock, timeout)? {
+            timed_out = true;
+            inst.kill();
+        }
+        let status = match proto::recv_bytes(inst.sock.as_fd())? {
+            None => ExitStatus::Signal(libc::SIGKILL),
+            Some((m, _)) => {
+                let v: serde_json::Value = serde_json::from_slice(&m).map_err(|_| template_error("invocation", &m))?;
+                match (v.get("code").and_then(|c| c.as_i64()), v.get("signal").and_then(|c| c.as_i64())) {
+                    (Some(c), _) => ExitStatus::Code(c as i32),
+                    (_, Some(sig)) => ExitStatus::Signal(sig as i32),
+                    _ => return Err(template_error("invocation", &m)),
+                }
+            }
+        };
+        timings.stages.push(("run".into(), t.elapsed()));
+        let t = Instant::now();
+        let out = read_capped(&stdout);
+        let mut err = read_capped(&stderr);
+        if timed_out {
+            err.extend_from_slice(format!("thaw: the instance ran past its timeout of {timeout:?} and was killed\n").as_bytes());
+        }
+        drop(inst);
+        timings.stages.push(("collect".into(), t.elapsed()));
+        Ok(Invocation { stdout: out, stderr: err, status, timings })
+    }
+
+    /// Counters of the instance pool (hits, misses, built...).
+    pub fn stats(&self) -> &PoolStats {
+        &self.shared.stats
+    }
+
+    /// Instances parked now.
+    pub fn ready(&self) -> usize {
+        self.shared.state.lock().ready.len()
+    }
+
+    /// Waits until at least `n` instances are parked (capped at the depth), up to `timeout`.
+    pub fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
+        let n = n.min(self.shared.cfg.depth);
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.state.lock();
+        while st.ready.len() < n {
+            if self.shared.cond.wait_until(&mut st, deadline).timed_out() {
+                return st.ready.len() >= n;
+            }
+        }
+        true
+    }
+
+    /// Host pid of the template's interpreter.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Host id that root in the template's user namespace maps to.
+    pub fn id_base(&self) -> u32 {
+        self.id_base
+    }
+
+    /// The template's own cgroup directories.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.dirs.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// The configuration (with the template's /tmp added to the root's mounts).
+    pub fn config(&self) -> &TemplateConfig {
+        &self.shared.cfg
+    }
+
+    /// Adds what the template printed to an error about its start.
+    fn with_log(&self, e: Error) -> Error {
+        // Give the log thread a moment to drain what the dying process wrote.
+        std::thread::sleep(Duration::from_millis(20));
+        let l = self.log.lock();
+        if l.is_empty() {
+            e
+        } else {
+            Error::Helper(format!("{e}; the template wrote: {}", String::from_utf8_lossy(&l).trim_end()))
+        }
+    }
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.cond.notify_all();
+        if let Some(f) = self.filler.take() {
+            let _ = f.join();
+        }
+        self.shared.state.lock().ready.clear();
+        // Closing the helper's socket makes it SIGKILL the template's outer process; the
+        // interpreter (PID 1 of the template's PID namespace) follows by its parent-death
+        // signal, and with it every instance, all being inside that PID namespace.
+        if let Some((child, hctrl)) = self.helper.take() {
+            drop(hctrl);
+            self.shared.rt.inner.schedule_teardown(Some(child), self.cgroup.clone());
+        }
+    }
+}
