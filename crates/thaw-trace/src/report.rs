@@ -10,6 +10,7 @@ use plotters::prelude::*;
 
 use crate::analyze::{AnalysisReport, CategoryReport, Dist};
 use crate::event::format_rfc3339_us;
+use crate::files::summary::{FilesSummary, ReadyBy};
 use crate::sim::{fmt_bytes, SimReport};
 
 /// Plot size in pixels.
@@ -352,6 +353,16 @@ pub fn html(
     sim: Option<&SimReport>,
     title: &str,
 ) -> Result<String, ReportError> {
+    page(Some(a), sim, None, title)
+}
+
+/// The HTML report of any of: a trace's analysis, simulation results, a file-access recording.
+pub fn page(
+    a: Option<&AnalysisReport>,
+    sim: Option<&SimReport>,
+    files: Option<&FilesSummary>,
+    title: &str,
+) -> Result<String, ReportError> {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -363,6 +374,37 @@ pub fn html(
          .note{{color:#555;font-size:90%}}</style></head><body>\n<h1>{t}</h1>\n",
         t = esc(title)
     );
+    if let Some(a) = a {
+        analysis_html(&mut h, a)?;
+    }
+    if let Some(s) = sim {
+        h.push_str("<h2>Simulation</h2>\n<div class=\"plots\">");
+        let _ = writeln!(
+            h,
+            "<div>{}</div><div>{}</div></div>",
+            strip_xml_decl(&mrc_svg(s, false)?),
+            strip_xml_decl(&mrc_svg(s, true)?)
+        );
+        h.push_str("<pre>");
+        h.push_str(&esc(&sim_table(s)));
+        h.push_str("</pre>\n");
+    }
+    if let Some(f) = files {
+        files_html(&mut h, f)?;
+    }
+    if let Some(a) = a.filter(|a| !a.read.samples.is_empty()) {
+        h.push_str("<h2>Malformed records (first few)</h2><ul>");
+        for m in &a.read.samples {
+            let _ = write!(h, "<li>{}</li>", esc(&m.to_string()));
+        }
+        h.push_str("</ul>\n");
+    }
+    h.push_str("</body></html>\n");
+    Ok(h)
+}
+
+/// The analysis sections: summary, per-category table, distributions, associations.
+fn analysis_html(h: &mut String, a: &AnalysisReport) -> Result<(), ReportError> {
     let span_s = a.last_us.saturating_sub(a.first_us) as f64 / 1e6;
     let _ = writeln!(
         h,
@@ -458,27 +500,301 @@ pub fn html(
         );
     }
     h.push_str("</table>\n");
-    if let Some(s) = sim {
-        h.push_str("<h2>Simulation</h2>\n<div class=\"plots\">");
+    Ok(())
+}
+
+/// A layer id short enough for an axis or a table: `sha256:` and 12 hex digits, or the tail
+/// of a directory path.
+pub fn short_layer(id: &str) -> String {
+    if let Some(hex) = id.strip_prefix("sha256:") {
+        return format!("sha256:{}", &hex[..hex.len().min(12)]);
+    }
+    let n = id.chars().count();
+    if n <= 28 {
+        id.to_string()
+    } else {
+        format!("…{}", id.chars().skip(n - 27).collect::<String>())
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn opt_num(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn opt_bytes(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| human_bytes(v as f64))
+}
+
+fn ready_text(r: &ReadyBy) -> String {
+    match r {
+        ReadyBy::Exit { code: Some(c), .. } => format!("command exited with status {c}"),
+        ReadyBy::Exit { signal: Some(s), .. } => format!("command killed by signal {s}"),
+        ReadyBy::Exit { .. } => "command exited".into(),
+        ReadyBy::Port { port } => format!("port {port} accepted a connection"),
+        ReadyBy::Log { line } => format!("log line {line:?}"),
+        ReadyBy::Unknown => "unknown (summarised from records)".into(),
+    }
+}
+
+/// Per layer: (label, share of files, share of bytes). With the image inventory the shares are
+/// of the layer's own files and bytes; without it (records alone), of everything accessed.
+fn layer_shares(s: &FilesSummary) -> (Vec<(String, f64, f64)>, bool) {
+    let of_layer = s.layers.iter().all(|l| l.file_share.is_some() && l.byte_share.is_some());
+    let rows = s
+        .layers
+        .iter()
+        .map(|l| {
+            if of_layer {
+                (short_layer(&l.id), l.file_share.unwrap_or(0.0), l.byte_share.unwrap_or(0.0))
+            } else {
+                let f = l.accessed_files as f64 / s.accessed_files.max(1) as f64;
+                let b = l.accessed_bytes as f64 / s.accessed_bytes.max(1) as f64;
+                (short_layer(&l.id), f, b)
+            }
+        })
+        .collect();
+    (rows, of_layer)
+}
+
+/// Grouped bars: per layer, the share of files and the share of bytes accessed.
+pub fn layer_bars_svg(s: &FilesSummary) -> Result<String, ReportError> {
+    let (rows, of_layer) = layer_shares(s);
+    let title = if of_layer { "accessed share of each layer (files, bytes)" } else { "where accessed files come from (files, bytes)" };
+    let n = rows.len().max(1);
+    let ymax = rows.iter().map(|r| r.1.max(r.2)).fold(0.0, f64::max).clamp(0.05, 1.0) * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err(title))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(52)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax)
+            .map_err(plot_err(title))?;
+        let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .x_desc(if of_layer { "layer (base first)" } else { "layer" })
+            .y_desc("share accessed")
+            .x_labels(n)
+            .x_label_formatter(&|v| {
+                let i = v.round();
+                if (v - i).abs() < 0.01 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .disable_x_mesh()
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(plot_err(title))?;
+        for (k, name) in ["files", "bytes"].into_iter().enumerate() {
+            let color = COLORS[k];
+            let bars = rows.iter().enumerate().map(move |(i, r)| {
+                let v = if k == 0 { r.1 } else { r.2 };
+                let x0 = i as f64 - 0.38 + k as f64 * 0.38;
+                Rectangle::new([(x0, 0.0), (x0 + 0.36, v)], color.filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(plot_err(title))?
+                .label(name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err(title))?;
+        root.present().map_err(plot_err(title))?;
+    }
+    Ok(svg)
+}
+
+/// Cumulative bytes accessed (files read or executed, whole sizes) over the time of each file's
+/// first access after the container started.
+pub fn cumulative_bytes_svg(s: &FilesSummary) -> Result<String, ReportError> {
+    let title = "cumulative bytes accessed over first-access time";
+    let mut pts = vec![(0.0, 0.0)];
+    let mut total = 0u64;
+    for f in s.files.iter().filter(|f| f.layer.is_some() && f.bytes > 0) {
+        let t = f.first_us as f64 / 1e3;
+        pts.push((t, total as f64));
+        total += f.bytes;
+        pts.push((t, total as f64));
+    }
+    let xmax = pts.last().map_or(1.0, |p| p.0).max(s.duration_us as f64 / 1e3).max(1.0);
+    pts.push((xmax, total as f64));
+    let ymax = (total as f64).max(1.0) * 1.08;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err(title))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(42)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .map_err(plot_err(title))?;
+        chart
+            .configure_mesh()
+            .x_desc("ms after the container's process started")
+            .y_desc("bytes accessed")
+            .y_label_formatter(&|v| human_bytes(*v))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(plot_err(title))?;
+        chart.draw_series(LineSeries::new(pts, COLORS[0].stroke_width(2))).map_err(plot_err(title))?;
+        root.present().map_err(plot_err(title))?;
+    }
+    Ok(svg)
+}
+
+/// Hot files shown in the HTML report.
+const HTML_HOT_FILES: usize = 200;
+
+fn files_html(h: &mut String, s: &FilesSummary) -> Result<(), ReportError> {
+    let _ = writeln!(
+        h,
+        "<h2>File accesses: {}</h2><table><tr><th>figure</th><th>value</th></tr>\
+         <tr><td>command</td><td>{}</td></tr><tr><td>runtime</td><td>{}</td></tr><tr><td>ready</td><td>{}</td></tr>\
+         <tr><td>start to ready</td><td>{}</td></tr>\
+         <tr><td>files accessed / in the image</td><td>{} / {} ({})</td></tr>\
+         <tr><td>files read or executed</td><td>{}</td></tr>\
+         <tr><td>bytes accessed / in the image</td><td>{} / {} ({})</td></tr>\
+         <tr><td>files written by the container</td><td>{}</td></tr>\
+         <tr><td>events (lost to overflow, without a path)</td><td>{} ({}, {})</td></tr></table>",
+        esc(&s.image),
+        esc(&s.command.join(" ")),
+        esc(&s.runtime),
+        esc(&ready_text(&s.ready)),
+        human_seconds(s.duration_us as f64 / 1e6),
+        s.accessed_files,
+        opt_num(s.image_files),
+        pct(s.file_share),
+        s.read_files,
+        human_bytes(s.accessed_bytes as f64),
+        opt_bytes(s.image_bytes),
+        pct(s.byte_share),
+        s.written_files,
+        s.events,
+        s.overflows,
+        s.unmapped
+    );
+    let _ = writeln!(h, "<p class=\"note\">{}</p>", esc(&s.definition));
+    let _ = writeln!(
+        h,
+        "<div class=\"plots\"><div>{}</div><div>{}</div></div>",
+        strip_xml_decl(&layer_bars_svg(s)?),
+        strip_xml_decl(&cumulative_bytes_svg(s)?)
+    );
+    h.push_str("<h3>Layers (base first)</h3><table><tr><th>layer</th><th>files</th><th>bytes</th><th>files accessed</th><th>bytes accessed</th><th>file share</th><th>byte share</th></tr>\n");
+    for l in &s.layers {
         let _ = writeln!(
             h,
-            "<div>{}</div><div>{}</div></div>",
-            strip_xml_decl(&mrc_svg(s, false)?),
-            strip_xml_decl(&mrc_svg(s, true)?)
+            "<tr><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&l.id),
+            esc(&short_layer(&l.id)),
+            opt_num(l.files),
+            opt_bytes(l.bytes),
+            l.accessed_files,
+            human_bytes(l.accessed_bytes as f64),
+            pct(l.file_share),
+            pct(l.byte_share)
         );
-        h.push_str("<pre>");
-        h.push_str(&esc(&sim_table(s)));
-        h.push_str("</pre>\n");
     }
-    if !a.read.samples.is_empty() {
-        h.push_str("<h2>Malformed records (first few)</h2><ul>");
-        for m in &a.read.samples {
-            let _ = write!(h, "<li>{}</li>", esc(&m.to_string()));
-        }
-        h.push_str("</ul>\n");
+    let _ = writeln!(
+        h,
+        "</table><h3>Hot files (by first access{})</h3><table><tr><th>path</th><th>layer</th><th>first access</th><th>opened</th><th>executed</th><th>reads</th><th>size</th><th>bytes</th></tr>",
+        if s.files.len() > HTML_HOT_FILES { format!("; the first {HTML_HOT_FILES} of {}", s.files.len()) } else { String::new() }
+    );
+    for f in s.files.iter().take(HTML_HOT_FILES) {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&f.path),
+            esc(&f.layer.as_deref().map_or_else(|| "written by the container".to_string(), short_layer)),
+            human_seconds(f.first_us as f64 / 1e6),
+            f.opened,
+            f.executed,
+            f.reads,
+            human_bytes(f.size as f64),
+            human_bytes(f.bytes as f64)
+        );
     }
-    h.push_str("</body></html>\n");
-    Ok(h)
+    h.push_str("</table>\n");
+    Ok(())
+}
+
+/// A file-access recording as terminal tables: totals, layers, the first `top` hot files.
+pub fn files_table(s: &FilesSummary, top: usize) -> String {
+    let mut out = format!(
+        "{} — {} ({}, {} after start)\n\
+         files accessed: {} of {} ({}), {} read or executed; bytes accessed: {} of {} ({}); written by the container: {}\n\
+         events: {} ({} lost to queue overflow, {} without a path)\n\n",
+        s.image,
+        ready_text(&s.ready),
+        s.runtime,
+        human_seconds(s.duration_us as f64 / 1e6),
+        s.accessed_files,
+        opt_num(s.image_files),
+        pct(s.file_share),
+        s.read_files,
+        human_bytes(s.accessed_bytes as f64),
+        opt_bytes(s.image_bytes),
+        pct(s.byte_share),
+        s.written_files,
+        s.events,
+        s.overflows,
+        s.unmapped
+    );
+    let rows: Vec<Vec<String>> = s
+        .layers
+        .iter()
+        .map(|l| {
+            vec![
+                short_layer(&l.id),
+                opt_num(l.files),
+                opt_bytes(l.bytes),
+                l.accessed_files.to_string(),
+                human_bytes(l.accessed_bytes as f64),
+                pct(l.file_share),
+                pct(l.byte_share),
+            ]
+        })
+        .collect();
+    out += &text_table(&["layer (base first)", "files", "bytes", "accessed", "acc. bytes", "file share", "byte share"], &rows);
+    let rows: Vec<Vec<String>> = s
+        .files
+        .iter()
+        .take(top)
+        .map(|f| {
+            vec![
+                f.path.clone(),
+                f.layer.as_deref().map_or_else(|| "(container)".to_string(), short_layer),
+                format!("{:.1} ms", f.first_us as f64 / 1e3),
+                f.opened.to_string(),
+                f.executed.to_string(),
+                f.reads.to_string(),
+                human_bytes(f.bytes as f64),
+            ]
+        })
+        .collect();
+    let _ = writeln!(out, "\nhot files, by first access ({} of {}):", rows.len(), s.files.len());
+    out += &text_table(&["path", "layer", "first", "opened", "exec", "reads", "bytes"], &rows);
+    out += "\nbytes accessed = whole size of each file read or executed (an upper bound: fanotify reports no offsets and no page faults of mmapped files)\n";
+    out
 }
 
 fn strip_xml_decl(svg: &str) -> &str {
@@ -708,6 +1024,48 @@ mod tests {
         assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
         let t = analysis_table(&a);
         assert!(t.contains("web") && t.contains("put:get"));
+    }
+
+    #[test]
+    fn file_access_section_renders_charts_and_tables() {
+        use crate::files::summary::{Aggregator, ImageFacts};
+        use thaw_record::{FileAccessRecord, FileOp};
+        let base = format!("sha256:{}", "b".repeat(64));
+        let mut agg = Aggregator::new(Some(0));
+        for (ts, path, op, size, layer) in [
+            (100, "/bin/busybox", FileOp::OpenExec, 1000, Some(base.as_str())),
+            (300, "/data/a.txt", FileOp::Access, 50, Some("top")),
+            (400, "/tmp/<new>", FileOp::Open, 5, None),
+        ] {
+            agg.add(&FileAccessRecord {
+                v: 1,
+                ts_us: ts,
+                image: "img".into(),
+                path: path.into(),
+                op,
+                size,
+                layer: layer.map(String::from),
+                pid: None,
+            });
+        }
+        let facts = ImageFacts {
+            image: "oci:/x:latest".into(),
+            layers: vec![(base.clone(), 300, 5000), ("top".into(), 2, 80)],
+            total_files: 302,
+            total_bytes: 5080,
+            ..Default::default()
+        };
+        let s = agg.finish(Some(&facts), ReadyBy::Exit { code: Some(0), signal: None }, 500);
+        let page = page(None, None, Some(&s), "files").unwrap();
+        assert_eq!(page.matches("<svg").count(), 2);
+        assert!(page.contains("/data/a.txt") && page.contains("&lt;new&gt;"), "paths escaped");
+        assert!(page.contains("written by the container"));
+        assert!(page.contains("upper bound"), "the definition of bytes is on the page");
+        assert!(page.contains("sha256:bbbbbbbbbbbb"), "layer ids shortened on axes and tables");
+        assert!(!page.contains("<h2>Summary</h2>"), "no analysis section without a trace");
+        let t = files_table(&s, 10);
+        assert!(t.contains("/bin/busybox") && t.contains("files accessed: 2 of 302"), "{t}");
+        assert!(t.find("/bin/busybox").unwrap() < t.find("/data/a.txt").unwrap(), "first access order");
     }
 
     #[test]

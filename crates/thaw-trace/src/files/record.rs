@@ -84,6 +84,11 @@ pub enum Ready {
 }
 
 impl Ready {
+    /// `--ready-log`: a line of output matching `pattern` (Rust regex syntax).
+    pub fn log(pattern: &str) -> Result<Ready, FilesError> {
+        regex::Regex::new(pattern).map(Ready::Log).map_err(|e| FilesError::BadSpec(format!("bad --ready-log pattern: {e}")))
+    }
+
     fn describe(&self) -> String {
         match self {
             Ready::Exit => "the command to exit".into(),
