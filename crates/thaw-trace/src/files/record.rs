@@ -135,6 +135,8 @@ pub struct RecordSpec {
     pub scratch: PathBuf,
 }
 
+/// How often `runtime start` is checked for its exit while events are read.
+const START_POLL: Duration = Duration::from_millis(2);
 /// How often `--ready-port` tries to connect.
 const PORT_PROBE: Duration = Duration::from_millis(20);
 /// Longest output line kept for `--ready-log` matching; longer lines are matched in pieces.
@@ -256,25 +258,34 @@ pub fn record(
     )
     .map_err(FilesError::sys("fanotify_mark of the container's root filesystem"))?;
 
-    // 5. start
+    // 5. start. `runtime start` is not waited for here: events are read (and timestamped)
+    // while it runs, since the command is exec'ed before it returns.
     let started_us = now_us();
     let t0 = Instant::now();
-    let o = Command::new(prog)
-        .arg("--root")
-        .arg(&state)
-        .arg("start")
-        .arg(&tag)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(FilesError::io(format!("running {prog} start")))?;
-    if !o.status.success() {
-        return Err(FilesError::Runtime {
+    let mut starter = Some(
+        Command::new(prog)
+            .arg("--root")
+            .arg(&state)
+            .arg("start")
+            .arg(&tag)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(FilesError::io(format!("running {prog} start")))?,
+    );
+    let start_failed = |c: std::process::Child| -> Result<(), FilesError> {
+        let o = c.wait_with_output().map_err(FilesError::io(format!("waiting for {prog} start")))?;
+        if o.status.success() {
+            return Ok(());
+        }
+        Err(FilesError::Runtime {
             runtime: prog.into(),
             step: "start",
             status: o.status.to_string(),
             stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        });
-    }
+        })
+    };
 
     // 6. read until ready
     let mut rec = Recorder {
@@ -291,6 +302,11 @@ pub fn record(
     let deadline = t0 + spec.timeout;
     let ready = loop {
         rec.drain(&fan)?;
+        if let Some(c) = starter.as_mut() {
+            if c.try_wait().map_err(FilesError::io(format!("waiting for {prog} start")))?.is_some() {
+                start_failed(starter.take().expect("checked just above"))?;
+            }
+        }
         let now = Instant::now();
         if now >= deadline {
             return Err(FilesError::Timeout { timeout: spec.timeout, waiting_for: spec.ready.describe() });
@@ -306,6 +322,9 @@ pub fn record(
         let mut wait = deadline - now;
         if matches!(spec.ready, Ready::Port(_)) {
             wait = wait.min(next_probe.saturating_duration_since(now));
+        }
+        if starter.is_some() {
+            wait = wait.min(START_POLL);
         }
         let fan_fd = fan.as_fd();
         let mut fds = vec![
@@ -362,6 +381,9 @@ pub fn record(
         }
     };
     let duration_us = t0.elapsed().as_micros() as u64;
+    if let Some(c) = starter.take() {
+        start_failed(c)?;
+    }
     // Everything the container did before it was ready is queued by now.
     rec.drain(&fan)?;
     for f in [&out, &err].into_iter().flatten() {

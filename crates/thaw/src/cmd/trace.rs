@@ -11,6 +11,7 @@ use thaw_trace::category::CategoryMap;
 use thaw_trace::gen::{generate, generate_zipf, GenParams, ZipfParams};
 use thaw_trace::read::{self, ReadOptions, ReadStats, TraceFormat};
 use thaw_trace::report;
+use thaw_trace::files::{self, FilesSummary, LayerDir, ProcessSpec, Ready, RecordSpec, Runtime};
 use thaw_trace::sim::SimReport;
 
 #[derive(Debug, Subcommand)]
@@ -19,15 +20,22 @@ pub enum TraceCommand {
     Gen(GenArgs),
     /// Analyse a trace: image pulls, per-category distributions, associated images.
     Analyze(AnalyzeArgs),
-    /// Write a self-contained HTML report (and a JSON summary) of a trace.
+    /// Write a self-contained HTML report (and a JSON summary) of a trace and/or a file-access recording.
     Report(ReportArgs),
+    /// Record which files of an image a container opens, executes and reads until it is ready.
+    ///
+    /// Runs the image under runc (or crun) with fanotify marks placed between `create` and
+    /// `start`, maps every file to the layer that provides it, and prints the hot-file list,
+    /// the shares of files and bytes accessed, and the spread over layers. Needs root.
+    #[command(after_help = FILES_AFTER_HELP)]
+    Files(FilesArgs),
 }
 
 /// Where a trace comes from; shared by `analyze`, `report` and `sim`.
 #[derive(Debug, Args)]
 pub struct TraceInput {
     /// Trace file(s); several files of one format are merged in time order.
-    #[arg(long = "trace", short = 't', required = true, num_args = 1..)]
+    #[arg(long = "trace", short = 't', num_args = 1..)]
     pub trace: Vec<PathBuf>,
     /// The trace's format: thaw, distribution, ibm or oracle-general.
     #[arg(long, default_value = "thaw", value_parser = parse_format)]
@@ -175,6 +183,11 @@ pub struct ReportArgs {
     /// A `thaw sim --json` result to include (miss-ratio curves and the results table).
     #[arg(long)]
     sim: Option<PathBuf>,
+    /// A `thaw trace files` result to include (file-access charts): its `--json` document, or
+    /// its `--output` records (then without the image's totals). Without --trace, the report
+    /// shows only this.
+    #[arg(long)]
+    files: Option<PathBuf>,
     #[arg(long, default_value = "thaw trace report")]
     title: String,
 }
@@ -184,6 +197,7 @@ pub fn run(cmd: TraceCommand) -> anyhow::Result<ExitCode> {
         TraceCommand::Gen(a) => run_gen(a),
         TraceCommand::Analyze(a) => run_analyze(a),
         TraceCommand::Report(a) => run_report(a),
+        TraceCommand::Files(a) => run_files(a),
     }
 }
 
@@ -310,12 +324,19 @@ fn run_analyze(a: AnalyzeArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(serde::Serialize)]
 struct Summary<'a> {
-    analysis: &'a AnalysisReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    analysis: Option<&'a AnalysisReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     simulation: Option<&'a SimReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<&'a FilesSummary>,
 }
 
 fn run_report(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !a.input.trace.is_empty() || a.files.is_some(),
+        "nothing to report: give a registry trace (--trace FILE) and/or a file-access recording (--files FILE)"
+    );
     let sim: Option<SimReport> = match &a.sim {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -323,18 +344,163 @@ fn run_report(a: ReportArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let analysis = run_analysis(&a.input, &a.flags)?;
-    let page = report::html(&analysis, sim.as_ref(), &a.title)?;
+    let files = match &a.files {
+        Some(p) => {
+            let (s, stats) = files::load(p)?;
+            warn_malformed(&stats);
+            Some(s)
+        }
+        None => None,
+    };
+    let analysis = if a.input.trace.is_empty() { None } else { Some(run_analysis(&a.input, &a.flags)?) };
+    let page = report::page(analysis.as_ref(), sim.as_ref(), files.as_ref(), &a.title)?;
     std::fs::write(&a.html, page).with_context(|| format!("cannot write {}", a.html.display()))?;
     if let Some(p) = &a.json {
-        let s = Summary { analysis: &analysis, simulation: sim.as_ref() };
+        let s = Summary { analysis: analysis.as_ref(), simulation: sim.as_ref(), files: files.as_ref() };
         std::fs::write(p, serde_json::to_string_pretty(&s)?).with_context(|| format!("cannot write {}", p.display()))?;
     }
-    print!("{}", report::analysis_table(&analysis));
+    if let Some(an) = &analysis {
+        print!("{}", report::analysis_table(an));
+    }
     if let Some(s) = &sim {
         println!();
         print!("{}", report::sim_table(s));
     }
+    if let Some(f) = &files {
+        println!();
+        print!("{}", report::files_table(f, 20));
+    }
     eprintln!("wrote {}", a.html.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+const FILES_AFTER_HELP: &str = "Bytes accessed: fanotify reports that a file was opened, executed or read, but not which \
+offsets, and nothing when a memory-mapped file is paged in. \"Bytes accessed\" is the whole size of every file read or \
+executed: an upper bound of the bytes actually touched. Readiness: by default the command's exit; --ready-port connects \
+to 127.0.0.1:PORT inside the container's own network namespace (loopback only); --ready-log matches each output line. \
+The container's output goes to stderr; the summary (or --json) to stdout.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeArg {
+    Runc,
+    /// crun, run in a private mount namespace without /sys/fs/cgroup/unified (hybrid hosts).
+    Crun,
+}
+
+#[derive(Debug, Args)]
+pub struct FilesArgs {
+    /// A root filesystem directory, or an image in an OCI layout as `oci:PATH[:TAG]`.
+    #[arg(value_name = "ROOTFS|IMAGE")]
+    image: String,
+    /// The OCI runtime.
+    #[arg(long, value_enum, default_value = "runc")]
+    runtime: RuntimeArg,
+    /// Ready when 127.0.0.1:PORT accepts a TCP connection inside the container's network namespace.
+    #[arg(long, conflicts_with = "ready_log")]
+    ready_port: Option<u16>,
+    /// Ready when a line of the container's stdout or stderr matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    ready_log: Option<String>,
+    /// Give up (and fail) when the container is not ready within this time.
+    #[arg(long, default_value = "60s")]
+    timeout: humantime::Duration,
+    /// Write every file access as a JSON line (thaw trace records of type "file").
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+    /// Print the summary as one JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Hot files shown in the table.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Data directory holding the layer store (for oci: images); the daemon's default when unset.
+    #[arg(long, env = "THAW_DATA")]
+    data: Option<PathBuf>,
+    /// Where the container's upper directory and bundle are made (default: /dev/shm).
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+    /// Extra environment variables `KEY=VALUE`.
+    #[arg(long, short = 'e')]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long, short = 'w')]
+    workdir: Option<String>,
+    /// Command and arguments (after `--`); the image's own when omitted.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// The image's layer directories (base first) and its process, plus the pins keeping the
+/// layers in the store while they are in use.
+fn resolve_files_image(a: &FilesArgs) -> anyhow::Result<(Vec<LayerDir>, ProcessSpec, Vec<thaw_store::layers::LayerPin>)> {
+    let image = a.image.as_str();
+    if image.starts_with("oci:") {
+        let data = a.data.clone().unwrap_or_else(super::serve::default_data_dir);
+        let store = thaw_store::layers::LayerStore::open(&data)
+            .context("opening the layer store (if a thaw daemon holds it, stop it or use another --data)")?;
+        let pins = store.ensure_layout_image(image).with_context(|| format!("unpacking {image}"))?;
+        let r = thaw_oci::layout::LayoutRef::parse(image)?;
+        let img = thaw_oci::layout::Layout::open(&r.path)?.image(r.tag.as_deref())?;
+        let process = files::process_from_image_config(&img.config).map_err(anyhow::Error::msg)?;
+        let layers = pins.iter().map(|p| LayerDir { id: p.diff_id().to_string(), dir: p.path().to_path_buf() }).collect();
+        return Ok((layers, process, pins));
+    }
+    anyhow::ensure!(
+        !image.starts_with("docker://"),
+        "docker:// images need the daemon's mirror; pull into an OCI layout first (skopeo copy docker://... oci:DIR:TAG) and trace oci:DIR:TAG"
+    );
+    let dir = std::fs::canonicalize(image).ok().filter(|d| d.is_dir()).with_context(|| format!("{image} is neither a directory nor an image name (oci:PATH[:TAG])"))?;
+    Ok((vec![LayerDir { id: dir.display().to_string(), dir }], ProcessSpec::default(), Vec::new()))
+}
+
+fn run_files(a: FilesArgs) -> anyhow::Result<ExitCode> {
+    let ready = match (a.ready_port, &a.ready_log) {
+        (Some(p), _) => Ready::Port(p),
+        (None, Some(r)) => Ready::log(r)?,
+        (None, None) => Ready::Exit,
+    };
+    let (layers, mut process, _pins) = resolve_files_image(&a)?;
+    if !a.command.is_empty() {
+        process.args = a.command.clone();
+    }
+    process.env.extend(a.env.iter().cloned());
+    if let Some(w) = &a.workdir {
+        process.cwd = w.clone();
+    }
+    let scratch = a.scratch.clone().unwrap_or_else(|| {
+        let shm = PathBuf::from("/dev/shm");
+        if shm.is_dir() { shm } else { std::env::temp_dir() }
+    });
+    let spec = RecordSpec {
+        image: a.image.clone(),
+        layers,
+        process,
+        runtime: match a.runtime {
+            RuntimeArg::Runc => Runtime::Runc,
+            RuntimeArg::Crun => Runtime::Crun,
+        },
+        ready,
+        timeout: a.timeout.into(),
+        scratch,
+    };
+    let mut out = match &a.output {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)),
+        None => None,
+    };
+    let mut sink = |r: &thaw_record::FileAccessRecord| -> std::io::Result<()> {
+        match out.as_mut() {
+            Some(w) => w.write_all(thaw_record::Record::File(r.clone()).to_line().as_bytes()),
+            None => Ok(()),
+        }
+    };
+    let summary = files::record(&spec, &mut sink, &mut std::io::stderr())?;
+    if let Some(w) = out.as_mut() {
+        w.flush().context("writing the records")?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", report::files_table(&summary, a.top));
+    }
     Ok(ExitCode::SUCCESS)
 }
