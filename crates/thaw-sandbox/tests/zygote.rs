@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use thaw_sandbox::testsupport;
 use thaw_sandbox::{ExitStatus, RootfsConfig, Template, TemplateConfig, TemplateRuntime};
@@ -28,6 +28,11 @@ def facts(payload):
         f.write("x")
     with open("/tmp/t", "w") as f:
         f.write("x")
+    # Copy-up of a file a layer holds as host root: works only through the idmapped layers.
+    with open("/etc/hostname", "a") as f:
+        f.write("changed by an instance\n")
+    import time
+    time.sleep(float(payload or b"0"))
     return {"ns": ns, "pid": os.getpid(), "seen": seen, "random": random.random(),
             "seccomp": status["Seccomp"].strip(), "nnp": status["NoNewPrivs"].strip(),
             "capeff": status["CapEff"].strip(), "uid": status["Uid"].split(),
@@ -99,4 +104,189 @@ fn invoke_returns_the_handlers_json() {
     assert_eq!(critical, vec!["take", "send", "run", "collect"]);
     assert!(inv.timings.stages.iter().any(|(n, _)| n == "cgroup_move"));
     assert_eq!(t.stats().hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+fn facts(t: &Template, sleep: &str) -> serde_json::Value {
+    let inv = t.invoke(sleep.as_bytes(), Some(Duration::from_secs(20))).unwrap();
+    assert!(inv.status.success(), "{inv:?} {}", String::from_utf8_lossy(&inv.stderr));
+    json(&inv.stdout)
+}
+
+#[test]
+fn instances_are_distinct_and_confined() {
+    let Some(z) = Zfx::new("instances_are_distinct_and_confined") else { return };
+    let t = z.template("handlers:facts", 2);
+    // Both alive at once: namespace ids are inode numbers the kernel reuses once freed.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| facts(&t, "0.5"));
+        let b = s.spawn(|| facts(&t, "0.5"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for n in ["net", "uts", "ipc", "mnt", "pid", "cgroup"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{n}")).unwrap().to_string_lossy().into_owned();
+        let template = std::fs::read_link(format!("/proc/{}/ns/{n}", t.pid())).unwrap().to_string_lossy().into_owned();
+        assert_ne!(a["ns"][n], b["ns"][n], "{n} namespace shared by two instances");
+        for v in [&a, &b] {
+            assert_ne!(v["ns"][n], host.as_str(), "{n} namespace shared with the host");
+            assert_ne!(v["ns"][n], template.as_str(), "{n} namespace shared with the template");
+        }
+    }
+    // The user namespace is the template's, shared by its instances and not the host's.
+    assert_eq!(a["ns"]["user"], b["ns"]["user"]);
+    let host_user = std::fs::read_link("/proc/self/ns/user").unwrap().to_string_lossy().into_owned();
+    assert_ne!(a["ns"]["user"], host_user.as_str());
+    for v in [&a, &b] {
+        assert_eq!(v["pid"], 1);
+        assert_eq!(v["seccomp"], "2");
+        assert_eq!(v["nnp"], "1");
+        // CAP_AUDIT_WRITE, CAP_KILL, CAP_NET_BIND_SERVICE: the runtime-spec default.
+        assert_eq!(v["capeff"], format!("{:016x}", (1u64 << 29) | (1 << 5) | (1 << 10)));
+        assert_eq!(v["uid"][0], "0", "root inside the template's user namespace");
+        // The cgroup namespace is rooted at the instance's own cgroup.
+        assert!(v["cgroup"].as_str().unwrap().lines().all(|l| l.ends_with(":/")), "{}", v["cgroup"]);
+    }
+    assert_ne!(a["random"], b["random"], "two instances drew the same random number");
+    assert_eq!(a["hash"], b["hash"], "instances of one template share the string-hash seed (documented)");
+    // A file written by one instance (root, /tmp) is not seen by the next.
+    let c = facts(&t, "0");
+    assert_eq!(c["seen"], serde_json::json!([]), "an instance saw another's files: {}", c["seen"]);
+    assert_eq!(std::fs::read_to_string(z.f.rootfs.join("etc/hostname")).unwrap(), "thaw\n", "an instance wrote into a layer");
+    // Another template has its own hash seed and id range.
+    let t2 = z.template("handlers:facts", 1);
+    assert_ne!(t2.id_base(), t.id_base());
+    assert_ne!(facts(&t2, "0")["hash"], a["hash"], "two templates share a string-hash seed");
+}
+
+#[test]
+fn template_runs_shifted_without_host_privileges() {
+    let Some(z) = Zfx::new("template_runs_shifted_without_host_privileges") else { return };
+    let t = z.template("handlers:echo", 1);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap().split_whitespace().collect::<Vec<_>>();
+    let base = t.id_base().to_string();
+    assert!(t.id_base() >= 100_000);
+    assert_eq!(field("Uid:"), vec![base.as_str(); 4], "{status}");
+    assert_eq!(field("Gid:"), vec![base.as_str(); 4], "{status}");
+    assert_eq!(field("Seccomp:"), vec!["2"]);
+    assert_eq!(field("NoNewPrivs:"), vec!["1"]);
+    // Its capabilities are those of its own user namespace, which maps nothing of the host's
+    // ids but its own range: they confer nothing in the initial user namespace.
+    let map = std::fs::read_to_string(format!("/proc/{}/uid_map", t.pid())).unwrap();
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), vec!["0", base.as_str(), "65536"]);
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{}/ns/user", t.pid())).unwrap(),
+        std::fs::read_link("/proc/self/ns/user").unwrap()
+    );
+    // Nothing it could do as host root: send a signal to a host process it can see no pid of.
+    // (Checked from the host: the kernel refuses a process of another user without CAP_KILL
+    // in the initial namespace; the template's process is in a PID namespace of its own.)
+    let pidns = std::fs::read_link(format!("/proc/{}/ns/pid", t.pid())).unwrap();
+    assert_ne!(pidns, std::fs::read_link("/proc/self/ns/pid").unwrap());
+    for d in t.cgroup_dirs() {
+        assert!(std::fs::read_to_string(d.join("cgroup.procs")).unwrap().lines().any(|p| p == t.pid().to_string()));
+    }
+}
+
+#[test]
+fn handler_errors_and_timeouts_leave_the_template_serving() {
+    let Some(z) = Zfx::new("handler_errors_and_timeouts_leave_the_template_serving") else { return };
+    let t = z.template("handlers:boom", 1);
+    let inv = t.invoke(b"now", None).unwrap();
+    assert_eq!(inv.status, ExitStatus::Code(1));
+    let err = String::from_utf8_lossy(&inv.stderr);
+    assert!(err.contains("Traceback") && err.contains("ValueError: boom now"), "{err}");
+    let t = z.template("handlers:slow", 1);
+    let start = Instant::now();
+    let inv = t.invoke(b"30", Some(Duration::from_millis(300))).unwrap();
+    assert_eq!(inv.status, ExitStatus::Signal(libc::SIGKILL));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&inv.stderr).contains("timeout"));
+    let inv = t.invoke(b"0", None).unwrap();
+    assert_eq!(inv.stdout, b"slept");
+}
+
+#[test]
+fn memory_limit_kills_the_hog_and_the_template_survives() {
+    let Some(z) = Zfx::new("memory_limit_kills_the_hog_and_the_template_survives") else { return };
+    let mut cfg = z.config("handlers:hog", &[], 1);
+    cfg.profile.limits.memory_bytes = Some(96 << 20);
+    let t = z.f.rt.template(cfg).unwrap();
+    let inv = t.invoke(b"400", Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(inv.status, ExitStatus::Signal(libc::SIGKILL), "{}", String::from_utf8_lossy(&inv.stderr));
+    let inv = t.invoke(b"4", Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(inv.stdout, b"survived", "{}", String::from_utf8_lossy(&inv.stderr));
+    assert!(std::fs::metadata(format!("/proc/{}", t.pid())).is_ok(), "the template died");
+}
+
+#[test]
+fn missing_preload_module_is_a_clear_error() {
+    let Some(z) = Zfx::new("missing_preload_module_is_a_clear_error") else { return };
+    let e = z.f.rt.template(z.config("handlers:echo", &["json", "no_such_module_here"], 1)).err().expect("template started");
+    let msg = e.to_string();
+    assert!(msg.contains("no_such_module_here") && msg.contains("ModuleNotFoundError"), "{msg}");
+    let e = z.f.rt.template(z.config("handlers:nope", &[], 1)).err().expect("template started");
+    assert!(e.to_string().contains("nope"), "{e}");
+    let mut cfg = z.config("handlers:echo", &[], 1);
+    cfg.runtime = TemplateRuntime::Python { interpreter: "/usr/bin/no-python".into(), preload: vec![], handler: "handlers:echo".into() };
+    let e = z.f.rt.template(cfg).err().expect("template started");
+    assert!(e.to_string().contains("no-python"), "{e}");
+}
+
+#[test]
+fn empty_pool_forks_on_demand_and_counts_a_miss() {
+    let Some(z) = Zfx::new("empty_pool_forks_on_demand_and_counts_a_miss") else { return };
+    let t = z.f.rt.template(z.config("handlers:echo", &[], 0)).unwrap();
+    let inv = t.invoke(b"[1]", None).unwrap();
+    assert_eq!(json(&inv.stdout)["got"], serde_json::json!([1]));
+    assert!(!inv.timings.pooled);
+    assert!(inv.timings.critical_stages().contains(&"cgroup_move"));
+    assert_eq!(t.stats().misses.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(t.ready(), 0);
+}
+
+/// Everything of the runtime instance on the host: cgroups below its parent, processes of
+/// the template's id range, mounts under its prefix.
+fn owned(z: &Zfx, base: u32) -> (usize, usize, usize) {
+    let rt = &z.f.rt;
+    let cgroups = thaw_sandbox::cgroup::count_children(rt.cgroup_layout(), &rt.names().cgroup_parent);
+    let mut procs = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(st) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        let uid = st.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|u| u.split_whitespace().next().map(String::from));
+        if uid.as_deref() == Some(base.to_string().as_str()) {
+            procs += 1;
+        }
+    }
+    let prefix = rt.names().mount_prefix.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&prefix)).count();
+    (cgroups, procs, mounts)
+}
+
+#[test]
+fn drop_leaves_no_processes_mounts_or_cgroups() {
+    let Some(z) = Zfx::new("drop_leaves_no_processes_mounts_or_cgroups") else { return };
+    let t = z.template("handlers:echo", 3);
+    let base = t.id_base();
+    for i in 0..5 {
+        let inv = t.invoke(format!("{i}").as_bytes(), None).unwrap();
+        assert!(inv.status.success());
+    }
+    assert!(t.wait_ready(3, Duration::from_secs(30)));
+    let (cg, procs, _) = owned(&z, base);
+    assert!(cg >= 4 && procs >= 4, "the template and its parked instances are not where expected: {cg} cgroups, {procs} processes");
+    drop(t);
+    assert!(z.f.rt.wait_teardowns(Duration::from_secs(20)), "teardowns still pending");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = owned(&z, base);
+        if now == (0, 0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind (cgroups, processes, mounts): {now:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(z.f.rt.counters().failed_teardowns.load(std::sync::atomic::Ordering::Relaxed), 0);
 }

@@ -271,16 +271,16 @@ fn template_pid1(plan: &TemplatePlan, fds: Vec<OwnedFd>) -> Result<Infallible> {
     crate::rootfs::finish_and_pivot(Path::new("root"), &plan.rootfs)?;
     nix::unistd::chdir(plan.cwd.as_str()).map_err(|e| Error::sys(format!("chdir {} in the template", plan.cwd), e))?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    // The received descriptors are all above 3 (the helper's 0..3 were open when they
+    // arrived); /dev/null may land on 3, so it is installed and closed before the control
+    // socket takes descriptor 3.
     let null: OwnedFd = std::fs::File::open("/dev/null").map_err(|e| Error::io("open", "/dev/null", e))?.into();
-    let ctrl = fds[0].as_raw_fd();
-    // Descriptor 3 first (it may be one of 0..2 itself only if the caller's table was empty,
-    // which the helper's is not: 0, 1 and 2 are open).
-    nix::unistd::dup2(ctrl, crate::zygote::TEMPLATE_CONTROL_FD).map_err(|e| Error::sys("dup2 template control", e))?;
     for (fd, to) in [(null.as_raw_fd(), 0), (fds[1].as_raw_fd(), 1), (fds[2].as_raw_fd(), 2)] {
         nix::unistd::dup2(fd, to).map_err(|e| Error::sys(format!("dup2 to {to}"), e))?;
     }
-    drop(fds);
     drop(null);
+    nix::unistd::dup2(fds[0].as_raw_fd(), crate::zygote::TEMPLATE_CONTROL_FD).map_err(|e| Error::sys("dup2 template control", e))?;
+    drop(fds);
     let program = crate::process::resolve_program(&plan.argv[0], &plan.env)?;
     let c_prog = CString::new(program.as_os_str().as_encoded_bytes())
         .map_err(|_| Error::Config("interpreter path contains a NUL byte".into()))?;
