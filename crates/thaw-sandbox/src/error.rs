@@ -42,6 +42,9 @@ pub enum Error {
     /// The cgroup hierarchy is not what thaw understands.
     #[error("cgroups: {0}")]
     Cgroup(String),
+    /// Bridged networking could not be set up (a netlink request failed, or the subnet is full).
+    #[error("sandbox network: {0}")]
+    Net(String),
 }
 
 /// Result alias of this crate.

@@ -21,6 +21,7 @@ pub mod cgroup;
 pub mod devices;
 pub mod error;
 pub mod helper;
+pub mod net;
 pub mod pool;
 pub mod process;
 pub mod proto;
