@@ -85,26 +85,46 @@ impl Env {
     fn assert_clean(&self, pid: u32) {
         let left: Vec<_> = std::fs::read_dir(self.scratch()).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "work directories left behind: {left:?}");
-        let prefix = format!("thaw-trace-{pid}-");
         let deadline = Instant::now() + Duration::from_secs(5);
-        for ctl in ["pids", "memory", "cpu", "devices", "unified"] {
-            let root = Path::new("/sys/fs/cgroup").join(ctl);
-            loop {
-                let found: Vec<_> = std::fs::read_dir(&root)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                    .map(|e| e.path())
-                    .collect();
-                if found.is_empty() {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cgroups left behind: {found:?}");
-                std::thread::sleep(Duration::from_millis(20));
+        loop {
+            let found = cgroups_of(pid);
+            if found.is_empty() {
+                break;
             }
+            assert!(Instant::now() < deadline, "cgroups left behind: {found:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Starts a recording of a container that prints `started` and sleeps; returns once it
+    /// printed, with the container's cgroups checked to exist.
+    fn start_sleeper(&self) -> (std::process::Child, std::process::ChildStderr) {
+        let mut child = self
+            .cmd(&["--ready-log", "never", "--timeout", "60s", &self.image, "--", "sh", "-c", "echo started; exec sleep 60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let mut buf = [0u8; 8];
+        std::io::Read::read_exact(&mut err, &mut buf).unwrap();
+        assert_eq!(&buf, b"started\n");
+        assert!(!cgroups_of(child.id()).is_empty(), "the container's cgroups were not found where the leak check looks");
+        (child, err)
+    }
+}
+
+/// Cgroup directories of containers started by thaw process `pid` (v1 controllers and v2).
+fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("thaw-trace-{pid}-");
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.to_path_buf()];
+    dirs.extend(std::fs::read_dir(root).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
 }
 
 fn text(b: &[u8]) -> String {
@@ -257,17 +277,8 @@ fn missing_command_is_a_clear_error() {
 #[test]
 fn sigterm_deletes_the_container() {
     let Some(e) = Env::new("sigterm_deletes_the_container", "runc") else { return };
-    let mut child = e
-        .cmd(&["--ready-log", "never", "--timeout", "60s", &e.image, "--", "sh", "-c", "echo started; exec sleep 60"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, mut err) = e.start_sleeper();
     let pid = child.id();
-    let mut err = child.stderr.take().unwrap();
-    let mut buf = [0u8; 8];
-    std::io::Read::read_exact(&mut err, &mut buf).unwrap();
-    assert_eq!(&buf, b"started\n");
     // SAFETY: kill with the pid of our own unreaped child and a valid signal number.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
@@ -275,6 +286,20 @@ fn sigterm_deletes_the_container() {
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     assert!(!status.success());
     assert!(rest.contains("interrupted"), "{rest}");
+    e.assert_clean(pid);
+}
+
+#[test]
+fn next_recording_cleans_up_after_a_killed_one() {
+    let Some(e) = Env::new("next_recording_cleans_up_after_a_killed_one", "runc") else { return };
+    let (mut child, _err) = e.start_sleeper();
+    let pid = child.id();
+    // A crash: SIGKILL gives thaw no chance to tear down; the container lives on.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!cgroups_of(pid).is_empty());
+    let s = summary(&e.run(&[&e.image]));
+    assert_eq!(s["ready"]["code"], 0);
     e.assert_clean(pid);
 }
 

@@ -186,6 +186,7 @@ pub fn record(
         total_bytes: inv.total.bytes,
     };
 
+    reap_stale(&spec.scratch);
     let tag = format!("thaw-trace-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0));
     let dir = spec.scratch.join(&tag);
     std::fs::create_dir(&dir).map_err(FilesError::io(format!("creating the work directory {}", dir.display())))?;
@@ -707,6 +708,50 @@ fn runtime_config(p: &ProcessSpec, rootfs: &Path, cgroup: &str) -> serde_json::V
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     })
+}
+
+/// Cleans up after recorders that died without running their teardown (kill -9): work
+/// directories `thaw-trace-<pid>-<n>` in `scratch` whose pid no longer exists. Their container
+/// is deleted through the runtime state it left (runc's or crun's); their overlay mount lived
+/// only in the dead recorder's private mount namespace, which vanishes with the container's last
+/// process, so here the directory is plain — checked anyway: a directory whose `rootfs` is a
+/// mount point in our namespace is left alone. Returns how many were removed.
+pub fn reap_stale(scratch: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut removed = 0;
+    for e in std::fs::read_dir(scratch).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("thaw-trace-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A recorder that is alive (or a reused pid) is left alone: at worst, clean-up waits.
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        let state = dir.join("state");
+        if state.join(&name).exists() {
+            for prog in [Runtime::Runc.program(), Runtime::Crun.program()] {
+                let _ = Command::new(prog)
+                    .arg("--root")
+                    .arg(&state)
+                    .args(["delete", "--force", &name])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let dev = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.dev()).ok();
+        let rootfs = dir.join("rootfs");
+        if rootfs.exists() && dev(&rootfs) != dev(&dir) {
+            continue;
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Removes everything a recording made, in order: the container (every process, its cgroups,
