@@ -42,13 +42,28 @@ pub const SANDBOX_INTERFACE: &str = "eth0";
 pub const MAX_INTERFACE_NAME: usize = 15;
 
 /// The network a sandbox gets.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Only `lo`: nothing outside the sandbox is reachable, and nothing reaches in.
     #[default]
     Loopback,
-    /// `lo` plus `eth0` on a thaw bridge.
-    Bridge(BridgeConfig),
+    /// `lo` plus `eth0` on the runtime's bridge (see [`crate::RuntimeConfig`]).
+    Bridge,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<NetworkMode> {
+        match s {
+            "none" | "loopback" => Ok(NetworkMode::Loopback),
+            "bridge" => Ok(NetworkMode::Bridge),
+            other => Err(Error::Config(format!(
+                "network {other:?} is not one thaw knows: use none (loopback only) or bridge"
+            ))),
+        }
+    }
 }
 
 /// A bridge and its IPv4 subnet, given as the gateway's address with the prefix length
