@@ -1318,17 +1318,19 @@ mod tests {
     /// documented distributions with an RNG of its own, independently of the generator's code.
     fn expected_blob_median(c: &CategoryParams) -> f64 {
         let mut rng = Rng::new(99);
+        const IMAGES: usize = 20_000;
         let mut sizes = Vec::new();
-        for _ in 0..20_000 {
+        for _ in 0..IMAGES {
             let n = rng
                 .lognormal(c.layers_median, c.layers_sigma)
                 .round()
                 .clamp(1.0, 125.0) as usize;
-            sizes.push(0.0); // the config: far below any layer median
             for _ in 0..n {
                 sizes.push(rng.lognormal(c.layer_size_median, c.layer_size_sigma).max(100.0));
             }
         }
+        // one config per image, far below any layer median
+        sizes.extend(std::iter::repeat_n(0.0, IMAGES));
         sizes.sort_by(f64::total_cmp);
         sizes[sizes.len() / 2]
     }
