@@ -146,7 +146,7 @@ pub struct RunRequest {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// Start a sandbox; stdin, stdout and stderr travel with this message.
-    Run(RunRequest),
+    Run(Box<RunRequest>),
     /// Deliver this signal to the workload.
     Signal(i32),
 }
@@ -443,7 +443,7 @@ fn session(s: &Shared, conn: OwnedFd) {
         return;
     }
     let (req, mut fds) = match proto::recv::<ClientMsg>(conn.as_fd()) {
-        Ok(Some((ClientMsg::Run(r), fds))) => (r, fds),
+        Ok(Some((ClientMsg::Run(r), fds))) => (*r, fds),
         Ok(Some((ClientMsg::Signal(_), _))) => return fail(&conn, "expected a run request first".into()),
         Ok(None) => return,
         Err(e) => return fail(&conn, e.to_string()),
@@ -565,7 +565,7 @@ impl Client {
     pub fn start(self, req: &RunRequest, io: StdioFds) -> Result<Session> {
         let t = Instant::now();
         let fds: [RawFd; 3] = [io.stdin.as_raw_fd(), io.stdout.as_raw_fd(), io.stderr.as_raw_fd()];
-        proto::send(self.sock.as_fd(), &ClientMsg::Run(req.clone()), &fds)?;
+        proto::send(self.sock.as_fd(), &ClientMsg::Run(Box::new(req.clone())), &fds)?;
         // The daemon holds its own copies now; ours must go, or a pipe's reader would never see
         // end-of-file from a workload that closed its side.
         drop(io);
@@ -741,7 +741,7 @@ mod tests {
         }
         let c = Client::connect(&path).unwrap().unwrap();
         let req = RunRequest { target: Target::Image("/x".into()), overrides: Overrides::default() };
-        proto::send(c.sock.as_fd(), &ClientMsg::Run(req), &[]).unwrap();
+        proto::send(c.sock.as_fd(), &ClientMsg::Run(Box::new(req)), &[]).unwrap();
         match proto::recv::<ServerMsg>(c.sock.as_fd()).unwrap() {
             Some((ServerMsg::Failed(e), _)) => assert!(e.contains("3 descriptors"), "{e}"),
             other => panic!("{other:?}"),
@@ -782,9 +782,9 @@ mod tests {
                                   mem in proptest::option::of(1i64..1 << 40), img in "[a-z/:]{1,40}") {
             let req = RunRequest { target: Target::Image(img), overrides: Overrides { args, memory_bytes: mem, ..Default::default() } };
             let (a, c) = proto::seqpacket_pair().unwrap();
-            proto::send(a.as_fd(), &ClientMsg::Run(req.clone()), &[]).unwrap();
+            proto::send(a.as_fd(), &ClientMsg::Run(Box::new(req.clone())), &[]).unwrap();
             match proto::recv::<ClientMsg>(c.as_fd()).unwrap() {
-                Some((ClientMsg::Run(r), _)) => prop_assert_eq!(r, req),
+                Some((ClientMsg::Run(r), _)) => prop_assert_eq!(*r, req),
                 other => prop_assert!(false, "{:?}", other),
             }
         }

@@ -36,6 +36,9 @@ enum Command {
     Sim(cmd::sim::SimArgs),
     /// Run a container from an image or an OCI bundle.
     Run(cmd::run::RunArgs),
+    /// Functions on the daemon: deploy, invoke, list, rm.
+    #[command(subcommand)]
+    Fn(cmd::func::FnCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Trace(c) => cmd::trace::run(c),
         Command::Sim(a) => cmd::sim::run(a),
         Command::Run(a) => cmd::run::run(a),
+        Command::Fn(c) => cmd::func::run(c),
     };
     match result {
         Ok(code) => code,

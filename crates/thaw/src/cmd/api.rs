@@ -7,6 +7,18 @@
 //! - `GET  /v1/status`  — version, listen address, data directory, store statistics
 //! - `POST /v1/pull`    — `{"reference": "...", "platform": null}` → events, then `done` or `error`
 //! - `POST /v1/preheat` — `{"references": ["...", ...]}` → events per image, then `done`
+//!
+//! Functions (a daemon with a `[sandbox]` section; others answer 409):
+//! - `GET    /v1/functions`             — `[{"name", "image", "kind", "depth", "ready", ...}]`
+//! - `POST   /v1/functions`             — a function definition (JSON) → its listing entry
+//! - `DELETE /v1/functions/{name}`      — 204
+//! - `POST   /v1/functions/{name}/invoke` — the raw request body is the payload (at most 6 MiB,
+//!   given to the function on stdin) → `{"status": {"Code": 0}, "exit_code": 0, "stdout": BASE64,
+//!   "stderr": BASE64, "pooled": true, "stages": [[name, us], ...], "critical_from": N,
+//!   "total_us": N}`. Output is base64 because a function's stdout is bytes, not text.
+//!
+//! The sandbox service (`thaw run` through the daemon) is not on this socket: it passes file
+//! descriptors, see `thaw_sandbox::service`.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -34,6 +46,8 @@ pub struct ApiState {
     pub registry: Registry,
     pub listen: SocketAddr,
     pub settings: Settings,
+    /// `None` for a daemon without a `[sandbox]` section.
+    pub sandboxes: Option<Arc<super::sandboxes::Host>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -153,6 +167,25 @@ impl Drop for Umask {
 /// process-wide: a file another thread creates in that window gets a stricter mode, never a
 /// looser one.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    let l = bind_with(
+        path,
+        |p| std::os::unix::net::UnixStream::connect(p).is_ok(),
+        |p| std::os::unix::net::UnixListener::bind(p).with_context(|| format!("cannot create the API socket {}", p.display())),
+    )?;
+    // umask 077 left 0700 (execute means nothing on a socket); 0600 says what is meant.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(l)?)
+}
+
+/// The rules of [`bind`] for any kind of socket: the directory (private when it is the runtime
+/// directory), a stale file replaced only if it is this user's socket and `alive` says nobody
+/// answers on it, and `create` called under umask 077.
+pub fn bind_with<T>(
+    path: &Path,
+    alive: impl Fn(&Path) -> bool,
+    create: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if dir == runtime_dir() {
             private_dir(dir)?;
@@ -173,7 +206,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
                     euid()
                 );
             }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if alive(path) {
                 anyhow::bail!("another thaw daemon is answering on {}; stop it or choose another --socket", path.display());
             }
             std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
@@ -181,14 +214,8 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
-    let l = {
-        let _mask = Umask::set(0o077);
-        std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot create the API socket {}", path.display()))?
-    };
-    // umask 077 left 0700 (execute means nothing on a socket); 0600 says what is meant.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    l.set_nonblocking(true)?;
-    Ok(UnixListener::from_std(l)?)
+    let _mask = Umask::set(0o077);
+    create(path)
 }
 
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -196,6 +223,10 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, shutdown: impl 
         .route("/v1/status", get(status))
         .route("/v1/pull", post(pull))
         .route("/v1/preheat", post(preheat))
+        .route("/v1/functions", get(fn_list).post(fn_deploy))
+        .route("/v1/functions/{name}", axum::routing::delete(fn_remove))
+        .route("/v1/functions/{name}/invoke", post(fn_invoke))
+        .layer(axum::extract::DefaultBodyLimit::max(super::sandboxes::MAX_PAYLOAD))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "local API stopped");
@@ -211,6 +242,106 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
         "store": { "blobs": s.blobs, "bytes": s.bytes, "capacity": s.capacity, "pinned_bytes": s.pinned_bytes, "evictions": s.evictions },
     }))
     .into_response()
+}
+
+/// What `POST /v1/functions/{name}/invoke` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InvokeResponse {
+    pub status: thaw_sandbox::ExitStatus,
+    /// The status as a shell reports it.
+    pub exit_code: i32,
+    /// Base64.
+    pub stdout: String,
+    /// Base64.
+    pub stderr: String,
+    pub pooled: bool,
+    /// Stage name and microseconds.
+    pub stages: Vec<(String, u64)>,
+    /// Index of the first stage done after the request arrived.
+    pub critical_from: usize,
+    /// Request to exec, microseconds.
+    pub to_exec_us: u64,
+    /// The whole invocation in the daemon, microseconds.
+    pub total_us: u64,
+}
+
+fn error(status: axum::http::StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn fn_error(e: super::sandboxes::FnError) -> Response {
+    use super::sandboxes::FnError;
+    let code = match &e {
+        FnError::NotFound(_) => axum::http::StatusCode::NOT_FOUND,
+        FnError::Invalid(_) => axum::http::StatusCode::BAD_REQUEST,
+        FnError::Failed(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(code, e.to_string())
+}
+
+fn no_sandboxes() -> Response {
+    error(
+        axum::http::StatusCode::CONFLICT,
+        "this daemon hosts no sandboxes: add a [sandbox] section to its configuration and restart it".into(),
+    )
+}
+
+/// Runs blocking sandbox work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::sandboxes::FnError> + Send + 'static,
+) -> Result<T, Box<Response>> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Box::new(fn_error(e))),
+        Err(e) => Err(Box::new(error(axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("the function task failed: {e}")))),
+    }
+}
+
+async fn fn_list(State(st): State<Arc<ApiState>>) -> Response {
+    match &st.sandboxes {
+        Some(h) => Json(h.list()).into_response(),
+        None => no_sandboxes(),
+    }
+}
+
+async fn fn_deploy(State(st): State<Arc<ApiState>>, Json(def): Json<super::sandboxes::FunctionDef>) -> Response {
+    let Some(h) = st.sandboxes.clone() else { return no_sandboxes() };
+    match blocking(move || h.deploy(def)).await {
+        Ok(info) => Json(info).into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn fn_remove(State(st): State<Arc<ApiState>>, axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let Some(h) = st.sandboxes.clone() else { return no_sandboxes() };
+    match blocking(move || h.remove(&name)).await {
+        Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
+        Err(r) => *r,
+    }
+}
+
+async fn fn_invoke(State(st): State<Arc<ApiState>>, axum::extract::Path(name): axum::extract::Path<String>, payload: Bytes) -> Response {
+    use base64::Engine as _;
+    let Some(h) = st.sandboxes.clone() else { return no_sandboxes() };
+    match blocking(move || h.invoke(&name, &payload)).await {
+        Ok(inv) => {
+            let o = inv.output;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            Json(InvokeResponse {
+                status: o.status,
+                exit_code: o.status.shell_code(),
+                stdout: b64.encode(&o.stdout),
+                stderr: b64.encode(&o.stderr),
+                pooled: o.timings.pooled,
+                stages: o.timings.stages.iter().map(|(n, d)| (n.clone(), d.as_micros() as u64)).collect(),
+                critical_from: o.timings.critical_from,
+                to_exec_us: o.timings.to_exec.as_micros() as u64,
+                total_us: inv.total.as_micros() as u64,
+            })
+            .into_response()
+        }
+        Err(r) => *r,
+    }
 }
 
 fn ndjson(rx: tokio::sync::mpsc::Receiver<ApiEvent>) -> Response {
@@ -277,15 +408,8 @@ async fn preheat(State(st): State<Arc<ApiState>>, Json(req): Json<PreheatRequest
     ndjson(rx)
 }
 
-/// Client side: sends `body` to `path` on the daemon's socket and calls `on_event` per line.
-/// Returns `Ok(None)` when no daemon listens there.
-pub async fn call_streaming(
-    socket: &Path,
-    path: &str,
-    body: serde_json::Value,
-    mut on_event: impl FnMut(ApiEvent),
-) -> anyhow::Result<Option<()>> {
-    // A socket someone else owns is not our daemon's: it could answer with anything.
+/// Refuses a socket someone else owns: it is not our daemon's and could answer with anything.
+fn check_owner(socket: &Path) -> anyhow::Result<()> {
     if let Ok(md) = std::fs::symlink_metadata(socket) {
         if md.uid() != euid() {
             anyhow::bail!(
@@ -296,6 +420,42 @@ pub async fn call_streaming(
             );
         }
     }
+    Ok(())
+}
+
+/// Client side: one request with a whole body, the whole answer back as (status, body).
+/// `Ok(None)` when no daemon listens there.
+pub async fn call(socket: &Path, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Option<(u16, Vec<u8>)>> {
+    check_owner(socket)?;
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(_) => return Ok(None),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "thaw")
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(Bytes::from(body)))?;
+    let resp = sender.send_request(req).await.context("the daemon closed the API connection")?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.context("reading the daemon's answer")?.to_bytes();
+    Ok(Some((status, bytes.to_vec())))
+}
+
+/// Client side: sends `body` to `path` on the daemon's socket and calls `on_event` per line.
+/// Returns `Ok(None)` when no daemon listens there.
+pub async fn call_streaming(
+    socket: &Path,
+    path: &str,
+    body: serde_json::Value,
+    mut on_event: impl FnMut(ApiEvent),
+) -> anyhow::Result<Option<()>> {
+    check_owner(socket)?;
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(_) => return Ok(None),

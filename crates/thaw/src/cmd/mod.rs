@@ -1,8 +1,11 @@
 //! One module per subcommand. Each exposes its clap argument type and a `run` function.
 
 pub mod api;
+#[path = "fn.rs"]
+pub mod func;
 pub mod pull;
 pub mod run;
+pub mod sandboxes;
 pub mod serve;
 pub mod sim;
 pub mod trace;

@@ -1,10 +1,19 @@
 //! `thaw run`: run a container from a root filesystem directory, an OCI image layout
 //! (`oci:PATH[:TAG]`) or an OCI runtime bundle, in a sandbox built by `thaw-sandbox`.
 //!
-//! Process model: this command blocks the signals it relays before any thread exists, then
-//! builds the sandbox through helper processes (this same binary re-executed with the hidden
-//! `--sandbox-helper` flag), so no namespace work happens in this process. Without a daemon
-//! API for pools, every `thaw run` takes the cold path; `--cold` states it explicitly.
+//! Two paths:
+//!
+//! * **through the daemon**: when a `thaw serve` with a `[sandbox]` section serves the data
+//!   directory (its sandbox socket, `<data>/sandbox.sock`, answers), `thaw run` sends it the
+//!   request and its own stdin, stdout and stderr descriptors; the daemon starts the sandbox from
+//!   a pool with them, so output goes straight to this terminal. This process relays the signals
+//!   it gets and exits with the workload's status. Root directories and `oci:` layouts are
+//!   resolved by the daemon (which holds the layer store), bundles here.
+//! * **cold** (`--cold`, or no such daemon): this command builds every part itself through helper
+//!   processes (this same binary re-executed with the hidden `--sandbox-helper` flag), so no
+//!   namespace work happens in this process.
+//!
+//! Either way it blocks the signals it relays before any thread exists.
 //!
 //! Each invocation is its own runtime instance under `<data>/run/<pid>-<n>`, so concurrent
 //! `thaw run`s never share cgroups; on start, instances whose owner died (their lock is free)
@@ -14,7 +23,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use thaw_sandbox::service::{Client, Overrides, RunRequest, Target};
 use thaw_sandbox::{HelperCommand, Runtime, RuntimeConfig, SandboxSpec, StdioFds};
 
 #[derive(Debug, Args)]
@@ -34,6 +44,9 @@ pub struct RunArgs {
     /// Data directory (layer store, sandbox state); the daemon's default when unset.
     #[arg(long, env = "THAW_DATA")]
     pub data: Option<PathBuf>,
+    /// A profile of the daemon's `[sandbox.profiles]` (limits and pool depth); needs the daemon.
+    #[arg(long, conflicts_with = "cold")]
+    pub profile: Option<String>,
     /// Memory limit (bytes, or with a k, m or g suffix).
     #[arg(long)]
     pub memory: Option<String>,
@@ -75,7 +88,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // signalfd in `wait_relaying` instead of killing us.
     thaw_sandbox::block_signals(RELAYED).context("blocking signals")?;
     let data = args.data.clone().unwrap_or_else(super::serve::default_data_dir);
-    let (spec, _pins) = build_spec(&args, &data)?;
+    let data = if data.is_absolute() { data } else { std::env::current_dir()?.join(data) };
+    let overrides = overrides(&args)?;
+    if !args.cold {
+        let socket = super::serve::default_sandbox_socket(&data);
+        if let Some(client) = Client::connect(&socket).with_context(|| format!("connecting to the daemon's sandbox socket {}", socket.display()))? {
+            return run_through_daemon(&args, client, overrides, t0);
+        }
+    }
+    if let Some(p) = &args.profile {
+        bail!("--profile {p} names a profile of a daemon's [sandbox] configuration, but no daemon with sandboxes serves {}", data.display());
+    }
+    let (mut spec, _pins) = base_spec(&args, &data)?;
+    overrides.apply(&mut spec)?;
     let t_spec = t0.elapsed();
     // `_dir` is declared before `rt`, so it drops after it: the runtime kills and removes its
     // cgroups first, then the directory goes. (If thaw dies in between, the directory is still
@@ -93,15 +118,74 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let status = sb.wait_relaying(RELAYED).context("waiting for the sandbox")?;
     if args.timings {
         eprintln!("thaw run timings (cold path, {}):", if args.cold { "--cold" } else { "no daemon pools" });
-        eprintln!("  {:<28} {:>9.3} ms", "resolve_spec", t_spec.as_secs_f64() * 1e3);
-        eprintln!("  {:<28} {:>9.3} ms", "open_runtime", (t_rt - t_spec).as_secs_f64() * 1e3);
+        stage("resolve_spec", t_spec);
+        stage("open_runtime", t_rt - t_spec);
         for (name, d) in &timings.stages {
-            eprintln!("  {:<28} {:>9.3} ms", name, d.as_secs_f64() * 1e3);
+            stage(name, *d);
         }
-        eprintln!("  {:<28} {:>9.3} ms", "request_to_exec", timings.to_exec.as_secs_f64() * 1e3);
-        eprintln!("  {:<28} {:>9.3} ms", "total_to_exit", t0.elapsed().as_secs_f64() * 1e3);
+        stage("request_to_exec", timings.to_exec);
+        stage("total_to_exit", t0.elapsed());
     }
-    Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
+    Ok(exit_code(status))
+}
+
+fn stage(name: &str, d: Duration) {
+    eprintln!("  {:<28} {:>9.3} ms", name, d.as_secs_f64() * 1e3);
+}
+
+fn exit_code(status: thaw_sandbox::ExitStatus) -> ExitCode {
+    ExitCode::from(status.shell_code().clamp(0, 255) as u8)
+}
+
+/// The request as the daemon resolves it: bundles become a spec here (their paths are relative
+/// to this process's directory), root directories and layouts travel as absolute names.
+fn target(args: &RunArgs) -> anyhow::Result<Target> {
+    if let Some(b) = &args.bundle {
+        return Ok(Target::Spec(Box::new(SandboxSpec::from_bundle(b)?)));
+    }
+    let image = args.image.as_deref().unwrap_or_default();
+    if image.starts_with("oci:") {
+        let r = thaw_oci::layout::LayoutRef::parse(image)?;
+        let path = std::fs::canonicalize(&r.path).with_context(|| format!("{image}: no OCI layout at {}", r.path.display()))?;
+        return Ok(Target::Image(match r.tag {
+            Some(t) => format!("oci:{}:{t}", path.display()),
+            None => format!("oci:{}", path.display()),
+        }));
+    }
+    if image.starts_with("docker://") {
+        bail!("docker:// images are not run yet; pull into an OCI layout first (skopeo copy docker://... oci:DIR:TAG) and run oci:DIR:TAG");
+    }
+    let dir = PathBuf::from(image);
+    if !dir.is_dir() {
+        bail!("{image} is neither a directory nor an image name (oci:PATH[:TAG])");
+    }
+    Ok(Target::Image(std::fs::canonicalize(&dir)?.display().to_string()))
+}
+
+fn run_through_daemon(args: &RunArgs, client: Client, overrides: Overrides, t0: Instant) -> anyhow::Result<ExitCode> {
+    let t_connect = t0.elapsed();
+    let req = RunRequest { target: target(args)?, overrides };
+    let session = client.start(&req, StdioFds::inherit()?).context("starting the sandbox through the daemon")?;
+    let t_started = t0.elapsed();
+    let info = session.info().clone();
+    let round_trip = session.round_trip();
+    let status = session.wait_relaying(RELAYED).context("waiting for the sandbox")?;
+    if args.timings {
+        let how = if info.pooled { "pooled parts" } else { "parts built on demand: the pool was empty" };
+        eprintln!("thaw run timings (through the daemon, {how}):");
+        stage("connect", t_connect);
+        stage("daemon_resolve", Duration::from_micros(info.resolve_us));
+        for (i, (name, us)) in info.stages.iter().enumerate() {
+            let when = if i < info.critical_from { " (ahead of time)" } else { "" };
+            eprintln!("  {:<28} {:>9.3} ms{when}", name, *us as f64 / 1e3);
+        }
+        stage("daemon_request_to_exec", Duration::from_micros(info.daemon_us));
+        // What the trip to the daemon and back adds: the client's view minus the daemon's.
+        stage("client_daemon_trip", round_trip.saturating_sub(Duration::from_micros(info.daemon_us)));
+        stage("client_request_to_exec", t_started - t_connect);
+        stage("total_to_exit", t0.elapsed());
+    }
+    Ok(exit_code(status))
 }
 
 /// Opens this invocation's runtime instance after cleaning up instances of dead invocations.
@@ -142,64 +226,44 @@ impl Drop for InstanceDir {
     }
 }
 
-fn build_spec(args: &RunArgs, data: &Path) -> anyhow::Result<(SandboxSpec, Vec<thaw_store::layers::LayerPin>)> {
-    let mut pins = Vec::new();
-    let mut spec = if let Some(b) = &args.bundle {
-        SandboxSpec::from_bundle(b)?
-    } else {
-        let image = args.image.as_deref().unwrap_or_default();
-        if image.starts_with("oci:") {
-            let (s, p) = spec_from_layout(image, data)?;
-            pins = p;
-            s
-        } else if image.starts_with("docker://") {
-            bail!("docker:// images need the daemon's mirror; pull into an OCI layout first (skopeo copy docker://... oci:DIR:TAG) and run oci:DIR:TAG");
-        } else {
-            let dir = PathBuf::from(image);
-            if !dir.is_dir() {
-                bail!("{image} is neither a directory nor an image name (oci:PATH[:TAG])");
-            }
-            SandboxSpec::for_rootfs(&std::fs::canonicalize(&dir)?, vec![])
-        }
+/// The flags that change the image's configuration, in the form both paths apply.
+fn overrides(args: &RunArgs) -> anyhow::Result<Overrides> {
+    let cpu_millis = match args.cpus {
+        Some(c) if !(c > 0.0 && c.is_finite()) => bail!("--cpus must be a positive number of CPUs"),
+        Some(c) => Some((c * 1000.0).round().max(1.0) as u64),
+        None => None,
     };
-    if !args.command.is_empty() {
-        spec.process.args = args.command.clone();
-    }
-    if spec.process.args.is_empty() {
-        bail!("no command: give one after `--`");
-    }
-    if let Some(m) = &args.memory {
-        spec.profile.limits.memory_bytes = Some(parse_bytes(m)?);
-    }
-    if let Some(p) = args.pids {
-        spec.profile.limits.pids_max = Some(p);
-    }
-    if let Some(c) = args.cpus {
-        if c <= 0.0 {
-            bail!("--cpus must be positive");
+    Ok(Overrides {
+        args: args.command.clone(),
+        env: args.env.clone(),
+        cwd: args.workdir.clone(),
+        user: args.user.as_deref().map(parse_user).transpose()?,
+        hostname: args.hostname.clone(),
+        memory_bytes: args.memory.as_deref().map(parse_bytes).transpose()?,
+        pids_max: args.pids,
+        cpu_millis,
+        profile: args.profile.clone(),
+    })
+}
+
+/// The image's or bundle's own spec, for the cold path (which opens the layer store itself).
+fn base_spec(args: &RunArgs, data: &Path) -> anyhow::Result<(SandboxSpec, Vec<thaw_store::layers::LayerPin>)> {
+    match target(args)? {
+        Target::Spec(s) => Ok((*s, Vec::new())),
+        Target::Image(image) if image.starts_with("oci:") => {
+            let store = thaw_store::layers::LayerStore::open(data)
+                .context("opening the layer store (if a thaw daemon holds it, run without --cold or use another --data)")?;
+            spec_from_layout(&store, &image)
         }
-        spec.profile.limits.cpu_period_us = Some(100_000);
-        spec.profile.limits.cpu_quota_us = Some((c * 100_000.0) as i64);
+        Target::Image(dir) => Ok((SandboxSpec::for_rootfs(Path::new(&dir), vec![]), Vec::new())),
     }
-    if let Some(h) = &args.hostname {
-        spec.profile.hostname = h.clone();
-    }
-    if let Some(u) = &args.user {
-        let (uid, gid) = parse_user(u)?;
-        spec.process.uid = uid;
-        spec.process.gid = gid;
-    }
-    spec.process.env.extend(args.env.iter().cloned());
-    if let Some(w) = &args.workdir {
-        spec.process.cwd = w.clone();
-    }
-    Ok((spec, pins))
 }
 
 /// Unpacks (or finds) the image's layers in the layer store and applies its config.
-fn spec_from_layout(image: &str, data: &Path) -> anyhow::Result<(SandboxSpec, Vec<thaw_store::layers::LayerPin>)> {
-    let store = thaw_store::layers::LayerStore::open(data)
-        .context("opening the layer store (if a thaw daemon holds it, stop it or use another --data)")?;
+pub fn spec_from_layout(
+    store: &thaw_store::layers::LayerStore,
+    image: &str,
+) -> anyhow::Result<(SandboxSpec, Vec<thaw_store::layers::LayerPin>)> {
     let pins = store.ensure_layout_image(image).with_context(|| format!("unpacking {image}"))?;
     let r = thaw_oci::layout::LayoutRef::parse(image)?;
     let img = thaw_oci::layout::Layout::open(&r.path)?.image(r.tag.as_deref())?;
@@ -239,7 +303,7 @@ fn parse_user(u: &str) -> anyhow::Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
-fn parse_bytes(s: &str) -> anyhow::Result<i64> {
+pub fn parse_bytes(s: &str) -> anyhow::Result<i64> {
     let s = s.trim().to_ascii_lowercase();
     let (num, mul) = match s.chars().last() {
         Some('k') => (&s[..s.len() - 1], 1i64 << 10),

@@ -74,6 +74,8 @@ struct FileConfig {
     serve: ServeSection,
     store: StoreSection,
     registry: Option<RegistryConfig>,
+    /// Present (even empty) when the daemon hosts sandboxes; a mirror-only daemon has none.
+    sandbox: Option<super::sandboxes::SandboxSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +121,8 @@ pub struct Settings {
     pub registry: RegistryConfig,
     /// Idle time after which the daemon deletes an unfinished upload (`[store] upload_ttl`).
     pub upload_ttl: Duration,
+    /// `[sandbox]`, when the daemon hosts sandboxes.
+    pub sandbox: Option<super::sandboxes::SandboxSection>,
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -137,7 +141,18 @@ pub fn default_data_dir() -> PathBuf {
 /// that path would not fit a unix socket address (108 bytes). See [`api::runtime_dir`] for the
 /// runtime directory and why it must be private.
 pub fn default_socket(data: &Path) -> PathBuf {
-    let p = data.join("api.sock");
+    socket_for(data, "api.sock", "")
+}
+
+/// The sandbox service socket for a data directory: `<data>/sandbox.sock`, with the same
+/// fallback as [`default_socket`] (`<runtime dir>/<hash>-sandbox.sock`). Clients (`thaw run`)
+/// find it from the data directory alone.
+pub fn default_sandbox_socket(data: &Path) -> PathBuf {
+    socket_for(data, "sandbox.sock", "-sandbox")
+}
+
+fn socket_for(data: &Path, name: &str, suffix: &str) -> PathBuf {
+    let p = data.join(name);
     if p.as_os_str().len() < 100 {
         return p;
     }
@@ -148,7 +163,7 @@ pub fn default_socket(data: &Path) -> PathBuf {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    api::runtime_dir().join(format!("{h:016x}.sock"))
+    api::runtime_dir().join(format!("{h:016x}{suffix}.sock"))
 }
 
 /// Parses `--upstream` values: `URL` or `NAME=URL`.
@@ -207,7 +222,10 @@ impl Settings {
         if upload_ttl.is_zero() {
             bail!("[store] upload_ttl must be longer than 0s: every upload in progress would be deleted; write e.g. \"1h\"");
         }
-        Ok(Settings { listen, data, socket, tls, store, registry, upload_ttl })
+        if let Some(sb) = &file.sandbox {
+            sb.validate()?;
+        }
+        Ok(Settings { listen, data, socket, tls, store, registry, upload_ttl, sandbox: file.sandbox })
     }
 
     /// Opens the store (taking its lock) and builds the registry over it.
@@ -238,6 +256,7 @@ async fn serve(settings: Settings, print_address: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}; is another registry using that port? choose another with --listen", settings.listen))?;
     let addr = listener.local_addr()?;
     let api_listener = api::bind(&settings.socket)?;
+    let sandboxes = start_sandboxes(&settings).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let upstreams: Vec<String> = settings.registry.upstreams.iter().map(|u| format!("{}={}{}", u.name, u.url, if u.default { " (default)" } else { "" })).collect();
     tracing::info!(
@@ -267,16 +286,67 @@ async fn serve(settings: Settings, print_address: bool) -> anyhow::Result<()> {
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let api_state = Arc::new(api::ApiState { registry: registry.clone(), listen: addr, settings: settings.clone() });
+    let host = sandboxes.as_ref().map(|(h, _)| h.clone());
+    let api_state = Arc::new(api::ApiState { registry: registry.clone(), listen: addr, settings: settings.clone(), sandboxes: host.clone() });
     let api_task = tokio::spawn(api::serve(api_listener, api_state, wait(stop_rx.clone())));
     let expiry_task = tokio::spawn(expire_uploads(registry.store().clone(), settings.upload_ttl, wait(stop_rx.clone())));
-    let router = thaw_registry::server::router(registry.clone());
+    let router = router(registry.clone(), host);
     thaw_registry::server::serve(listener, router, tls, wait(stop_rx)).await?;
     let _ = api_task.await;
     let _ = expiry_task.await;
     let _ = std::fs::remove_file(&settings.socket);
+    if let Some((host, server)) = sandboxes {
+        // Stopping kills the sandboxes of open sessions and joins threads; dropping the host
+        // drains the pools and removes the runtime's cgroups. Both block.
+        let sock = default_sandbox_socket(&settings.data);
+        tokio::task::spawn_blocking(move || {
+            server.stop();
+            drop(host);
+        })
+        .await?;
+        let _ = std::fs::remove_file(sock);
+    }
     registry.store().flush_access_times()?;
     Ok(())
+}
+
+type Sandboxes = (Arc<super::sandboxes::Host>, thaw_sandbox::service::Server);
+
+/// With a `[sandbox]` section: opens the runtime and pools (cleaning what a previous daemon of
+/// this data directory left), and serves the sandbox socket from its own threads.
+async fn start_sandboxes(settings: &Settings) -> anyhow::Result<Option<Sandboxes>> {
+    let Some(cfg) = settings.sandbox.clone() else { return Ok(None) };
+    let data = settings.data.clone();
+    let threads = cfg.threads.unwrap_or(2);
+    let host = tokio::task::spawn_blocking(move || super::sandboxes::Host::open(&data, cfg)).await??;
+    let host = Arc::new(host);
+    let sock = default_sandbox_socket(&settings.data);
+    let listener = api::bind_with(&sock, thaw_sandbox::service::is_served, |p| Ok(thaw_sandbox::service::listen(p)?))?;
+    let backend: Arc<dyn thaw_sandbox::service::Backend> = host.clone();
+    let cfg = thaw_sandbox::service::ServerConfig { idle_threads: threads, ..Default::default() };
+    let server = thaw_sandbox::service::Server::start(listener, backend, cfg)?;
+    tracing::info!(socket = %sock.display(), cgroup_parent = %host.runtime().names().cgroup_parent, "sandboxes served");
+    Ok(Some((host, server)))
+}
+
+/// The registry's router, with `/metrics` extended by the sandbox pools' and functions' metrics.
+fn router(registry: thaw_registry::Registry, host: Option<Arc<super::sandboxes::Host>>) -> axum::Router {
+    let Some(host) = host else { return thaw_registry::server::router(registry) };
+    let reg = registry.clone();
+    let metrics = move || {
+        let (reg, host) = (reg.clone(), host.clone());
+        async move {
+            let text = reg.render_metrics();
+            let body = text.strip_suffix("# EOF\n").unwrap_or(&text);
+            let mut resp = axum::response::IntoResponse::into_response(format!("{body}{}# EOF\n", host.metrics()));
+            resp.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            resp
+        }
+    };
+    axum::Router::new().route("/metrics", axum::routing::get(metrics)).fallback_service(thaw_registry::server::router(registry))
 }
 
 /// How often to look for abandoned uploads: a quarter of the idle time, so an upload goes at most

@@ -1,0 +1,374 @@
+//! Sandboxes through the daemon, with the real binary: `thaw run` using a `thaw serve`'s pools
+//! (stdout straight to the client's descriptor, exit codes and signals relayed, a killed client
+//! takes its sandbox along), a mirror-only daemon that makes no pools, functions (deploy,
+//! invoke, list, rm, restored after a restart), a leak check after many runs, and a restart
+//! after kill -9 that removes what the dead daemon left.
+//!
+//! These need root, cgroups, overlayfs and busybox-static (see `require_privileges`).
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use thaw_sandbox::cgroup::{self, CgroupLayout};
+use thaw_sandbox::{testsupport, InstanceNames};
+use thaw_testkit::{http_get, metric_value, ThawDaemon};
+
+const THAW: &str = env!("CARGO_BIN_EXE_thaw");
+
+struct Env {
+    dir: tempfile::TempDir,
+    rootfs: PathBuf,
+}
+
+/// Kills a child process on drop (also when the test panics).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Env {
+    fn new(test: &str) -> Option<Env> {
+        if !testsupport::require_privileges(test) {
+            return None;
+        }
+        let dir = testsupport::tmpfs_dir("thaw-daemon-sbx-").unwrap();
+        let rootfs = dir.path().join("rootfs");
+        testsupport::busybox_rootfs(&rootfs).unwrap();
+        Some(Env { dir, rootfs })
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `thaw serve` on this data directory; `sandbox` is the `[sandbox]` section's body
+    /// (`None`: a mirror-only daemon).
+    fn daemon(&self, sandbox: Option<&str>) -> ThawDaemon {
+        let cfg = self.dir.path().join("thaw.toml");
+        let text = match sandbox {
+            Some(s) => format!("[sandbox]\n{s}\n"),
+            None => String::new(),
+        };
+        std::fs::write(&cfg, text).unwrap();
+        ThawDaemon::start(Path::new(THAW), &["--standalone", "--config", cfg.to_str().unwrap(), "--data", self.data().to_str().unwrap()])
+    }
+
+    fn run(&self) -> Command {
+        let mut c = Command::new(THAW);
+        c.arg("run").arg("--data").arg(self.data()).env_remove("THAW_DATA");
+        c
+    }
+
+    fn func(&self, sub: &str) -> Command {
+        let mut c = Command::new(THAW);
+        c.args(["fn", sub, "--data-dir"]).arg(self.data()).env_remove("THAW_DATA").env_remove("THAW_SOCKET").env_remove("THAW_CONFIG");
+        c
+    }
+
+    fn names(&self) -> InstanceNames {
+        InstanceNames::for_data_dir(&self.data())
+    }
+
+    /// Pids in the daemon instance's sandbox cgroups (all hierarchies, deduplicated).
+    fn sandbox_pids(&self) -> BTreeSet<i32> {
+        let layout = CgroupLayout::detect().unwrap();
+        let mut pids = BTreeSet::new();
+        for (_, dir) in layout.dirs(&self.names().cgroup_parent, "") {
+            for child in std::fs::read_dir(&dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+                pids.extend(cgroup::procs(&child.path()));
+            }
+        }
+        pids
+    }
+
+    fn sandbox_cgroups(&self) -> usize {
+        cgroup::count_children(&CgroupLayout::detect().unwrap(), &self.names().cgroup_parent)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "status {:?}, stderr: {}", o.status, text(&o.stderr));
+    text(&o.stdout)
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| text(&b).replace('\0', " ")).unwrap_or_default()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            // The ppid is the second field after the parenthesised command name.
+            let after = stat.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+            if after.split(' ').nth(1).and_then(|x| x.parse::<u32>().ok()) == Some(pid) {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn run_through_the_daemon_relays_output_exit_code_and_timings() {
+    let Some(e) = Env::new("run_through_the_daemon_relays_output_exit_code_and_timings") else { return };
+    let d = e.daemon(Some("depth = 1"));
+    let o = e.run().arg("--timings").arg(&e.rootfs).args(["--", "sh", "-c", "echo hi; cat /proc/self/cgroup; exit 3"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "stderr: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.starts_with("hi\n"), "{out}");
+    let err = text(&o.stderr);
+    assert!(err.contains("through the daemon") && err.contains("client_daemon_trip") && err.contains("daemon_request_to_exec"), "{err}");
+    // The sandbox ran in the daemon's instance, not in a cold-path instance of its own.
+    assert!(!e.data().join("run").exists() || std::fs::read_dir(e.data().join("run")).unwrap().count() == 0);
+    // Later starts of the same image come from the pool: only exec is on the critical path.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = e.run().arg("--timings").arg(&e.rootfs).args(["--", "echo", "pooled"]).output().unwrap();
+        assert_eq!(ok(&o), "pooled\n");
+        if text(&o.stderr).contains("pooled parts") {
+            assert!(text(&o.stderr).contains("(ahead of time)"), "{}", text(&o.stderr));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no start came from a pool: {}", text(&o.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = http_get(d.addr, "/metrics");
+    assert!(metric_value(&m, "thaw_sandbox_pool_hits_total") >= 1.0, "{m}");
+    assert!(metric_value(&m, "thaw_sandbox_pool_misses_total") >= 1.0, "{m}");
+    assert!(m.contains("thaw_sandbox_pool_ready{pool=\""), "{m}");
+    assert!(m.trim_end().ends_with("# EOF"), "{m}");
+    // An error of the daemon reaches the client.
+    let o = e.run().arg(&e.rootfs).args(["--", "no-such-program"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("not found in the sandbox's PATH"), "{}", text(&o.stderr));
+    let o = e.run().args(["--profile", "nope"]).arg(&e.rootfs).args(["--", "true"]).output().unwrap();
+    assert!(text(&o.stderr).contains("no profile \"nope\""), "{}", text(&o.stderr));
+}
+
+/// The `pids.max` of a process's cgroup, read on the host (v1 `pids` hierarchy, else cgroup2).
+fn pids_max_of(pid: i32) -> String {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let (root, rel) = cg
+        .lines()
+        .find_map(|l| l.split_once(":pids:").map(|(_, p)| ("/sys/fs/cgroup/pids", p.to_string())))
+        .or_else(|| cg.lines().find_map(|l| l.strip_prefix("0::").map(|p| ("/sys/fs/cgroup", p.to_string()))))
+        .unwrap();
+    std::fs::read_to_string(format!("{root}{rel}/pids.max")).unwrap().trim().to_string()
+}
+
+/// Runs `args` through the daemon until it prints `ready`, then returns the client and the
+/// sandboxed process whose command line starts with `marker`.
+fn start_marked(e: &Env, flags: &[&str], script: &str, marker: &str) -> (Guard, i32, String) {
+    let child = e.run().args(flags).arg(&e.rootfs).args(["--", "sh", "-c", script]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut g = Guard(child);
+    let mut out = String::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with("ready\n") {
+        assert_eq!(g.0.stdout.as_mut().unwrap().read(&mut byte).unwrap(), 1, "the workload ended early: {out}");
+        out.push(byte[0] as char);
+    }
+    // `ready` comes just before the shell execs the marked program.
+    let mut found = None;
+    wait_until("the marked workload runs in the daemon's cgroups", Duration::from_secs(10), || {
+        found = e.sandbox_pids().into_iter().find(|p| cmdline(*p).starts_with(marker));
+        found.is_some()
+    });
+    (g, found.expect("found above"), out)
+}
+
+#[test]
+fn profiles_and_limits_apply_through_the_daemon() {
+    let Some(e) = Env::new("profiles_and_limits_apply_through_the_daemon") else { return };
+    let _d = e.daemon(Some("depth = 1\n[sandbox.profiles.small]\npids = 21\nhostname = \"small\"\ndepth = 2\n"));
+    let (_g, pid, out) = start_marked(&e, &["--profile", "small"], "hostname; echo ready; exec sleep 1000", "sleep 1000");
+    assert_eq!(out, "small\nready\n");
+    assert_eq!(pids_max_of(pid), "21");
+    let (_g, pid, out) = start_marked(&e, &["--pids", "33", "-u", "1000:1000", "-e", "X=y", "-w", "/tmp"], "id -u; echo $X; pwd; echo ready; exec sleep 1001", "sleep 1001");
+    assert_eq!(out, "1000\ny\n/tmp\nready\n");
+    assert_eq!(pids_max_of(pid), "33");
+}
+
+#[test]
+fn signals_are_relayed_and_a_killed_client_kills_its_sandbox() {
+    let Some(e) = Env::new("signals_are_relayed_and_a_killed_client_kills_its_sandbox") else { return };
+    let _d = e.daemon(Some("depth = 1"));
+    let child = e
+        .run()
+        .arg(&e.rootfs)
+        .args(["--", "sh", "-c", "trap 'echo got-term; exit 5' TERM; echo ready; while true; do sleep 0.05; done"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut g = Guard(child);
+    let mut stdout = g.0.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    // SAFETY: kill with the pid of our own unreaped child and a valid signal number.
+    assert_eq!(unsafe { libc::kill(g.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = g.0.wait().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(status.code(), Some(5));
+
+    // A signal that kills the workload comes back as the shell's 128 + n: here the kernel's
+    // SIGKILL of a process over its memory limit. (The workload is PID 1 of its namespace, which
+    // no signal from inside can kill.)
+    let o = e.run().args(["--memory", "16m"]).arg(&e.rootfs).args(["--", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(128 + 9), "{}", text(&o.stderr));
+
+    let (mut g, sleeper, _) = start_marked(&e, &[], "echo ready; exec sleep 1000", "sleep 1000");
+    g.0.kill().unwrap();
+    g.0.wait().unwrap();
+    wait_until("the vanished client's sandbox is killed", Duration::from_secs(10), || !alive(sleeper));
+}
+
+#[test]
+fn a_mirror_only_daemon_makes_no_pools_and_run_goes_cold() {
+    let Some(e) = Env::new("a_mirror_only_daemon_makes_no_pools_and_run_goes_cold") else { return };
+    let d = e.daemon(None);
+    let pid = d.child.as_ref().unwrap().id();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!e.data().join("sandbox.sock").exists(), "a mirror-only daemon has no sandbox socket");
+    let layout = CgroupLayout::detect().unwrap();
+    for (_, dir) in layout.dirs(&e.names().cgroup_parent, "") {
+        assert!(!dir.exists(), "a mirror-only daemon created {}", dir.display());
+    }
+    assert!(children_of(pid).is_empty(), "a mirror-only daemon started helper processes: {:?}", children_of(pid));
+    assert!(!e.data().join("sandbox").exists(), "no sandbox runtime state");
+    let m = http_get(d.addr, "/metrics");
+    assert!(!m.contains("thaw_sandbox_"), "{m}");
+    // thaw run still works: the cold path.
+    let o = e.run().arg("--timings").arg(&e.rootfs).args(["--", "echo", "cold"]).output().unwrap();
+    assert_eq!(ok(&o), "cold\n");
+    assert!(text(&o.stderr).contains("cold path"), "{}", text(&o.stderr));
+    // Functions need sandboxes: a clear error.
+    let o = e.func("list").output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("[sandbox]"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn functions_deploy_invoke_list_rm_and_survive_a_restart() {
+    let Some(e) = Env::new("functions_deploy_invoke_list_rm_and_survive_a_restart") else { return };
+    let mut d = e.daemon(Some("depth = 1"));
+    let root = e.rootfs.to_str().unwrap();
+    let o = e.func("deploy").args(["upper", "--image", root, "--depth", "2", "--pids", "16", "--", "tr", "a-z", "A-Z"]).output().unwrap();
+    assert!(ok(&o).contains("deployed upper"));
+    let o = e.func("deploy").args(["fails", "--image", root, "--", "sh", "-c", "cat >&2; exit 3"]).output().unwrap();
+    ok(&o);
+    let o = e.func("invoke").args(["upper", "--data", "hello"]).output().unwrap();
+    assert_eq!(ok(&o), "HELLO");
+    // Payload on stdin, and --timings.
+    let mut c = e.func("invoke").args(["upper", "--timings"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(c.stdin.as_mut().unwrap(), b"from stdin").unwrap();
+    drop(c.stdin.take());
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(ok(&o), "FROM STDIN");
+    assert!(text(&o.stderr).contains("request_to_exec") && text(&o.stderr).contains("client_daemon_trip"), "{}", text(&o.stderr));
+    let o = e.func("invoke").args(["fails", "--data", "oops"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(text(&o.stderr), "oops");
+    let o = e.func("list").arg("--json").output().unwrap();
+    let list: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["fails", "upper"]);
+    assert_eq!(list[1]["depth"], 2);
+    assert_eq!(list[1]["invocations"], 2);
+    let m = http_get(d.addr, "/metrics");
+    assert!(m.contains("thaw_function_invocations_total{function=\"upper\",outcome=\"ok\"} 2"), "{m}");
+    assert!(m.contains("thaw_function_invocations_total{function=\"fails\",outcome=\"failed\"} 1"), "{m}");
+    assert!(m.contains("pool=\"fn:upper\""), "{m}");
+    // Bad definitions are refused with the reason.
+    let o = e.func("deploy").args(["../evil", "--image", root, "--", "true"]).output().unwrap();
+    assert!(!o.status.success() && text(&o.stderr).contains("function name"), "{}", text(&o.stderr));
+
+    // A restart restores the deployments.
+    d.stop();
+    let d = e.daemon(Some("depth = 1"));
+    let o = e.func("invoke").args(["upper", "--data", "again"]).output().unwrap();
+    assert_eq!(ok(&o), "AGAIN");
+    let o = e.func("rm").arg("upper").output().unwrap();
+    ok(&o);
+    assert!(!e.data().join("functions/upper.json").exists());
+    let o = e.func("invoke").args(["upper", "--data", "x"]).output().unwrap();
+    assert!(!o.status.success() && text(&o.stderr).contains("no function named \"upper\""), "{}", text(&o.stderr));
+    let o = e.func("list").output().unwrap();
+    let out = ok(&o);
+    assert!(out.contains("fails") && !out.contains("upper"), "{out}");
+    drop(d);
+}
+
+#[test]
+fn many_runs_through_the_daemon_leak_nothing() {
+    let Some(e) = Env::new("many_runs_through_the_daemon_leak_nothing") else { return };
+    let d = e.daemon(Some("depth = 2"));
+    let pid = d.child.as_ref().unwrap().id();
+    // Warm up: the pool exists and is full.
+    ok(&e.run().arg(&e.rootfs).args(["--", "true"]).output().unwrap());
+    let full = || {
+        let m = http_get(d.addr, "/metrics");
+        metric_value(&m, "thaw_sandbox_pool_ready") >= 2.0 && metric_value(&m, "thaw_sandbox_pending_teardowns") == 0.0
+    };
+    wait_until("the pool is full", Duration::from_secs(30), full);
+    let (pids0, cgroups0, kids0) = (e.sandbox_pids().len(), e.sandbox_cgroups(), children_of(pid).len());
+    for i in 0..40 {
+        let o = e.run().arg(&e.rootfs).args(["--", "sh", "-c", &format!("echo {i}")]).output().unwrap();
+        assert_eq!(ok(&o), format!("{i}\n"));
+    }
+    wait_until("processes, cgroups and helpers return to the full pool's", Duration::from_secs(30), || {
+        full() && e.sandbox_pids().len() == pids0 && e.sandbox_cgroups() == cgroups0 && children_of(pid).len() == kids0
+    });
+    let m = http_get(d.addr, "/metrics");
+    assert_eq!(metric_value(&m, "thaw_sandbox_failed_teardowns_total"), 0.0);
+}
+
+#[test]
+fn a_restart_after_kill_9_removes_what_the_dead_daemon_left() {
+    let Some(e) = Env::new("a_restart_after_kill_9_removes_what_the_dead_daemon_left") else { return };
+    let mut d = e.daemon(Some("depth = 2"));
+    let child = e.run().arg(&e.rootfs).args(["--", "sh", "-c", "echo ready; exec sleep 1000"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut g = Guard(child);
+    let mut buf = [0u8; 6];
+    g.0.stdout.as_mut().unwrap().read_exact(&mut buf).unwrap();
+    wait_until("the pool is full", Duration::from_secs(30), || metric_value(&http_get(d.addr, "/metrics"), "thaw_sandbox_pool_ready") >= 2.0);
+    let old: BTreeSet<i32> = e.sandbox_pids();
+    assert!(old.len() >= 3, "a running sandbox and two parked parts: {old:?}");
+    let mut daemon = d.child.take().unwrap();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    drop(g);
+    assert!(e.data().join("sandbox.sock").exists(), "kill -9 leaves the socket file behind");
+    let d2 = e.daemon(Some("depth = 1"));
+    wait_until("nothing of the dead daemon survives the restart", Duration::from_secs(20), || old.iter().all(|p| !alive(*p)));
+    let o = e.run().arg(&e.rootfs).args(["--", "echo", "after"]).output().unwrap();
+    assert_eq!(ok(&o), "after\n");
+    drop(d2);
+    drop(d);
+}
