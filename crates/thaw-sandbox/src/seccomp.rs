@@ -296,6 +296,61 @@ mod tests {
         }
     }
 
+    /// The template profile lets a forked instance build namespaces and mounts, but not a
+    /// nested user namespace, and still refuses the rest of the default list.
+    #[test]
+    fn template_profile_allows_namespaces_but_not_user_namespaces() {
+        let p = compile_template(SeccompOptions::default()).unwrap();
+        let progs: Vec<BpfProgram> = p.programs.iter().map(|x| unpack(x)).collect();
+        // SAFETY: the child only makes raw system calls on memory prepared before the fork.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: raw system calls with valid arguments; `_exit` never returns.
+                unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    for prog in &progs {
+                        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+                        if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0 {
+                            libc::_exit(10);
+                        }
+                    }
+                    let errno = || *libc::__errno_location();
+                    if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) != -1 || errno() != libc::EPERM {
+                        libc::_exit(11);
+                    }
+                    if libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER) != -1 || errno() != libc::EPERM {
+                        libc::_exit(12);
+                    }
+                    if libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS | libc::CLONE_NEWUSER) != -1 || errno() != libc::EPERM {
+                        libc::_exit(13);
+                    }
+                    // Allowed by the filter: whatever the kernel answers, it is not seccomp's EPERM
+                    // (a mount with a null target fails with EFAULT; root may unshare UTS).
+                    let r = libc::syscall(libc::SYS_mount, 0, 0, 0, 0, 0);
+                    if r == -1 && errno() == libc::EPERM {
+                        libc::_exit(14);
+                    }
+                    if libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS) != 0 && errno() == libc::EPERM && libc::geteuid() == 0 {
+                        libc::_exit(15);
+                    }
+                    let r = libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0);
+                    if r == 0 {
+                        libc::_exit(0);
+                    }
+                    if r != -1 || errno() != libc::EPERM {
+                        libc::_exit(16);
+                    }
+                    libc::_exit(0);
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        assert!(compile_template(SeccompOptions { disabled: true, ..Default::default() }).unwrap().programs.is_empty());
+    }
+
     proptest! {
         #[test]
         fn pack_roundtrips(code: u16, jt: u8, jf: u8, k: u32) {

@@ -745,3 +745,57 @@ impl Drop for Template {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_plan_follows_the_root_config() {
+        let mut r = RootfsConfig::with_defaults(vec!["/l".into()]);
+        r.readonly = true;
+        let ops = mount_ops(&template_rootfs(&r));
+        let mount = |dst: &str| ops.iter().find(|o| o["op"] == "mount" && o["dst"] == dst).cloned();
+        let proc_ = mount("/proc").expect("/proc mounted");
+        assert_eq!(proc_["type"], "proc");
+        assert_eq!(proc_["bind"], false);
+        let cg = mount("/sys/fs/cgroup").expect("cgroup mounted");
+        assert_eq!((cg["type"].as_str(), cg["src"].as_str()), (Some("cgroup2"), Some("cgroup2")));
+        let sys = mount("/sys").unwrap();
+        assert_ne!(sys["flags"].as_u64().unwrap() & nix::mount::MsFlags::MS_RDONLY.bits(), 0, "/sys read-only");
+        let tmp = mount("/tmp").expect("a private /tmp");
+        assert!(tmp["data"].as_str().unwrap().contains("mode=1777"));
+        assert!(ops.iter().any(|o| o["op"] == "mask" && o["path"] == "/proc/kcore"));
+        assert!(ops.iter().any(|o| o["op"] == "readonly" && o["path"] == "/proc/sysrq-trigger"));
+        assert_eq!(ops.last().unwrap()["op"], "readonly_root");
+        // Mounts first, in order, then masks, then read-only paths.
+        let first_mask = ops.iter().position(|o| o["op"] == "mask").unwrap();
+        assert!(ops[..first_mask].iter().all(|o| o["op"] == "mount"));
+        // A configured /tmp is kept, not doubled.
+        let twice = template_rootfs(&template_rootfs(&r));
+        assert_eq!(twice.mounts.iter().filter(|m| m.destination == "/tmp").count(), 1);
+    }
+
+    #[test]
+    fn template_errors_carry_the_interpreters_text() {
+        let e = template_error("parking an instance", br#"{"error": "mount proc: EPERM\n"}"#);
+        assert_eq!(e.to_string(), "building the sandbox failed in the helper: parking an instance: mount proc: EPERM");
+        let e = template_error("forking", b"garbage");
+        assert!(e.to_string().contains("unexpected message \"garbage\""), "{e}");
+    }
+
+    #[test]
+    fn id_ranges_do_not_overlap_and_fit_in_32_bits() {
+        assert!(ID_BASE as u64 + ID_SLOTS as u64 * ID_COUNT as u64 <= u32::MAX as u64);
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI must run the tests as root");
+            eprintln!("skipping id_ranges_do_not_overlap_and_fit_in_32_bits: not root ({ID_LOCK_DIR} is root's)");
+            return;
+        }
+        let (a, fa) = lock_id_slot().unwrap();
+        let (b, _fb) = lock_id_slot().unwrap();
+        assert_ne!(a, b);
+        assert_eq!((a.max(b) - ID_BASE) % ID_COUNT, 0);
+        drop(fa);
+    }
+}
