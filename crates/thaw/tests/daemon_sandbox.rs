@@ -372,3 +372,38 @@ fn a_restart_after_kill_9_removes_what_the_dead_daemon_left() {
     drop(d2);
     drop(d);
 }
+
+#[test]
+fn python_functions_run_forked_from_their_template() {
+    let Some(e) = Env::new("python_functions_run_forked_from_their_template") else { return };
+    let Some(py) = testsupport::cached_python_rootfs("python_functions_run_forked_from_their_template") else { return };
+    let mut d = e.daemon(Some("depth = 1"));
+    let image = py.to_str().unwrap();
+    // A handler from the standard library, so the image needs nothing of ours: bytes in, bytes out.
+    let deploy = |name: &str, handler: &str, preload: &str| {
+        e.func("deploy").args([name, "--image", image, "--runtime", "python", "--handler", handler, "--preload", preload, "--depth", "2"]).output().unwrap()
+    };
+    let o = deploy("b64", "base64:b64encode", "json,decimal");
+    assert!(ok(&o).contains("deployed b64 (python, depth 2)"));
+    let o = e.func("invoke").args(["b64", "--data", "hello", "--timings"]).output().unwrap();
+    assert_eq!(ok(&o), "aGVsbG8=");
+    assert!(text(&o.stderr).contains("request_to_exec"), "{}", text(&o.stderr));
+    // A handler that raises: non-zero status, the traceback on stderr.
+    ok(&deploy("parse", "json:loads", ""));
+    let o = e.func("invoke").args(["parse", "--data", "{not json"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("JSONDecodeError"), "{}", text(&o.stderr));
+    // A module that does not exist fails the deployment, with the interpreter's words.
+    let o = deploy("broken", "base64:b64encode", "no_such_module_here");
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("no_such_module_here"), "{}", text(&o.stderr));
+    let o = e.func("list").arg("--json").output().unwrap();
+    let list: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[0]["kind"], "python");
+    // Templates come back after a restart.
+    d.stop();
+    let _d = e.daemon(Some("depth = 1"));
+    let o = e.func("invoke").args(["b64", "--data", "again"]).output().unwrap();
+    assert_eq!(ok(&o), "YWdhaW4=");
+}

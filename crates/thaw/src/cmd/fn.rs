@@ -197,7 +197,7 @@ fn definition(a: &DeployArgs) -> anyhow::Result<FunctionDef> {
     let python = match a.runtime.as_deref() {
         Some("python") => {
             let handler = a.handler.clone().context("--runtime python needs --handler module:function")?;
-            Some(PythonDef { handler, preload: a.preload.clone(), interpreter: a.interpreter.clone() })
+            Some(PythonDef { handler, preload: a.preload.iter().filter(|m| !m.is_empty()).cloned().collect(), interpreter: a.interpreter.clone() })
         }
         Some(other) => bail!("unknown runtime {other}; thaw knows python"),
         None => None,
