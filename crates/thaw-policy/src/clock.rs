@@ -8,7 +8,7 @@
 //! makes thaw's miss counts equal libCacheSim's.
 
 use crate::listcache::{ListCache, ListEntry};
-use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
+use crate::{Effect, Key, OneTier, Pinned, Request, Tier};
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -103,8 +103,8 @@ impl Clock {
     }
 }
 
-impl CachePolicy for Clock {
-    fn name(&self) -> String {
+impl OneTier for Clock {
+    fn policy_name(&self) -> String {
         if self.bits == 1 {
             "clock".into()
         } else {
@@ -112,53 +112,40 @@ impl CachePolicy for Clock {
         }
     }
 
-    fn lookup(&mut self, req: &Request, _effects: &mut Vec<Effect>) -> Option<Tier> {
-        self.hit(req.key).then_some(Tier::Fast)
+    #[inline]
+    fn touch(&mut self, key: Key, _pinned: Pinned<'_>, _effects: &mut Vec<Effect>) -> bool {
+        self.hit(key)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if self.c.map.contains_key(&req.key) {
-            return true;
-        }
-        self.admit_absent(req, Some(pinned), effects)
+    fn resident(&self, key: Key) -> bool {
+        self.c.map.contains_key(&key)
     }
 
-    fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
-        if self.hit(req.key) {
-            return Some(Tier::Fast);
-        }
-        self.admit_absent(req, None, effects);
-        None
+    #[inline]
+    fn insert(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+        self.admit_absent(req, pinned, effects)
     }
 
-    fn remove(&mut self, key: Key) -> bool {
+    fn remove_key(&mut self, key: Key) -> bool {
         self.c.remove(key).is_some()
     }
 
-    fn peek(&self, key: Key) -> Option<Tier> {
-        self.c.peek(key)
+    fn bytes(&self) -> u64 {
+        self.c.used(Tier::Fast)
     }
 
-    fn used(&self, tier: Tier) -> u64 {
-        self.c.used(tier)
+    fn bytes_capacity(&self) -> u64 {
+        self.c.capacity
     }
 
-    fn capacity(&self) -> Capacity {
-        Capacity::single(self.c.capacity)
-    }
-
-    fn len(&self) -> usize {
+    fn objects(&self) -> usize {
         self.c.map.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::CachePolicy;
     use super::*;
 
     fn run(p: &mut dyn CachePolicy, keys: &[u64]) -> Vec<bool> {

@@ -61,7 +61,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::slab::{Idx, List, Slab};
-use crate::{CachePolicy, Capacity, CategoryId, Effect, ImageId, Key, Request, Tier};
+use crate::{CachePolicy, Capacity, CategoryId, Effect, ImageId, Key, Pinned, Request, Tier};
 
 /// The lifetime slot of requests that carry no category.
 pub const DEFAULT_CATEGORY_SLOT: usize = 0;
@@ -182,8 +182,6 @@ struct Ghost {
     slot: u32,
     last_access_us: u64,
 }
-
-type Pinned<'a> = Option<&'a dyn Fn(Key) -> bool>;
 
 #[derive(Debug)]
 pub struct LaCache {

@@ -14,7 +14,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::slab::{enough_unpinned, Idx, List, Slab};
-use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
+use crate::{Effect, Key, OneTier, Pinned, Request, Tier};
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -107,18 +107,6 @@ impl Lfu {
         })
     }
 
-    fn admit_inner(
-        &mut self,
-        req: &Request,
-        pinned: Option<&dyn Fn(Key) -> bool>,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if self.map.contains_key(&req.key) {
-            return true;
-        }
-        self.admit_absent(req, pinned, effects)
-    }
-
     /// [`Self::admit_inner`] for a key the caller just found absent.
     fn admit_absent(
         &mut self,
@@ -196,33 +184,26 @@ impl Lfu {
     }
 }
 
-impl CachePolicy for Lfu {
-    fn name(&self) -> String {
+impl OneTier for Lfu {
+    fn policy_name(&self) -> String {
         "lfu".into()
     }
 
-    fn lookup(&mut self, req: &Request, _effects: &mut Vec<Effect>) -> Option<Tier> {
-        self.hit(req.key).then_some(Tier::Fast)
+    #[inline]
+    fn touch(&mut self, key: Key, _pinned: Pinned<'_>, _effects: &mut Vec<Effect>) -> bool {
+        self.hit(key)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        self.admit_inner(req, Some(pinned), effects)
+    fn resident(&self, key: Key) -> bool {
+        self.map.contains_key(&key)
     }
 
-    fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
-        if self.hit(req.key) {
-            return Some(Tier::Fast);
-        }
-        self.admit_absent(req, None, effects);
-        None
+    #[inline]
+    fn insert(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+        self.admit_absent(req, pinned, effects)
     }
 
-    fn remove(&mut self, key: Key) -> bool {
+    fn remove_key(&mut self, key: Key) -> bool {
         let Some(id) = self.map.remove(&key) else {
             return false;
         };
@@ -233,28 +214,22 @@ impl CachePolicy for Lfu {
         true
     }
 
-    fn peek(&self, key: Key) -> Option<Tier> {
-        self.map.contains_key(&key).then_some(Tier::Fast)
+    fn bytes(&self) -> u64 {
+        self.used
     }
 
-    fn used(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Fast => self.used,
-            Tier::Slow => 0,
-        }
+    fn bytes_capacity(&self) -> u64 {
+        self.capacity
     }
 
-    fn capacity(&self) -> Capacity {
-        Capacity::single(self.capacity)
-    }
-
-    fn len(&self) -> usize {
+    fn objects(&self) -> usize {
         self.map.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::CachePolicy;
     use super::*;
 
     fn run(p: &mut Lfu, keys: &[u64]) {

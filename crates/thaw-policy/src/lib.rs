@@ -81,6 +81,7 @@ mod lru;
 mod queue;
 mod s3fifo;
 mod sieve;
+mod single;
 mod size_tiered;
 mod slab;
 mod slru;
@@ -96,6 +97,7 @@ pub use lfu::Lfu;
 pub use lru::{Fifo, Lru, QueuePolicy};
 pub use s3fifo::{S3Fifo, S3FIFO_GHOST_RATIO, S3FIFO_MOVE_TO_MAIN_THRESHOLD, S3FIFO_SMALL_RATIO};
 pub use sieve::Sieve;
+pub use single::{OneTier, Pinned};
 pub use size_tiered::{SizeTieredLru, SIZE_TIERED_DEFAULT_THRESHOLD};
 pub use slru::{Slru, SLRU_MAX_SEGMENTS};
 pub use spec::{

@@ -107,10 +107,6 @@ impl<E: ListEntry> ListCache<E> {
         Some(id)
     }
 
-    pub fn peek(&self, key: Key) -> Option<Tier> {
-        self.map.contains_key(&key).then_some(Tier::Fast)
-    }
-
     pub fn used(&self, tier: Tier) -> u64 {
         match tier {
             Tier::Fast => self.used,

@@ -2,7 +2,7 @@
 //! to the head (LRU) or leaves where it is (FIFO).
 
 use crate::queue::QueueCore;
-use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
+use crate::{Effect, Key, OneTier, Pinned, Request, Tier};
 
 /// A queue over bytes whose victims leave from the tail, skipping pinned objects. With
 /// `REORDER_ON_HIT` a hit moves the object to the head: that is [`Lru`], libCacheSim's `LRU` (built
@@ -41,58 +41,45 @@ impl<const REORDER_ON_HIT: bool> QueuePolicy<REORDER_ON_HIT> {
     }
 }
 
-impl<const REORDER_ON_HIT: bool> CachePolicy for QueuePolicy<REORDER_ON_HIT> {
-    fn name(&self) -> String {
+impl<const REORDER_ON_HIT: bool> OneTier for QueuePolicy<REORDER_ON_HIT> {
+    fn policy_name(&self) -> String {
         if REORDER_ON_HIT { "lru" } else { "fifo" }.into()
     }
 
-    fn lookup(&mut self, req: &Request, _effects: &mut Vec<Effect>) -> Option<Tier> {
-        self.hit(req.key).then_some(Tier::Fast)
+    #[inline]
+    fn touch(&mut self, key: Key, _pinned: Pinned<'_>, _effects: &mut Vec<Effect>) -> bool {
+        self.hit(key)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        self.core.admit(req, Some(pinned), Tier::Fast, effects)
+    fn resident(&self, key: Key) -> bool {
+        self.core.contains(key)
     }
 
-    fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
-        if self.hit(req.key) {
-            return Some(Tier::Fast);
-        }
-        self.core.admit_absent(req, None, Tier::Fast, effects);
-        None
+    #[inline]
+    fn insert(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+        self.core.admit_absent(req, pinned, Tier::Fast, effects)
     }
 
-    fn remove(&mut self, key: Key) -> bool {
+    fn remove_key(&mut self, key: Key) -> bool {
         self.core.remove(key).is_some()
     }
 
-    fn peek(&self, key: Key) -> Option<Tier> {
-        self.core.contains(key).then_some(Tier::Fast)
+    fn bytes(&self) -> u64 {
+        self.core.used
     }
 
-    fn used(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Fast => self.core.used,
-            Tier::Slow => 0,
-        }
+    fn bytes_capacity(&self) -> u64 {
+        self.core.capacity
     }
 
-    fn capacity(&self) -> Capacity {
-        Capacity::single(self.core.capacity)
-    }
-
-    fn len(&self) -> usize {
+    fn objects(&self) -> usize {
         self.core.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::CachePolicy;
     use super::*;
 
     #[test]

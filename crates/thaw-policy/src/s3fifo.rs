@@ -23,7 +23,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::slab::{enough_unpinned, Idx, List, Slab};
-use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
+use crate::{Effect, Key, OneTier, Pinned, Request, Tier};
 
 pub const S3FIFO_SMALL_RATIO: f64 = 0.10;
 pub const S3FIFO_GHOST_RATIO: f64 = 0.90;
@@ -50,8 +50,6 @@ struct Fifo {
     bytes: u64,
     capacity: u64,
 }
-
-type Pinned<'a> = Option<&'a dyn Fn(Key) -> bool>;
 
 #[derive(Debug)]
 pub struct S3Fifo {
@@ -254,21 +252,6 @@ impl S3Fifo {
         }
     }
 
-    fn admit_inner(
-        &mut self,
-        req: &Request,
-        pinned: Pinned<'_>,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        let found = self.map.get(&req.key).copied();
-        if let Some(id) = found {
-            if self.slab.get(id).queue != Queue::Ghost {
-                return true;
-            }
-        }
-        self.admit_found(req, found, pinned, effects)
-    }
-
     /// Admission of a non-resident key; `ghost` is its ghost entry, if it has one.
     fn admit_found(
         &mut self,
@@ -338,39 +321,44 @@ impl S3Fifo {
     }
 }
 
-impl CachePolicy for S3Fifo {
-    fn name(&self) -> String {
+impl OneTier for S3Fifo {
+    fn policy_name(&self) -> String {
         "s3fifo".into()
     }
 
-    fn lookup(&mut self, req: &Request, _effects: &mut Vec<Effect>) -> Option<Tier> {
-        self.hit(req.key).then_some(Tier::Fast)
+    #[inline]
+    fn touch(&mut self, key: Key, _pinned: Pinned<'_>, _effects: &mut Vec<Effect>) -> bool {
+        self.hit(key)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        self.admit_inner(req, Some(pinned), effects)
+    fn resident(&self, key: Key) -> bool {
+        self.map
+            .get(&key)
+            .is_some_and(|&id| self.slab.get(id).queue != Queue::Ghost)
     }
 
-    fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
+    fn insert(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+        // the key may still be in the map as a ghost, which admission must see
+        let found = self.map.get(&req.key).copied();
+        self.admit_found(req, found, pinned, effects)
+    }
+
+    #[inline]
+    fn touch_or_insert(&mut self, req: &Request, effects: &mut Vec<Effect>) -> bool {
         // one hash probe decides hit, ghost hit or plain miss
         let found = self.map.get(&req.key).copied();
         if let Some(id) = found {
             let e = self.slab.get_mut(id);
             if e.queue != Queue::Ghost {
                 e.freq = e.freq.saturating_add(1);
-                return Some(Tier::Fast);
+                return true;
             }
         }
         self.admit_found(req, found, None, effects);
-        None
+        false
     }
 
-    fn remove(&mut self, key: Key) -> bool {
+    fn remove_key(&mut self, key: Key) -> bool {
         let Some(&id) = self.map.get(&key) else {
             return false;
         };
@@ -382,29 +370,22 @@ impl CachePolicy for S3Fifo {
         true
     }
 
-    fn peek(&self, key: Key) -> Option<Tier> {
-        let id = *self.map.get(&key)?;
-        (self.slab.get(id).queue != Queue::Ghost).then_some(Tier::Fast)
+    fn bytes(&self) -> u64 {
+        self.used_bytes()
     }
 
-    fn used(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Fast => self.used_bytes(),
-            Tier::Slow => 0,
-        }
+    fn bytes_capacity(&self) -> u64 {
+        self.capacity
     }
 
-    fn capacity(&self) -> Capacity {
-        Capacity::single(self.capacity)
-    }
-
-    fn len(&self) -> usize {
+    fn objects(&self) -> usize {
         self.resident
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::CachePolicy;
     use super::*;
 
     fn run(p: &mut S3Fifo, keys: &[u64], size: u64) -> Vec<bool> {

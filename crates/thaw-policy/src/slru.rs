@@ -20,7 +20,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::slab::{enough_unpinned, Idx, List, Slab};
-use crate::{CachePolicy, Capacity, Effect, Key, Request, Tier};
+use crate::{Effect, Key, OneTier, Pinned, Request, Tier};
 
 /// The most segments `slru:N` accepts.
 pub const SLRU_MAX_SEGMENTS: usize = 64;
@@ -38,8 +38,6 @@ struct Segment {
     bytes: u64,
     quota: u64,
 }
-
-type Pinned<'a> = Option<&'a dyn Fn(Key) -> bool>;
 
 #[derive(Debug)]
 pub struct Slru {
@@ -182,18 +180,6 @@ impl Slru {
         None
     }
 
-    fn admit_inner(
-        &mut self,
-        req: &Request,
-        pinned: Pinned<'_>,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        if self.map.contains_key(&req.key) {
-            return true;
-        }
-        self.admit_absent(req, pinned, effects)
-    }
-
     /// [`Self::admit_inner`] for a key the caller just found absent.
     fn admit_absent(
         &mut self,
@@ -245,8 +231,8 @@ impl Slru {
     }
 }
 
-impl CachePolicy for Slru {
-    fn name(&self) -> String {
+impl OneTier for Slru {
+    fn policy_name(&self) -> String {
         if self.segs.len() == crate::spec::SLRU_DEFAULT_SEGMENTS {
             "slru".into()
         } else {
@@ -254,38 +240,21 @@ impl CachePolicy for Slru {
         }
     }
 
-    fn lookup(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
-        self.hit(req.key, None, effects).then_some(Tier::Fast)
+    #[inline]
+    fn touch(&mut self, key: Key, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+        self.hit(key, pinned, effects)
     }
 
-    fn lookup_pinned(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> Option<Tier> {
-        self.hit(req.key, Some(pinned), effects)
-            .then_some(Tier::Fast)
+    fn resident(&self, key: Key) -> bool {
+        self.map.contains_key(&key)
     }
 
-    fn admit(
-        &mut self,
-        req: &Request,
-        pinned: &dyn Fn(Key) -> bool,
-        effects: &mut Vec<Effect>,
-    ) -> bool {
-        self.admit_inner(req, Some(pinned), effects)
+    #[inline]
+    fn insert(&mut self, req: &Request, pinned: Pinned<'_>, effects: &mut Vec<Effect>) -> bool {
+        self.admit_absent(req, pinned, effects)
     }
 
-    fn access(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
-        if self.hit(req.key, None, effects) {
-            return Some(Tier::Fast);
-        }
-        self.admit_absent(req, None, effects);
-        None
-    }
-
-    fn remove(&mut self, key: Key) -> bool {
+    fn remove_key(&mut self, key: Key) -> bool {
         let Some(&id) = self.map.get(&key) else {
             return false;
         };
@@ -294,28 +263,22 @@ impl CachePolicy for Slru {
         true
     }
 
-    fn peek(&self, key: Key) -> Option<Tier> {
-        self.map.contains_key(&key).then_some(Tier::Fast)
+    fn bytes(&self) -> u64 {
+        self.used
     }
 
-    fn used(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Fast => self.used,
-            Tier::Slow => 0,
-        }
+    fn bytes_capacity(&self) -> u64 {
+        self.capacity
     }
 
-    fn capacity(&self) -> Capacity {
-        Capacity::single(self.capacity)
-    }
-
-    fn len(&self) -> usize {
+    fn objects(&self) -> usize {
         self.map.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::CachePolicy;
     use super::*;
 
     fn run(p: &mut Slru, keys: &[u64]) -> Vec<Effect> {

@@ -147,7 +147,7 @@ impl FromStr for PolicySpec {
             "lacache" => {
                 let fast_max_object = match param {
                     None => LACACHE_DEFAULT_FAST_MAX_OBJECT,
-                    Some(p) if p == "any" => u64::MAX,
+                    Some("any") => u64::MAX,
                     Some(p) => parse_bytes(p).map_err(|e| {
                         bad(format!(
                             "largest object for the fast tier: {e} (or \"any\")"
