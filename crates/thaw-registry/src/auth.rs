@@ -54,27 +54,17 @@ pub enum AuthFailure {
 
 /// Reads the client's identity from its request headers.
 pub fn identify(headers: &HeaderMap, accounts: &[Account]) -> Result<Identity, AuthFailure> {
-    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
-        return Ok(Identity::Anonymous);
-    };
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else { return Ok(Identity::Anonymous) };
     let value = value.to_str().map_err(|_| AuthFailure::Malformed)?.trim();
-    if let Some(token) = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-    {
+    if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthFailure::Malformed);
         }
         return Ok(Identity::Token(token.to_string()));
     }
-    if let Some(b64) = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
-    {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|_| AuthFailure::Malformed)?;
+    if let Some(b64) = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")) {
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|_| AuthFailure::Malformed)?;
         let raw = String::from_utf8(raw).map_err(|_| AuthFailure::Malformed)?;
         let (user, pass) = raw.split_once(':').ok_or(AuthFailure::Malformed)?;
         if user.is_empty() && pass.is_empty() {
@@ -122,16 +112,9 @@ pub fn identity_key(ident: &Identity, accounts: &[Account]) -> Option<String> {
 /// How long an upstream's yes to `cred` may be remembered: `ttl`, shortened to the token's own
 /// expiry when the credential is a JWT carrying `exp`.
 pub fn grant_lifetime(cred: &Credential, ttl: Duration) -> Duration {
-    let Credential::Bearer(token) = cred else {
-        return ttl;
-    };
-    let Some(exp) = jwt_exp(token) else {
-        return ttl;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let Credential::Bearer(token) = cred else { return ttl };
+    let Some(exp) = jwt_exp(token) else { return ttl };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     ttl.min(Duration::from_secs(exp.saturating_sub(now)))
 }
 
@@ -139,9 +122,7 @@ pub fn grant_lifetime(cred: &Credential, ttl: Duration) -> Duration {
 /// to forget a grant no later than the token dies).
 fn jwt_exp(token: &str) -> Option<u64> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("exp")?.as_u64()
 }
@@ -176,16 +157,11 @@ impl Grants {
             let now = Instant::now();
             map.retain(|_, until| *until > now);
         }
-        map.insert(
-            (upstream.to_string(), repo.to_string(), who.to_string()),
-            Instant::now() + life,
-        );
+        map.insert((upstream.to_string(), repo.to_string(), who.to_string()), Instant::now() + life);
     }
 
     pub fn revoke(&self, upstream: &str, repo: &str, who: &str) {
-        self.map
-            .lock()
-            .remove(&(upstream.to_string(), repo.to_string(), who.to_string()));
+        self.map.lock().remove(&(upstream.to_string(), repo.to_string(), who.to_string()));
     }
 }
 
@@ -211,14 +187,7 @@ mod tests {
         vec![Account {
             username: "alice".into(),
             password: "s3cret".into(),
-            upstream: [(
-                "up".to_string(),
-                Credentials {
-                    username: "a-up".into(),
-                    password: "p".into(),
-                },
-            )]
-            .into(),
+            upstream: [("up".to_string(), Credentials { username: "a-up".into(), password: "p".into() })].into(),
         }]
     }
 
@@ -232,38 +201,14 @@ mod tests {
     fn identities() {
         let acc = accounts();
         assert_eq!(identify(&HeaderMap::new(), &acc), Ok(Identity::Anonymous));
-        assert_eq!(
-            identify(&hdr(&basic_header("alice", "s3cret")), &acc),
-            Ok(Identity::Account(0))
-        );
-        assert_eq!(
-            identify(&hdr(&basic_header("alice", "wrong")), &acc),
-            Err(AuthFailure::BadAccount)
-        );
-        assert_eq!(
-            identify(&hdr(&basic_header("alic", "s3cret")), &acc),
-            Err(AuthFailure::BadAccount)
-        );
-        assert_eq!(
-            identify(&hdr("Bearer tok"), &acc),
-            Ok(Identity::Token("tok".into()))
-        );
-        assert_eq!(
-            identify(&hdr("Digest x"), &acc),
-            Err(AuthFailure::Malformed)
-        );
-        assert_eq!(
-            identify(&hdr("Basic !!!"), &acc),
-            Err(AuthFailure::Malformed)
-        );
-        assert_eq!(
-            identify(&hdr(&basic_header("", "")), &acc),
-            Ok(Identity::Anonymous)
-        );
-        assert_eq!(
-            identify(&hdr(&basic_header("", "s3cret")), &acc),
-            Err(AuthFailure::BadAccount)
-        );
+        assert_eq!(identify(&hdr(&basic_header("alice", "s3cret")), &acc), Ok(Identity::Account(0)));
+        assert_eq!(identify(&hdr(&basic_header("alice", "wrong")), &acc), Err(AuthFailure::BadAccount));
+        assert_eq!(identify(&hdr(&basic_header("alic", "s3cret")), &acc), Err(AuthFailure::BadAccount));
+        assert_eq!(identify(&hdr("Bearer tok"), &acc), Ok(Identity::Token("tok".into())));
+        assert_eq!(identify(&hdr("Digest x"), &acc), Err(AuthFailure::Malformed));
+        assert_eq!(identify(&hdr("Basic !!!"), &acc), Err(AuthFailure::Malformed));
+        assert_eq!(identify(&hdr(&basic_header("", "")), &acc), Ok(Identity::Anonymous));
+        assert_eq!(identify(&hdr(&basic_header("", "s3cret")), &acc), Err(AuthFailure::BadAccount));
     }
 
     #[test]
@@ -284,29 +229,12 @@ mod tests {
         assert!(!g.allowed("u", "r2", "k"));
         std::thread::sleep(Duration::from_millis(40));
         assert!(!g.allowed("u", "r", "k"));
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("{{\"exp\":{}}}", now + 5));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{}}}", now + 5));
         let jwt = Credential::Bearer(format!("eyJhbGciOiJub25lIn0.{claims}.sig"));
         assert!(grant_lifetime(&jwt, Duration::from_secs(60)) <= Duration::from_secs(5));
-        let expired = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("{{\"exp\":{}}}", now - 5));
-        assert_eq!(
-            grant_lifetime(
-                &Credential::Bearer(format!("a.{expired}.b")),
-                Duration::from_secs(60)
-            ),
-            Duration::ZERO
-        );
-        assert_eq!(
-            grant_lifetime(
-                &Credential::Bearer("opaque".into()),
-                Duration::from_secs(60)
-            ),
-            Duration::from_secs(60)
-        );
+        let expired = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{}}}", now - 5));
+        assert_eq!(grant_lifetime(&Credential::Bearer(format!("a.{expired}.b")), Duration::from_secs(60)), Duration::ZERO);
+        assert_eq!(grant_lifetime(&Credential::Bearer("opaque".into()), Duration::from_secs(60)), Duration::from_secs(60));
     }
 }

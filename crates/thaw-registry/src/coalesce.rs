@@ -20,9 +20,7 @@ pub struct Coalesce<K, V> {
 
 impl<K, V> Default for Coalesce<K, V> {
     fn default() -> Self {
-        Coalesce {
-            calls: Mutex::new(HashMap::new()),
-        }
+        Coalesce { calls: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -70,17 +68,11 @@ mod tests {
             }));
         }
         for t in tasks {
-            assert_eq!(
-                t.await.unwrap(),
-                1,
-                "every caller gets the one call's value"
-            );
+            assert_eq!(t.await.unwrap(), 1, "every caller gets the one call's value");
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(c.in_flight(), 0);
-        let again = c
-            .run("k", || async { calls.fetch_add(1, Ordering::SeqCst) + 1 })
-            .await;
+        let again = c.run("k", || async { calls.fetch_add(1, Ordering::SeqCst) + 1 }).await;
         assert_eq!(again, 2, "a call after the first finished runs anew");
     }
 
@@ -88,18 +80,10 @@ mod tests {
     async fn a_cancelled_caller_hands_the_call_to_the_next() {
         let c: Arc<Coalesce<u8, u8>> = Arc::new(Coalesce::default());
         let c2 = c.clone();
-        let first = tokio::spawn(async move {
-            c2.run(1, || async { std::future::pending::<u8>().await })
-                .await
-        });
+        let first = tokio::spawn(async move { c2.run(1, || async { std::future::pending::<u8>().await }).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         first.abort();
         let _ = first.await;
-        assert_eq!(
-            tokio::time::timeout(Duration::from_secs(2), c.run(1, || async { 7 }))
-                .await
-                .unwrap(),
-            7
-        );
+        assert_eq!(tokio::time::timeout(Duration::from_secs(2), c.run(1, || async { 7 })).await.unwrap(), 7);
     }
 }

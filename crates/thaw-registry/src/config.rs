@@ -12,11 +12,8 @@ pub const DOCKER_HUB_URL: &str = "https://registry-1.docker.io";
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "bad duration {s:?} ({e}); write e.g. \"30s\" or \"5m\""
-        ))
-    })
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?} ({e}); write e.g. \"30s\" or \"5m\"")))
 }
 
 /// Username and password, for an upstream or a local account.
@@ -68,30 +65,17 @@ impl UpstreamConfig {
 
     /// An upstream from a bare URL given with `--upstream`: its host:port is its name.
     pub fn from_url(url: &str) -> Result<UpstreamConfig, String> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| format!("upstream {url:?} is not a URL: {e}"))?;
+        let parsed = url::Url::parse(url).map_err(|e| format!("upstream {url:?} is not a URL: {e}"))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(format!("upstream {url:?} must be http:// or https://"));
         }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| format!("upstream {url:?} has no host"))?;
+        let host = parsed.host_str().ok_or_else(|| format!("upstream {url:?} has no host"))?;
         let name = match parsed.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
-        let name = if name == "registry-1.docker.io" {
-            DOCKER_HUB_NAME.to_string()
-        } else {
-            name
-        };
-        Ok(UpstreamConfig {
-            name,
-            url: url.trim_end_matches('/').to_string(),
-            default: false,
-            credentials: None,
-            library_prefix: None,
-        })
+        let name = if name == "registry-1.docker.io" { DOCKER_HUB_NAME.to_string() } else { name };
+        Ok(UpstreamConfig { name, url: url.trim_end_matches('/').to_string(), default: false, credentials: None, library_prefix: None })
     }
 
     pub fn adds_library_prefix(&self) -> bool {

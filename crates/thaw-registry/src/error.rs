@@ -60,12 +60,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: Code, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            headers: Vec::new(),
-        }
+        ApiError { status, code, message: message.into(), headers: Vec::new() }
     }
 
     pub fn with_header(mut self, name: header::HeaderName, value: &str) -> ApiError {
@@ -76,11 +71,7 @@ impl ApiError {
     }
 
     pub fn not_found(code: Code, what: impl std::fmt::Display) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            code,
-            format!("{what} is not known to this registry or its upstream"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, code, format!("{what} is not known to this registry or its upstream"))
     }
 
     pub fn bad_request(code: Code, message: impl Into<String>) -> ApiError {
@@ -88,11 +79,7 @@ impl ApiError {
     }
 
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Unavailable,
-            format!("internal error: {message}"),
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Unavailable, format!("internal error: {message}"))
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {

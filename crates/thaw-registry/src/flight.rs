@@ -67,9 +67,7 @@ impl FlightState {
     pub fn releasable(&self) -> u64 {
         match (&self.outcome, self.total) {
             (Some(Outcome::Stored | Outcome::NotCached), _) => self.written,
-            (Some(Outcome::Failed { .. }), _) => {
-                self.written.min(self.total.unwrap_or(0).saturating_sub(1))
-            }
+            (Some(Outcome::Failed { .. }), _) => self.written.min(self.total.unwrap_or(0).saturating_sub(1)),
             (None, Some(t)) => self.written.min(t.saturating_sub(1)),
             (None, None) => self.written.saturating_sub(1),
         }
@@ -138,11 +136,7 @@ impl Flight {
 
     /// Streams bytes `start..end` (end exclusive) to a waiter as they become releasable. Ends with
     /// an error (which cuts the client's connection) when the flight fails.
-    pub fn stream(
-        self: Arc<Self>,
-        start: u64,
-        end: u64,
-    ) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    pub fn stream(self: Arc<Self>, start: u64, end: u64) -> impl Stream<Item = io::Result<Bytes>> + Send {
         let rx = self.rx.clone();
         futures::stream::unfold((self, rx, start), move |(flight, mut rx, pos)| async move {
             if pos >= end {
@@ -156,9 +150,7 @@ impl Flight {
                     let reader = flight.reader.clone();
                     let read = tokio::task::spawn_blocking(move || {
                         let mut buf = vec![0u8; len];
-                        reader
-                            .read_exact_at(&mut buf, pos)
-                            .map(|_| Bytes::from(buf))
+                        reader.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf))
                     })
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(e)));
@@ -171,10 +163,7 @@ impl Flight {
                     });
                 }
                 if let Some(Outcome::Failed { reason, .. }) = &st.outcome {
-                    let err = io::Error::other(format!(
-                        "upstream fetch of {} failed: {reason}",
-                        flight.digest
-                    ));
+                    let err = io::Error::other(format!("upstream fetch of {} failed: {reason}", flight.digest));
                     return Some((Err(err), (flight, rx, end)));
                 }
                 if rx.changed().await.is_err() {
@@ -213,11 +202,7 @@ pub fn start(
     writer: BlobWriter,
     on_done: impl FnOnce(&Outcome) + Send + 'static,
 ) -> Result<Arc<Flight>, StoreError> {
-    let reader = Arc::new(writer.tail_reader().map_err(|source| StoreError::Io {
-        op: "open for tailing",
-        path: "the store's temp file".into(),
-        source,
-    })?);
+    let reader = Arc::new(writer.tail_reader().map_err(|source| StoreError::Io { op: "open for tailing", path: "the store's temp file".into(), source })?);
     let (tx, rx) = watch::channel(FlightState::default());
     let flight = Arc::new(Flight {
         digest: job.digest.clone(),
@@ -250,10 +235,7 @@ async fn run(
                 Msg::Data(b) => {
                     if let Err(e) = writer.write(&b) {
                         writer.abort();
-                        return Outcome::Failed {
-                            status: None,
-                            reason: format!("store write failed: {e}"),
-                        };
+                        return Outcome::Failed { status: None, reason: format!("store write failed: {e}") };
                     }
                     let n = b.len() as u64;
                     wtx.send_modify(|s| s.written += n);
@@ -270,31 +252,19 @@ async fn run(
                         Err(StoreError::DigestMismatch { expected, actual }) => {
                             metrics.digest_mismatches.inc();
                             tracing::error!(%expected, %actual, "upstream sent a blob that does not match its digest; discarded, waiters cut off");
-                            Outcome::Failed {
-                                status: None,
-                                reason: format!("digest mismatch: upstream sent {actual}"),
-                            }
+                            Outcome::Failed { status: None, reason: format!("digest mismatch: upstream sent {actual}") }
                         }
-                        Err(e) => Outcome::Failed {
-                            status: None,
-                            reason: format!("store commit failed: {e}"),
-                        },
+                        Err(e) => Outcome::Failed { status: None, reason: format!("store commit failed: {e}") },
                     };
                 }
                 Msg::Abort => {
                     writer.abort();
-                    return Outcome::Failed {
-                        status: None,
-                        reason: "fetch aborted".into(),
-                    };
+                    return Outcome::Failed { status: None, reason: "fetch aborted".into() };
                 }
             }
         }
         writer.abort();
-        Outcome::Failed {
-            status: None,
-            reason: "fetch ended".into(),
-        }
+        Outcome::Failed { status: None, reason: "fetch ended".into() }
     });
 
     let fetch_result = fetch(&job, &tx, &chunk_tx).await;
@@ -302,10 +272,7 @@ async fn run(
         Ok(()) => {
             let _ = chunk_tx.send(Msg::Finish);
             drop(chunk_tx);
-            writer_task.await.unwrap_or_else(|e| Outcome::Failed {
-                status: None,
-                reason: format!("writer panicked: {e}"),
-            })
+            writer_task.await.unwrap_or_else(|e| Outcome::Failed { status: None, reason: format!("writer panicked: {e}") })
         }
         Err(o) => {
             let _ = chunk_tx.send(Msg::Abort);
@@ -322,11 +289,7 @@ async fn run(
 }
 
 /// Pulls the blob from the upstream into the writer thread, resuming on interruption.
-async fn fetch(
-    job: &FetchJob,
-    tx: &watch::Sender<FlightState>,
-    chunks: &std::sync::mpsc::SyncSender<Msg>,
-) -> Result<(), Outcome> {
+async fn fetch(job: &FetchJob, tx: &watch::Sender<FlightState>, chunks: &std::sync::mpsc::SyncSender<Msg>) -> Result<(), Outcome> {
     let suffix = format!("blobs/{}", job.digest);
     let labels = Metrics::upstream(job.upstream.name());
     let mut received: u64 = 0;
@@ -335,17 +298,10 @@ async fn fetch(
     loop {
         let mut headers = HeaderMap::new();
         if received > 0 {
-            headers.insert(
-                RANGE,
-                HeaderValue::from_str(&format!("bytes={received}-")).expect("ascii"),
-            );
+            headers.insert(RANGE, HeaderValue::from_str(&format!("bytes={received}-")).expect("ascii"));
         }
         let t0 = Instant::now();
-        let resp = match job
-            .upstream
-            .send(Method::GET, &job.repo, &suffix, &job.cred, headers)
-            .await
-        {
+        let resp = match job.upstream.send(Method::GET, &job.repo, &suffix, &job.cred, headers).await {
             Ok(r) => r,
             Err(e) if attempt < job.retries => {
                 // Unreachable before the first byte or in the middle: either way nobody has been
@@ -358,10 +314,7 @@ async fn fetch(
             }
             Err(e) => return Err(fail(None, e.to_string())),
         };
-        job.metrics
-            .upstream_latency
-            .get_or_create(&labels)
-            .observe(t0.elapsed().as_secs_f64());
+        job.metrics.upstream_latency.get_or_create(&labels).observe(t0.elapsed().as_secs_f64());
         let status = resp.status();
         // How many bytes at the front of this response we already have.
         let mut skip: u64 = 0;
@@ -376,16 +329,9 @@ async fn fetch(
                 continue;
             }
             if status != StatusCode::OK {
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
                 tx.send_modify(|s| s.retry_after = retry_after);
-                return Err(fail(
-                    Some(status.as_u16()),
-                    format!("upstream answered {status}"),
-                ));
+                return Err(fail(Some(status.as_u16()), format!("upstream answered {status}")));
             }
             let total = resp.content_length();
             tx.send_modify(|s| s.total = total);
@@ -398,20 +344,14 @@ async fn fetch(
                 .and_then(|v| v.split('-').next())
                 .and_then(|v| v.parse::<u64>().ok());
             if start != Some(received) {
-                return Err(fail(
-                    None,
-                    format!("upstream resumed at {start:?}, expected {received}"),
-                ));
+                return Err(fail(None, format!("upstream resumed at {start:?}, expected {received}")));
             }
             job.metrics.upstream_resumes.inc();
         } else if status == StatusCode::OK {
             skip = received;
             job.metrics.upstream_resumes.inc();
         } else {
-            return Err(fail(
-                None,
-                format!("upstream answered {status} to a resume"),
-            ));
+            return Err(fail(None, format!("upstream answered {status} to a resume")));
         }
         let mut body = resp.bytes_stream();
         let mut interrupted = None;
@@ -428,17 +368,11 @@ async fn fetch(
                     }
                     if let Some(t) = tx.borrow().total {
                         if received + b.len() as u64 > t {
-                            return Err(fail(
-                                None,
-                                format!("upstream sent more than the {t} bytes it announced"),
-                            ));
+                            return Err(fail(None, format!("upstream sent more than the {t} bytes it announced")));
                         }
                     }
                     received += b.len() as u64;
-                    job.metrics
-                        .bytes_fetched
-                        .get_or_create(&labels)
-                        .inc_by(b.len() as u64);
+                    job.metrics.bytes_fetched.get_or_create(&labels).inc_by(b.len() as u64);
                     if chunks.send(Msg::Data(b)).is_err() {
                         return Err(fail(None, "store writer stopped".into()));
                     }
@@ -455,8 +389,7 @@ async fn fetch(
             return Ok(());
         }
         if attempt >= job.retries {
-            let why = interrupted
-                .unwrap_or_else(|| format!("body ended after {received} of {total:?} bytes"));
+            let why = interrupted.unwrap_or_else(|| format!("body ended after {received} of {total:?} bytes"));
             return Err(fail(None, format!("upstream download interrupted: {why}")));
         }
         attempt += 1;
@@ -502,33 +435,15 @@ mod tests {
 
     #[test]
     fn last_byte_is_held_until_verified() {
-        let mut s = FlightState {
-            written: 100,
-            total: Some(100),
-            outcome: None,
-            retry_after: None,
-        };
+        let mut s = FlightState { written: 100, total: Some(100), outcome: None, retry_after: None };
         assert_eq!(s.releasable(), 99);
         s.outcome = Some(Outcome::Stored);
         assert_eq!(s.releasable(), 100);
-        s.outcome = Some(Outcome::Failed {
-            status: None,
-            reason: "x".into(),
-        });
+        s.outcome = Some(Outcome::Failed { status: None, reason: "x".into() });
         assert_eq!(s.releasable(), 99);
-        let s = FlightState {
-            written: 10,
-            total: None,
-            outcome: None,
-            retry_after: None,
-        };
+        let s = FlightState { written: 10, total: None, outcome: None, retry_after: None };
         assert_eq!(s.releasable(), 9);
-        let s = FlightState {
-            written: 0,
-            total: Some(0),
-            outcome: None,
-            retry_after: None,
-        };
+        let s = FlightState { written: 0, total: Some(0), outcome: None, retry_after: None };
         assert_eq!(s.releasable(), 0);
     }
 }

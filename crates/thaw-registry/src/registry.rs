@@ -58,8 +58,7 @@ struct Inner {
     /// Access probes in flight, keyed by (upstream, repository, object, credential).
     probes: Coalesce<(String, String, String, Credential), Result<Probe, String>>,
     /// Manifest fetches in flight, keyed by (upstream, repository, reference, credential).
-    manifest_fetches:
-        Coalesce<(String, String, String, Credential), Result<FetchedManifest, ApiError>>,
+    manifest_fetches: Coalesce<(String, String, String, Credential), Result<FetchedManifest, ApiError>>,
 }
 
 /// What an access probe (a HEAD with the client's credential) learned.
@@ -92,10 +91,7 @@ struct Ctx {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn now_secs() -> u64 {
@@ -110,37 +106,24 @@ pub fn http_client(cfg: &RegistryConfig) -> Result<reqwest::Client, String> {
         .user_agent(concat!("thaw/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::limited(5));
     if let Some(ca) = &cfg.upstream_ca {
-        let pem = std::fs::read(ca)
-            .map_err(|e| format!("cannot read upstream CA {}: {e}", ca.display()))?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("bad upstream CA {}: {e}", ca.display()))?
-        {
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read upstream CA {}: {e}", ca.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("bad upstream CA {}: {e}", ca.display()))? {
             b = b.add_root_certificate(cert);
         }
     }
-    b.build()
-        .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))
+    b.build().map_err(|e| format!("cannot build the upstream HTTP client: {e}"))
 }
 
 impl Registry {
     /// Builds a registry over `store`. `principals` keys the trace's principal hashes.
-    pub fn new(
-        cfg: RegistryConfig,
-        store: BlobStore,
-        principals: PrincipalHasher,
-    ) -> Result<Registry, String> {
+    pub fn new(cfg: RegistryConfig, store: BlobStore, principals: PrincipalHasher) -> Result<Registry, String> {
         cfg.validate()?;
         let http = http_client(&cfg)?;
-        let upstreams: Vec<Arc<Upstream>> = cfg
-            .upstreams
-            .iter()
-            .map(|u| Arc::new(Upstream::new(u.clone(), http.clone())))
-            .collect();
+        let upstreams: Vec<Arc<Upstream>> =
+            cfg.upstreams.iter().map(|u| Arc::new(Upstream::new(u.clone(), http.clone()))).collect();
         let default_upstream = upstreams.iter().find(|u| u.config.default).cloned();
         let trace = match &cfg.trace {
-            Some(t) => Some(TraceWriter::start(t).map_err(|e| {
-                format!("cannot write the request trace in {}: {e}", t.dir.display())
-            })?),
+            Some(t) => Some(TraceWriter::start(t).map_err(|e| format!("cannot write the request trace in {}: {e}", t.dir.display()))?),
             None => None,
         };
         Ok(Registry {
@@ -182,8 +165,7 @@ impl Registry {
         m.store_pinned_bytes.set(s.pinned_bytes as i64);
         m.evictions.set(s.evictions as i64);
         if let Some(t) = &self.inner.trace {
-            m.trace_dropped
-                .set(t.dropped.load(std::sync::atomic::Ordering::Relaxed) as i64);
+            m.trace_dropped.set(t.dropped.load(std::sync::atomic::Ordering::Relaxed) as i64);
         }
         m.encode()
     }
@@ -191,37 +173,24 @@ impl Registry {
     /// Chooses the upstream for a repository name: containerd's `ns` parameter, then a path prefix
     /// naming a configured upstream, then the default upstream; otherwise the repository is local.
     pub fn resolve(&self, name: &str, ns: Option<&str>) -> Result<Target, ApiError> {
-        let invalid =
-            |e: thaw_oci::NameError| ApiError::bad_request(Code::NameInvalid, e.to_string());
+        let invalid = |e: thaw_oci::NameError| ApiError::bad_request(Code::NameInvalid, e.to_string());
         if let Some(ns) = ns {
             let up = self.upstream_named(ns).ok_or_else(|| {
                 ApiError::new(StatusCode::NOT_FOUND, Code::NameUnknown, format!("upstream {ns:?} (from the ns parameter) is not configured; add it under [[registry.upstreams]]"))
             })?;
             let repo: RepoName = name.parse().map_err(invalid)?;
-            return Ok(Target {
-                repo: up.upstream_repo(repo.as_str()),
-                upstream: Some(up),
-            });
+            return Ok(Target { repo: up.upstream_repo(repo.as_str()), upstream: Some(up) });
         }
         if let Some((first, rest)) = name.split_once('/') {
             if let Some(up) = self.upstream_named(first) {
                 let repo: RepoName = rest.parse().map_err(invalid)?;
-                return Ok(Target {
-                    repo: up.upstream_repo(repo.as_str()),
-                    upstream: Some(up),
-                });
+                return Ok(Target { repo: up.upstream_repo(repo.as_str()), upstream: Some(up) });
             }
         }
         let repo: RepoName = name.parse().map_err(invalid)?;
         match &self.inner.default_upstream {
-            Some(up) => Ok(Target {
-                repo: up.upstream_repo(repo.as_str()),
-                upstream: Some(up.clone()),
-            }),
-            None => Ok(Target {
-                repo: repo.to_string(),
-                upstream: None,
-            }),
+            Some(up) => Ok(Target { repo: up.upstream_repo(repo.as_str()), upstream: Some(up.clone()) }),
+            None => Ok(Target { repo: repo.to_string(), upstream: None }),
         }
     }
 
@@ -230,27 +199,17 @@ impl Registry {
             "index.docker.io" | "registry-1.docker.io" => "docker.io",
             n => n,
         };
-        self.inner
-            .upstreams
-            .iter()
-            .find(|u| u.name() == alias)
-            .cloned()
+        self.inner.upstreams.iter().find(|u| u.name() == alias).cloned()
     }
 
     /// Answers one HTTP request below `/v2/`.
     pub async fn handle(&self, req: Request<Body>) -> Response {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
-        let client = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip().to_string());
+        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
         let path = parts.uri.path().to_string();
         let query = parts.uri.query().unwrap_or("").to_string();
-        let rest = path
-            .strip_prefix("/v2/")
-            .or_else(|| (path == "/v2").then_some(""))
-            .unwrap_or("");
+        let rest = path.strip_prefix("/v2/").or_else(|| (path == "/v2").then_some("")).unwrap_or("");
         let endpoint = route::parse(rest);
         let api = match &endpoint {
             Some(Endpoint::Version) => "version",
@@ -276,16 +235,8 @@ impl Registry {
                 v: SCHEMA_VERSION,
                 ts_us: now_us(),
                 client,
-                principal: ident
-                    .as_ref()
-                    .ok()
-                    .and_then(|i| auth::identity_key(i, accounts))
-                    .map(|k| self.inner.principals.hash(&k)),
-                user_agent: parts
-                    .headers
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.chars().take(256).collect()),
+                principal: ident.as_ref().ok().and_then(|i| auth::identity_key(i, accounts)).map(|k| self.inner.principals.hash(&k)),
+                user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(256).collect()),
                 upstream: None,
                 repo: None,
                 tag: None,
@@ -302,15 +253,10 @@ impl Registry {
             },
         };
         let result = match ident {
-            Err(f) => Err(self.unauthorized(
-                None,
-                match f {
-                    auth::AuthFailure::BadAccount => "user name or password is wrong",
-                    auth::AuthFailure::Malformed => {
-                        "the Authorization header is malformed; use Basic or Bearer"
-                    }
-                },
-            )),
+            Err(f) => Err(self.unauthorized(None, match f {
+                auth::AuthFailure::BadAccount => "user name or password is wrong",
+                auth::AuthFailure::Malformed => "the Authorization header is malformed; use Basic or Bearer",
+            })),
             Ok(ident) => {
                 let ns = query_param(&query, "ns");
                 if let Err(e) = self.local_access(endpoint.as_ref(), ns.as_deref(), &ident) {
@@ -347,15 +293,11 @@ impl Registry {
     fn finish(&self, mut ctx: Ctx, api: &str, resp: Response) -> Response {
         let status = resp.status().as_u16();
         ctx.rec.status = status;
-        self.inner
-            .metrics
-            .requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                api: api.to_string(),
-                method: ctx.rec.method.clone(),
-                status,
-            })
-            .inc();
+        self.inner.metrics.requests.get_or_create(&crate::metrics::RequestLabels {
+            api: api.to_string(),
+            method: ctx.rec.method.clone(),
+            status,
+        }).inc();
         if ctx.rec.outcome != CacheOutcome::None {
             if let Ok(v) = HeaderValue::from_str(outcome_name(ctx.rec.outcome)) {
                 let mut resp = resp;
@@ -369,27 +311,20 @@ impl Registry {
     fn wrap_body(&self, ctx: Ctx, resp: Response) -> Response {
         let (parts, body) = resp.into_parts();
         let reg = self.clone();
-        let counted = Counted {
-            ctx: Some(ctx),
-            sent: 0,
-            reg,
-        };
-        let stream = futures::stream::unfold(
-            (body.into_data_stream(), counted),
-            |(mut s, mut c)| async move {
-                match s.next().await {
-                    Some(Ok(b)) => {
-                        c.sent += b.len() as u64;
-                        Some((Ok::<Bytes, axum::Error>(b), (s, c)))
-                    }
-                    Some(Err(e)) => {
-                        c.failed();
-                        Some((Err(e), (s, c)))
-                    }
-                    None => None,
+        let counted = Counted { ctx: Some(ctx), sent: 0, reg };
+        let stream = futures::stream::unfold((body.into_data_stream(), counted), |(mut s, mut c)| async move {
+            match s.next().await {
+                Some(Ok(b)) => {
+                    c.sent += b.len() as u64;
+                    Some((Ok::<Bytes, axum::Error>(b), (s, c)))
                 }
-            },
-        );
+                Some(Err(e)) => {
+                    c.failed();
+                    Some((Err(e), (s, c)))
+                }
+                None => None,
+            }
+        });
         Response::from_parts(parts, Body::from_stream(stream))
     }
 
@@ -408,11 +343,7 @@ impl Registry {
     /// A 401 with a challenge: Basic when thaw has accounts, else the upstream's own challenge
     /// relayed (so the client fetches a token from the upstream's token service).
     fn unauthorized(&self, upstream_challenge: Option<&str>, why: &str) -> ApiError {
-        let e = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            Code::Unauthorized,
-            format!("authentication required: {why}"),
-        );
+        let e = ApiError::new(StatusCode::UNAUTHORIZED, Code::Unauthorized, format!("authentication required: {why}"));
         if !self.inner.cfg.accounts.is_empty() {
             e.with_header(header::WWW_AUTHENTICATE, "Basic realm=\"thaw\"")
         } else if let Some(c) = upstream_challenge {
@@ -427,31 +358,15 @@ impl Registry {
     /// Applies the tenant rule (see [`crate::auth`]) for `object` (`manifests/<ref>` or
     /// `blobs/<digest>`) of `t`. Returns the credential to use upstream, and whether the upstream
     /// confirmed the object itself (a HEAD with the client's credential answered 200).
-    async fn authorize(
-        &self,
-        t: &Target,
-        ident: &Identity,
-        object: &str,
-    ) -> Result<(Credential, bool), ApiError> {
-        let Some(up) = &t.upstream else {
-            return Ok((Credential::Anonymous, false));
-        };
+    async fn authorize(&self, t: &Target, ident: &Identity, object: &str) -> Result<(Credential, bool), ApiError> {
+        let Some(up) = &t.upstream else { return Ok((Credential::Anonymous, false)) };
         let accounts = &self.inner.cfg.accounts;
         let cred = auth::credential_for(ident, up, accounts);
         let default = up.default_credential();
-        let stored = self
-            .blocking_store(
-                |s, (u, r)| s.is_private(&u, &r),
-                (up.name().to_string(), t.repo.clone()),
-            )
-            .await?;
+        let stored = self.blocking_store(|s, (u, r)| s.is_private(&u, &r), (up.name().to_string(), t.repo.clone())).await?;
         // A verdict older than visibility_ttl is asked again: a repository that was private before
         // it was published, or public before it was made private, must not stay so forever.
-        let private = if self.visibility_fresh(up.name(), &t.repo) {
-            stored
-        } else {
-            None
-        };
+        let private = if self.visibility_fresh(up.name(), &t.repo) { stored } else { None };
         if private == Some(false) {
             return Ok((cred, false));
         }
@@ -466,23 +381,11 @@ impl Registry {
             }
         }
         if cred == default && private == Some(true) {
-            return Err(self.unauthorized(
-                self.challenge_hint(up, &t.repo).await.as_deref(),
-                &format!(
-                    "{} is private on {}; present credentials the upstream accepts",
-                    t.repo,
-                    up.name()
-                ),
-            ));
+            return Err(self.unauthorized(self.challenge_hint(up, &t.repo).await.as_deref(), &format!("{} is private on {}; present credentials the upstream accepts", t.repo, up.name())));
         }
         // Ask the upstream about this very object with the client's credential.
         // Concurrent requests for one object with one credential share one probe.
-        let probe_key = (
-            up.name().to_string(),
-            t.repo.clone(),
-            object.to_string(),
-            cred.clone(),
-        );
+        let probe_key = (up.name().to_string(), t.repo.clone(), object.to_string(), cred.clone());
         let probed = self
             .inner
             .probes
@@ -578,22 +481,12 @@ impl Registry {
     /// Whether the upstream's verdict on `repo`'s visibility is recent enough to trust.
     fn visibility_fresh(&self, upstream: &str, repo: &str) -> bool {
         let map = self.inner.visibility.lock();
-        map.get(&(upstream.to_string(), repo.to_string()))
-            .is_some_and(|t| t.elapsed() < self.inner.cfg.visibility_ttl)
+        map.get(&(upstream.to_string(), repo.to_string())).is_some_and(|t| t.elapsed() < self.inner.cfg.visibility_ttl)
     }
 
     /// Records the upstream's verdict: durably in the store, and its time in memory.
-    async fn record_visibility(
-        &self,
-        upstream: &str,
-        repo: &str,
-        private: bool,
-    ) -> Result<(), ApiError> {
-        self.blocking_store(
-            move |s, (u, r)| s.set_private(&u, &r, private),
-            (upstream.to_string(), repo.to_string()),
-        )
-        .await?;
+    async fn record_visibility(&self, upstream: &str, repo: &str, private: bool) -> Result<(), ApiError> {
+        self.blocking_store(move |s, (u, r)| s.set_private(&u, &r, private), (upstream.to_string(), repo.to_string())).await?;
         let mut map = self.inner.visibility.lock();
         if map.len() > 100_000 {
             let ttl = self.inner.cfg.visibility_ttl;
@@ -612,28 +505,15 @@ impl Registry {
     /// Runs a store call on the blocking pool.
     /// Whether `d` belongs to (`upstream`, `repo`), and its size when it is stored: one trip to the
     /// blocking pool for both, as every blob and manifest-by-digest request asks them together.
-    async fn membership(
-        &self,
-        upstream: &str,
-        repo: &str,
-        d: &Digest,
-    ) -> Result<(bool, Option<u64>), ApiError> {
-        self.blocking_store(
-            |s, (u, r, d)| Ok((s.is_linked(&u, &r, &d)?, s.stat(&d)?)),
-            (upstream.to_string(), repo.to_string(), d.clone()),
-        )
-        .await
+    async fn membership(&self, upstream: &str, repo: &str, d: &Digest) -> Result<(bool, Option<u64>), ApiError> {
+        self.blocking_store(|s, (u, r, d)| Ok((s.is_linked(&u, &r, &d)?, s.stat(&d)?)), (upstream.to_string(), repo.to_string(), d.clone()))
+            .await
     }
 
     /// Runs a store call on the blocking pool, leaving its result to the caller.
-    async fn blocking_store_raw<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&BlobStore) -> R + Send + 'static,
-    ) -> Result<R, ApiError> {
+    async fn blocking_store_raw<R: Send + 'static>(&self, f: impl FnOnce(&BlobStore) -> R + Send + 'static) -> Result<R, ApiError> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(ApiError::internal)
+        tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal)
     }
 
     pub(crate) async fn blocking_store<A: Send + 'static, R: Send + 'static>(
@@ -642,10 +522,7 @@ impl Registry {
         arg: A,
     ) -> Result<R, ApiError> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || f(&store, arg))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::from)
+        tokio::task::spawn_blocking(move || f(&store, arg)).await.map_err(ApiError::internal)?.map_err(ApiError::from)
     }
 
     // ---------------------------------------------------------------- manifests
@@ -667,39 +544,19 @@ impl Registry {
         ctx.rec.repo = Some(t.repo.clone());
         let by_digest = reference.contains(':');
         let digest = if by_digest {
-            Some(
-                reference
-                    .parse::<Digest>()
-                    .map_err(|e| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?,
-            )
+            Some(reference.parse::<Digest>().map_err(|e| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?)
         } else {
-            reference
-                .parse::<Tag>()
-                .map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
+            reference.parse::<Tag>().map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
             ctx.rec.tag = Some(reference.to_string());
             None
         };
         match *method {
             Method::GET | Method::HEAD => {}
-            Method::PUT => {
-                return self
-                    .put_manifest(ctx, &t, headers, reference, digest, body)
-                    .await
-            }
+            Method::PUT => return self.put_manifest(ctx, &t, headers, reference, digest, body).await,
             Method::DELETE => {
-                return Err(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    Code::Unsupported,
-                    "deleting manifests is not supported by thaw",
-                ))
+                return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "deleting manifests is not supported by thaw"))
             }
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    Code::Unsupported,
-                    format!("{method} is not allowed on manifests"),
-                ))
-            }
+            _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{method} is not allowed on manifests"))),
         }
         let head = *method == Method::HEAD;
         let object = format!("manifests/{reference}");
@@ -708,37 +565,15 @@ impl Registry {
             let d = match digest {
                 Some(d) => d,
                 None => {
-                    let entry = self
-                        .blocking_store(
-                            |s, (r, tag)| s.get_tag(LOCAL, &r, &tag),
-                            (t.repo.clone(), reference.to_string()),
-                        )
-                        .await?;
-                    entry
-                        .ok_or_else(|| {
-                            ApiError::not_found(
-                                Code::ManifestUnknown,
-                                format!("{}:{reference}", t.repo),
-                            )
-                        })?
-                        .digest
+                    let entry = self.blocking_store(|s, (r, tag)| s.get_tag(LOCAL, &r, &tag), (t.repo.clone(), reference.to_string())).await?;
+                    entry.ok_or_else(|| ApiError::not_found(Code::ManifestUnknown, format!("{}:{reference}", t.repo)))?.digest
                 }
             };
-            let linked = self
-                .blocking_store(
-                    |s, (r, d)| s.is_linked(LOCAL, &r, &d),
-                    (t.repo.clone(), d.clone()),
-                )
-                .await?;
+            let linked = self.blocking_store(|s, (r, d)| s.is_linked(LOCAL, &r, &d), (t.repo.clone(), d.clone())).await?;
             if !linked {
-                return Err(ApiError::not_found(
-                    Code::ManifestUnknown,
-                    format!("{}@{d}", t.repo),
-                ));
+                return Err(ApiError::not_found(Code::ManifestUnknown, format!("{}@{d}", t.repo)));
             }
-            return self
-                .serve_stored_manifest(ctx, &d, head, CacheOutcome::None)
-                .await;
+            return self.serve_stored_manifest(ctx, &d, head, CacheOutcome::None).await;
         };
 
         let (cred, _) = self.authorize(&t, ident, &object).await?;
@@ -748,30 +583,16 @@ impl Registry {
             let (linked, have) = self.membership(&key, &t.repo, &d).await?;
             let have = have.is_some();
             if have && (linked || self.confirm(&up, &t.repo, &object, &cred).await?) {
-                if let Some(resp) = self
-                    .stored_manifest(ctx, &d, head, CacheOutcome::Hit)
-                    .await?
-                {
-                    self.inner
-                        .metrics
-                        .hits
-                        .get_or_create(&Metrics::kind("manifest"))
-                        .inc();
+                if let Some(resp) = self.stored_manifest(ctx, &d, head, CacheOutcome::Hit).await? {
+                    self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
                     return Ok(resp);
                 }
                 // Evicted meanwhile, or not a manifest: fetch (and verify) it as a manifest.
             }
             // A HEAD miss is answered by one upstream GET, so the manifest is cached for the GET
             // that follows (containerd and docker HEAD first): one upstream request either way.
-            self.inner
-                .metrics
-                .misses
-                .get_or_create(&Metrics::kind("manifest"))
-                .inc();
-            let fetched = match self
-                .fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None)
-                .await
-            {
+            self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
+            let fetched = match self.fetch_manifest(&up, &t.repo, reference, &cred, Some(&d), None).await {
                 Ok(f) => f,
                 Err(e) => return Err(self.on_refusal(&t, ident, e).await),
             };
@@ -780,131 +601,55 @@ impl Registry {
 
         // By tag.
         let tag = reference.to_string();
-        let entry = self
-            .blocking_store(
-                |s, (u, r, tag)| s.get_tag(&u, &r, &tag),
-                (key.clone(), t.repo.clone(), tag.clone()),
-            )
-            .await?;
+        let entry = self.blocking_store(|s, (u, r, tag)| s.get_tag(&u, &r, &tag), (key.clone(), t.repo.clone(), tag.clone())).await?;
         if let Some(entry) = entry {
             let age = now_secs().saturating_sub(entry.fetched_at_unix);
             // A fresh tag whose manifest was evicted is fetched again below, not answered 404.
             if age < self.inner.cfg.tag_ttl.as_secs() {
-                if let Some(resp) = self
-                    .stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit)
-                    .await?
-                {
-                    self.inner
-                        .metrics
-                        .hits
-                        .get_or_create(&Metrics::kind("manifest"))
-                        .inc();
+                if let Some(resp) = self.stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await? {
+                    self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
                     return Ok(resp);
                 }
             } else {
-                // Revalidate with a HEAD (registries do not count HEADs against pull limits).
-                match up
-                    .send(Method::HEAD, &t.repo, &object, &cred, accept_headers())
-                    .await
-                {
-                    Ok(r) if r.status() == StatusCode::OK => {
-                        let upstream_digest = r
-                            .headers()
-                            .get("docker-content-digest")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<Digest>().ok());
-                        if upstream_digest.as_ref() == Some(&entry.digest) {
-                            let mut fresh = entry.clone();
-                            fresh.fetched_at_unix = now_secs();
-                            self.blocking_store(
-                                move |s, (u, r, tag)| s.put_tag(&u, &r, &tag, &fresh),
-                                (key.clone(), t.repo.clone(), tag.clone()),
-                            )
-                            .await?;
-                            if let Some(resp) = self
-                                .stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit)
-                                .await?
-                            {
-                                self.inner
-                                    .metrics
-                                    .hits
-                                    .get_or_create(&Metrics::kind("manifest"))
-                                    .inc();
-                                return Ok(resp);
-                            }
+            // Revalidate with a HEAD (registries do not count HEADs against pull limits).
+            match up.send(Method::HEAD, &t.repo, &object, &cred, accept_headers()).await {
+                Ok(r) if r.status() == StatusCode::OK => {
+                    let upstream_digest = r.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Digest>().ok());
+                    if upstream_digest.as_ref() == Some(&entry.digest) {
+                        let mut fresh = entry.clone();
+                        fresh.fetched_at_unix = now_secs();
+                        self.blocking_store(move |s, (u, r, tag)| s.put_tag(&u, &r, &tag, &fresh), (key.clone(), t.repo.clone(), tag.clone())).await?;
+                        if let Some(resp) = self.stored_manifest(ctx, &entry.digest, head, CacheOutcome::Hit).await? {
+                            self.inner.metrics.hits.get_or_create(&Metrics::kind("manifest")).inc();
+                            return Ok(resp);
                         }
-                        // The tag moved (or the upstream gave no digest): fetch it anew below.
                     }
-                    Ok(r) if r.status() == StatusCode::NOT_FOUND => {
-                        let _ = self
-                            .blocking_store(
-                                |s, (u, r, tag)| s.delete_tag(&u, &r, &tag),
-                                (key.clone(), t.repo.clone(), tag.clone()),
-                            )
-                            .await;
-                        return Err(ApiError::not_found(
-                            Code::ManifestUnknown,
-                            format!("{}:{tag}", t.repo),
-                        ));
-                    }
-                    Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
-                        let hint = self.challenge_hint(&up, &t.repo).await;
-                        let e = self.unauthorized(
-                            hint.as_deref(),
-                            &format!("{} refused access to {}", up.name(), t.repo),
-                        );
-                        return Err(self.on_refusal(&t, ident, e).await);
-                    }
-                    Ok(r)
-                        if r.status() == StatusCode::TOO_MANY_REQUESTS
-                            || r.status().is_server_error() =>
-                    {
-                        return self
-                            .serve_stale(
-                                ctx,
-                                &up,
-                                &t.repo,
-                                &tag,
-                                &entry.digest,
-                                head,
-                                &format!("upstream answered {}", r.status()),
-                            )
-                            .await;
-                    }
-                    Ok(r) => {
-                        return Err(ApiError::unavailable(format!(
-                            "{} answered {} when revalidating {}:{tag}",
-                            up.name(),
-                            r.status(),
-                            t.repo
-                        )));
-                    }
-                    Err(e) => {
-                        return self
-                            .serve_stale(
-                                ctx,
-                                &up,
-                                &t.repo,
-                                &tag,
-                                &entry.digest,
-                                head,
-                                &e.to_string(),
-                            )
-                            .await;
-                    }
+                    // The tag moved (or the upstream gave no digest): fetch it anew below.
                 }
+                Ok(r) if r.status() == StatusCode::NOT_FOUND => {
+                    let _ = self.blocking_store(|s, (u, r, tag)| s.delete_tag(&u, &r, &tag), (key.clone(), t.repo.clone(), tag.clone())).await;
+                    return Err(ApiError::not_found(Code::ManifestUnknown, format!("{}:{tag}", t.repo)));
+                }
+                Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                    let hint = self.challenge_hint(&up, &t.repo).await;
+                    let e = self.unauthorized(hint.as_deref(), &format!("{} refused access to {}", up.name(), t.repo));
+                    return Err(self.on_refusal(&t, ident, e).await);
+                }
+                Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS || r.status().is_server_error() => {
+                    return self.serve_stale(ctx, &up, &t.repo, &tag, &entry.digest, head, &format!("upstream answered {}", r.status())).await;
+                }
+                Ok(r) => {
+                    return Err(ApiError::unavailable(format!("{} answered {} when revalidating {}:{tag}", up.name(), r.status(), t.repo)));
+                }
+                Err(e) => {
+                    return self.serve_stale(ctx, &up, &t.repo, &tag, &entry.digest, head, &e.to_string()).await;
+                }
+            }
             }
         }
         // As above: a HEAD miss of a tag fetches and caches the manifest and the tag.
-        self.inner
-            .metrics
-            .misses
-            .get_or_create(&Metrics::kind("manifest"))
-            .inc();
-        let fetched = match self
-            .fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag))
-            .await
-        {
+        self.inner.metrics.misses.get_or_create(&Metrics::kind("manifest")).inc();
+        let fetched = match self.fetch_manifest(&up, &t.repo, reference, &cred, None, Some(&tag)).await {
             Ok(f) => f,
             Err(e) => return Err(self.on_refusal(&t, ident, e).await),
         };
@@ -912,114 +657,53 @@ impl Registry {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn serve_stale(
-        &self,
-        ctx: &mut Ctx,
-        up: &Upstream,
-        repo: &str,
-        tag: &str,
-        d: &Digest,
-        head: bool,
-        why: &str,
-    ) -> Result<Response, ApiError> {
-        tracing::warn!(
-            upstream = up.name(),
-            repo,
-            tag,
-            reason = why,
-            "serving a stale tag: the upstream could not revalidate it"
-        );
+    async fn serve_stale(&self, ctx: &mut Ctx, up: &Upstream, repo: &str, tag: &str, d: &Digest, head: bool, why: &str) -> Result<Response, ApiError> {
+        tracing::warn!(upstream = up.name(), repo, tag, reason = why, "serving a stale tag: the upstream could not revalidate it");
         self.inner.metrics.stale.inc();
-        let Some(mut resp) = self
-            .stored_manifest(ctx, d, head, CacheOutcome::Stale)
-            .await?
-        else {
+        let Some(mut resp) = self.stored_manifest(ctx, d, head, CacheOutcome::Stale).await? else {
             return Err(ApiError::unavailable(format!("{}:{tag} cannot be revalidated ({why}) and its manifest is no longer cached; retry when {} answers", repo, up.name())));
         };
-        resp.headers_mut()
-            .insert(STALE_HEADER, HeaderValue::from_static("1"));
-        resp.headers_mut().insert(
-            header::WARNING,
-            HeaderValue::from_static("110 thaw \"Response is Stale\""),
-        );
+        resp.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("1"));
+        resp.headers_mut().insert(header::WARNING, HeaderValue::from_static("110 thaw \"Response is Stale\""));
         Ok(resp)
     }
 
     /// Asks the upstream whether `object` exists in `repo` for `cred`; on yes, links it.
-    async fn confirm(
-        &self,
-        up: &Upstream,
-        repo: &str,
-        object: &str,
-        cred: &Credential,
-    ) -> Result<bool, ApiError> {
+    async fn confirm(&self, up: &Upstream, repo: &str, object: &str, cred: &Credential) -> Result<bool, ApiError> {
         let resp = up
             .send(Method::HEAD, repo, object, cred, accept_headers())
             .await
-            .map_err(|e| {
-                ApiError::unavailable(format!(
-                    "cannot confirm {object} belongs to {repo} on {}: {e}",
-                    up.name()
-                ))
-            })?;
+            .map_err(|e| ApiError::unavailable(format!("cannot confirm {object} belongs to {repo} on {}: {e}", up.name())))?;
         if resp.status() != StatusCode::OK {
             return Ok(false);
         }
-        if let Some(d) = object
-            .split_once('/')
-            .and_then(|(_, r)| r.parse::<Digest>().ok())
-        {
-            self.blocking_store(
-                |s, (u, r, d)| s.link(&u, &r, &d),
-                (up.name().to_string(), repo.to_string(), d),
-            )
-            .await?;
+        if let Some(d) = object.split_once('/').and_then(|(_, r)| r.parse::<Digest>().ok()) {
+            self.blocking_store(|s, (u, r, d)| s.link(&u, &r, &d), (up.name().to_string(), repo.to_string(), d)).await?;
         }
         Ok(true)
     }
 
-    async fn relay_head(
-        &self,
-        ctx: &mut Ctx,
-        up: &Upstream,
-        repo: &str,
-        object: &str,
-        cred: &Credential,
-    ) -> Result<Response, ApiError> {
+    async fn relay_head(&self, ctx: &mut Ctx, up: &Upstream, repo: &str, object: &str, cred: &Credential) -> Result<Response, ApiError> {
         let r = up
             .send(Method::HEAD, repo, object, cred, accept_headers())
             .await
             .map_err(|e| ApiError::unavailable(format!("{} cannot be reached: {e}", up.name())))?;
         let status = r.status();
         if status == StatusCode::NOT_FOUND {
-            let code = if object.starts_with("blobs/") {
-                Code::BlobUnknown
-            } else {
-                Code::ManifestUnknown
-            };
+            let code = if object.starts_with("blobs/") { Code::BlobUnknown } else { Code::ManifestUnknown };
             return Err(ApiError::not_found(code, format!("{repo}/{object}")));
         }
         // The upstream refusing the client's credential is an answer, not an outage: say so,
         // so the client re-authenticates instead of retrying a "service unavailable".
         if matches!(status.as_u16(), 401 | 403) {
-            let challenge = r
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            return Err(self.unauthorized(
-                challenge.as_deref(),
-                &format!("{} refused access to {repo}", up.name()),
-            ));
+            let challenge = r.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            return Err(self.unauthorized(challenge.as_deref(), &format!("{} refused access to {repo}", up.name())));
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             return Err(rate_limited(up, r.headers().get(header::RETRY_AFTER)));
         }
         if !status.is_success() {
-            return Err(ApiError::unavailable(format!(
-                "{} answered {status} to HEAD {object}",
-                up.name()
-            )));
+            return Err(ApiError::unavailable(format!("{} answered {status} to HEAD {object}", up.name())));
         }
         let mut resp = StatusCode::OK.into_response();
         for h in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
@@ -1028,8 +712,7 @@ impl Registry {
             }
         }
         if let Some(v) = r.headers().get("docker-content-digest") {
-            resp.headers_mut()
-                .insert("docker-content-digest", v.clone());
+            resp.headers_mut().insert("docker-content-digest", v.clone());
             ctx.rec.digest = v.to_str().ok().map(str::to_string);
         }
         ctx.rec.size = r.content_length();
@@ -1050,18 +733,8 @@ impl Registry {
     ) -> Result<FetchedManifest, ApiError> {
         // Concurrent requests for one manifest with one credential share one upstream GET (the
         // pulls Docker Hub counts against its rate limit), whoever of them arrived first.
-        let key = (
-            up.name().to_string(),
-            repo.to_string(),
-            reference.to_string(),
-            cred.clone(),
-        );
-        self.inner
-            .manifest_fetches
-            .run(key, || {
-                self.fetch_manifest_once(up, repo, reference, cred, want, tag)
-            })
-            .await
+        let key = (up.name().to_string(), repo.to_string(), reference.to_string(), cred.clone());
+        self.inner.manifest_fetches.run(key, || self.fetch_manifest_once(up, repo, reference, cred, want, tag)).await
     }
 
     async fn fetch_manifest_once(
@@ -1079,125 +752,49 @@ impl Registry {
             .send(Method::GET, repo, &object, cred, accept_headers())
             .await
             .map_err(|e| ApiError::unavailable(format!("{} cannot be reached: {e}", up.name())))?;
-        self.inner
-            .metrics
-            .upstream_latency
-            .get_or_create(&Metrics::upstream(up.name()))
-            .observe(t0.elapsed().as_secs_f64());
+        self.inner.metrics.upstream_latency.get_or_create(&Metrics::upstream(up.name())).observe(t0.elapsed().as_secs_f64());
         match resp.status().as_u16() {
             200 => {}
-            404 => {
-                return Err(ApiError::not_found(
-                    Code::ManifestUnknown,
-                    format!("{repo}:{reference}"),
-                ))
-            }
+            404 => return Err(ApiError::not_found(Code::ManifestUnknown, format!("{repo}:{reference}"))),
             401 | 403 => {
-                let c = resp
-                    .headers()
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                return Err(self.unauthorized(
-                    c.as_deref(),
-                    &format!("{} refused access to {repo}", up.name()),
-                ));
+                let c = resp.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
+                return Err(self.unauthorized(c.as_deref(), &format!("{} refused access to {repo}", up.name())));
             }
             429 => return Err(rate_limited(up, resp.headers().get(header::RETRY_AFTER))),
-            s => {
-                return Err(ApiError::unavailable(format!(
-                    "{} answered {s} for {repo}:{reference}",
-                    up.name()
-                )))
-            }
+            s => return Err(ApiError::unavailable(format!("{} answered {s} for {repo}:{reference}", up.name()))),
         }
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        if resp
-            .content_length()
-            .is_some_and(|l| l > MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(ApiError::bad_request(
-                Code::ManifestInvalid,
-                format!("manifest {repo}:{reference} is larger than {MAX_MANIFEST_BYTES} bytes"),
-            ));
+        let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if resp.content_length().is_some_and(|l| l > MAX_MANIFEST_BYTES as u64) {
+            return Err(ApiError::bad_request(Code::ManifestInvalid, format!("manifest {repo}:{reference} is larger than {MAX_MANIFEST_BYTES} bytes")));
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::unavailable(format!(
-                    "{} broke off sending {repo}:{reference}: {e}",
-                    up.name()
-                ))
-            })?;
+            let chunk = chunk.map_err(|e| ApiError::unavailable(format!("{} broke off sending {repo}:{reference}: {e}", up.name())))?;
             if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                return Err(ApiError::bad_request(
-                    Code::ManifestInvalid,
-                    format!(
-                        "manifest {repo}:{reference} is larger than {MAX_MANIFEST_BYTES} bytes"
-                    ),
-                ));
+                return Err(ApiError::bad_request(Code::ManifestInvalid, format!("manifest {repo}:{reference} is larger than {MAX_MANIFEST_BYTES} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
-        self.inner
-            .metrics
-            .bytes_fetched
-            .get_or_create(&Metrics::upstream(up.name()))
-            .inc_by(body.len() as u64);
+        self.inner.metrics.bytes_fetched.get_or_create(&Metrics::upstream(up.name())).inc_by(body.len() as u64);
         let digest = match want {
             Some(d) => {
                 if !d.verify(&body) {
                     self.inner.metrics.digest_mismatches.inc();
-                    return Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        Code::DigestInvalid,
-                        format!(
-                            "{} sent a manifest that does not match {d}; nothing was cached",
-                            up.name()
-                        ),
-                    ));
+                    return Err(ApiError::new(StatusCode::BAD_GATEWAY, Code::DigestInvalid, format!("{} sent a manifest that does not match {d}; nothing was cached", up.name())));
                 }
                 d.clone()
             }
             None => Digest::sha256_of(&body),
         };
-        let manifest = Manifest::parse(&body, content_type.as_deref()).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                Code::ManifestInvalid,
-                format!(
-                    "{} sent an unusable manifest for {repo}:{reference}: {e}",
-                    up.name()
-                ),
-            )
-        })?;
+        let manifest = Manifest::parse(&body, content_type.as_deref())
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, Code::ManifestInvalid, format!("{} sent an unusable manifest for {repo}:{reference}: {e}", up.name())))?;
         let media_type = manifest.media_type.as_str().to_string();
-        let layers: Vec<LayerRef> = manifest
-            .blobs()
-            .map(|d| LayerRef {
-                digest: d.digest.to_string(),
-                size: d.size,
-            })
-            .collect();
-        let links: Vec<Digest> = manifest
-            .blobs()
-            .chain(manifest.manifests.iter())
-            .map(|d| d.digest.clone())
-            .collect();
+        let layers: Vec<LayerRef> = manifest.blobs().map(|d| LayerRef { digest: d.digest.to_string(), size: d.size }).collect();
+        let links: Vec<Digest> = manifest.blobs().chain(manifest.manifests.iter()).map(|d| d.digest.clone()).collect();
         let key = up.name().to_string();
         let stored = {
-            let (body, digest, media_type, repo, tag) = (
-                body.clone(),
-                digest.clone(),
-                media_type.clone(),
-                repo.to_string(),
-                tag.map(str::to_string),
-            );
+            let (body, digest, media_type, repo, tag) = (body.clone(), digest.clone(), media_type.clone(), repo.to_string(), tag.map(str::to_string));
             self.blocking_store(
                 move |s, ()| {
                     store_bytes(s, &digest, &body)?;
@@ -1207,16 +804,7 @@ impl Registry {
                         s.link(&key, &repo, d)?;
                     }
                     if let Some(tag) = tag {
-                        s.put_tag(
-                            &key,
-                            &repo,
-                            &tag,
-                            &TagEntry {
-                                digest: digest.clone(),
-                                media_type: media_type.clone(),
-                                fetched_at_unix: now_secs(),
-                            },
-                        )?;
+                        s.put_tag(&key, &repo, &tag, &TagEntry { digest: digest.clone(), media_type: media_type.clone(), fetched_at_unix: now_secs() })?;
                     }
                     Ok(())
                 },
@@ -1227,101 +815,46 @@ impl Registry {
         if let Err(e) = stored {
             tracing::warn!(error = ?e.message, "manifest not cached; serving it anyway");
         }
-        Ok(FetchedManifest {
-            body: Bytes::from(body),
-            digest,
-            media_type,
-            layers,
-        })
+        Ok(FetchedManifest { body: Bytes::from(body), digest, media_type, layers })
     }
 
-    fn answer_manifest(
-        &self,
-        ctx: &mut Ctx,
-        m: FetchedManifest,
-        head: bool,
-        outcome: CacheOutcome,
-    ) -> Result<Response, ApiError> {
+    fn answer_manifest(&self, ctx: &mut Ctx, m: FetchedManifest, head: bool, outcome: CacheOutcome) -> Result<Response, ApiError> {
         ctx.rec.digest = Some(m.digest.to_string());
         ctx.rec.size = Some(m.body.len() as u64);
         ctx.rec.layers = m.layers;
         ctx.rec.outcome = outcome;
-        let mut resp = if head {
-            Response::new(Body::empty())
-        } else {
-            Response::new(Body::from(m.body.clone()))
-        };
+        let mut resp = if head { Response::new(Body::empty()) } else { Response::new(Body::from(m.body.clone())) };
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_str(&m.media_type)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-        );
-        h.insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from(m.body.len() as u64),
-        );
-        h.insert(
-            "docker-content-digest",
-            HeaderValue::from_str(&m.digest.to_string()).expect("digest is ascii"),
-        );
-        h.insert(
-            header::ETAG,
-            HeaderValue::from_str(&format!("\"{}\"", m.digest)).expect("ascii"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&m.media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(m.body.len() as u64));
+        h.insert("docker-content-digest", HeaderValue::from_str(&m.digest.to_string()).expect("digest is ascii"));
+        h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{}\"", m.digest)).expect("ascii"));
         Ok(resp)
     }
 
-    async fn serve_stored_manifest(
-        &self,
-        ctx: &mut Ctx,
-        d: &Digest,
-        head: bool,
-        outcome: CacheOutcome,
-    ) -> Result<Response, ApiError> {
-        self.stored_manifest(ctx, d, head, outcome)
-            .await?
-            .ok_or_else(|| ApiError::not_found(Code::ManifestUnknown, d))
+    async fn serve_stored_manifest(&self, ctx: &mut Ctx, d: &Digest, head: bool, outcome: CacheOutcome) -> Result<Response, ApiError> {
+        self.stored_manifest(ctx, d, head, outcome).await?.ok_or_else(|| ApiError::not_found(Code::ManifestUnknown, d))
     }
 
     /// Answers from the store when `d` is a stored manifest; `None` when it is not there (never
     /// cached, or evicted) or is not a manifest at all (a layer digest asked for on the manifest
     /// endpoint is never read into memory or served as a manifest).
-    async fn stored_manifest(
-        &self,
-        ctx: &mut Ctx,
-        d: &Digest,
-        head: bool,
-        outcome: CacheOutcome,
-    ) -> Result<Option<Response>, ApiError> {
+    async fn stored_manifest(&self, ctx: &mut Ctx, d: &Digest, head: bool, outcome: CacheOutcome) -> Result<Option<Response>, ApiError> {
         let loaded = self
             .blocking_store(
                 |s, d| {
-                    let Some(media_type) = s.manifest_type(&d)? else {
-                        return Ok(None);
-                    };
+                    let Some(media_type) = s.manifest_type(&d)? else { return Ok(None) };
                     let media_type = Some(media_type);
-                    if s.stat(&d)?
-                        .is_none_or(|size| size > MAX_MANIFEST_BYTES as u64)
-                    {
+                    if s.stat(&d)?.is_none_or(|size| size > MAX_MANIFEST_BYTES as u64) {
                         return Ok(None);
                     }
-                    let Some(handle) = s.get(&d)? else {
-                        return Ok(None);
-                    };
+                    let Some(handle) = s.get(&d)? else { return Ok(None) };
                     if handle.size > MAX_MANIFEST_BYTES as u64 {
                         return Ok(None);
                     }
                     let mut body = vec![0u8; handle.size as usize];
                     use std::os::unix::fs::FileExt;
-                    handle
-                        .file()
-                        .read_exact_at(&mut body, 0)
-                        .map_err(|source| thaw_store::StoreError::Io {
-                            op: "read",
-                            path: s.blob_path(&d),
-                            source,
-                        })?;
+                    handle.file().read_exact_at(&mut body, 0).map_err(|source| thaw_store::StoreError::Io { op: "read", path: s.blob_path(&d), source })?;
                     Ok(Some((body, media_type)))
                 },
                 d.clone(),
@@ -1334,73 +867,28 @@ impl Registry {
         let media_type = media_type
             .or_else(|| parsed.as_ref().map(|m| m.media_type.as_str().to_string()))
             .unwrap_or_else(|| MediaType::OciManifest.as_str().to_string());
-        let layers = parsed
-            .map(|m| {
-                m.blobs()
-                    .map(|d| LayerRef {
-                        digest: d.digest.to_string(),
-                        size: d.size,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.answer_manifest(
-            ctx,
-            FetchedManifest {
-                body: Bytes::from(body),
-                digest: d.clone(),
-                media_type,
-                layers,
-            },
-            head,
-            outcome,
-        )
-        .map(Some)
+        let layers = parsed.map(|m| m.blobs().map(|d| LayerRef { digest: d.digest.to_string(), size: d.size }).collect()).unwrap_or_default();
+        self.answer_manifest(ctx, FetchedManifest { body: Bytes::from(body), digest: d.clone(), media_type, layers }, head, outcome).map(Some)
     }
 
-    async fn put_manifest(
-        &self,
-        ctx: &mut Ctx,
-        t: &Target,
-        headers: &HeaderMap,
-        reference: &str,
-        digest: Option<Digest>,
-        body: Body,
-    ) -> Result<Response, ApiError> {
+    async fn put_manifest(&self, ctx: &mut Ctx, t: &Target, headers: &HeaderMap, reference: &str, digest: Option<Digest>, body: Body) -> Result<Response, ApiError> {
         if t.upstream.is_some() {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Code::Unsupported,
-                format!(
-                    "{} is mirrored from an upstream; push to the upstream instead",
-                    t.repo
-                ),
-            ));
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{} is mirrored from an upstream; push to the upstream instead", t.repo)));
         }
         let body = read_limited(body, MAX_MANIFEST_BYTES).await?;
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        let manifest = Manifest::parse(&body, content_type)
-            .map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let manifest = Manifest::parse(&body, content_type).map_err(|e| ApiError::bad_request(Code::ManifestInvalid, e.to_string()))?;
         let computed = match &digest {
             Some(d) => {
                 if !d.verify(&body) {
-                    return Err(ApiError::bad_request(
-                        Code::DigestInvalid,
-                        format!("manifest body does not match {d}"),
-                    ));
+                    return Err(ApiError::bad_request(Code::DigestInvalid, format!("manifest body does not match {d}")));
                 }
                 d.clone()
             }
             None => Digest::sha256_of(&body),
         };
         let media_type = manifest.media_type.as_str().to_string();
-        let referenced: Vec<Digest> = manifest
-            .blobs()
-            .chain(manifest.manifests.iter())
-            .map(|d| d.digest.clone())
-            .collect();
+        let referenced: Vec<Digest> = manifest.blobs().chain(manifest.manifests.iter()).map(|d| d.digest.clone()).collect();
         let repo = t.repo.clone();
         let tag = digest.is_none().then(|| reference.to_string());
         let d2 = computed.clone();
@@ -1423,16 +911,7 @@ impl Registry {
                     s.link(LOCAL, &repo, d)?;
                 }
                 if let Some(tag) = tag {
-                    s.put_tag(
-                        LOCAL,
-                        &repo,
-                        &tag,
-                        &TagEntry {
-                            digest: d2.clone(),
-                            media_type: media_type.clone(),
-                            fetched_at_unix: now_secs(),
-                        },
-                    )?;
+                    s.put_tag(LOCAL, &repo, &tag, &TagEntry { digest: d2.clone(), media_type: media_type.clone(), fetched_at_unix: now_secs() })?;
                 }
                 Ok(Ok(()))
             },
@@ -1444,54 +923,25 @@ impl Registry {
         ctx.rec.size = Some(body.len() as u64);
         let mut resp = StatusCode::CREATED.into_response();
         let h = resp.headers_mut();
-        h.insert(
-            header::LOCATION,
-            HeaderValue::from_str(&format!("/v2/{}/manifests/{computed}", t.repo)).expect("ascii"),
-        );
-        h.insert(
-            "docker-content-digest",
-            HeaderValue::from_str(&computed.to_string()).expect("ascii"),
-        );
+        h.insert(header::LOCATION, HeaderValue::from_str(&format!("/v2/{}/manifests/{computed}", t.repo)).expect("ascii"));
+        h.insert("docker-content-digest", HeaderValue::from_str(&computed.to_string()).expect("ascii"));
         Ok(resp)
     }
 
     // ---------------------------------------------------------------- blobs
 
     #[allow(clippy::too_many_arguments)]
-    async fn blob(
-        &self,
-        ctx: &mut Ctx,
-        method: &Method,
-        headers: &HeaderMap,
-        name: &str,
-        digest: &str,
-        ns: Option<&str>,
-        ident: &Identity,
-    ) -> Result<Response, ApiError> {
+    async fn blob(&self, ctx: &mut Ctx, method: &Method, headers: &HeaderMap, name: &str, digest: &str, ns: Option<&str>, ident: &Identity) -> Result<Response, ApiError> {
         let t = self.resolve(name, ns)?;
         ctx.rec.upstream = t.upstream.as_ref().map(|u| u.name().to_string());
         ctx.rec.repo = Some(t.repo.clone());
-        let d: Digest = digest.parse().map_err(|e: thaw_oci::DigestError| {
-            ApiError::bad_request(Code::DigestInvalid, e.to_string())
-        })?;
+        let d: Digest = digest.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
         ctx.rec.digest = Some(d.to_string());
         let head = match *method {
             Method::GET => false,
             Method::HEAD => true,
-            Method::DELETE => {
-                return Err(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    Code::Unsupported,
-                    "deleting blobs is not supported by thaw",
-                ))
-            }
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    Code::Unsupported,
-                    format!("{method} is not allowed on blobs"),
-                ))
-            }
+            Method::DELETE => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "deleting blobs is not supported by thaw")),
+            _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{method} is not allowed on blobs"))),
         };
         let range = match headers.get(header::RANGE) {
             // RFC 9110 §14.2: a Range the server cannot use (other unit, several ranges, bad
@@ -1508,22 +958,17 @@ impl Registry {
         let (linked, have) = self.membership(&key, &t.repo, &d).await?;
         let linked = confirmed || linked;
         if let Some(size) = have {
-            let allowed = linked
-                || match &t.upstream {
-                    Some(up) => self.confirm(up, &t.repo, &object, &cred).await?,
-                    None => false,
-                };
+            let allowed = linked || match &t.upstream {
+                Some(up) => self.confirm(up, &t.repo, &object, &cred).await?,
+                None => false,
+            };
             if allowed {
                 if head {
                     ctx.rec.size = Some(size);
                     return Ok(blob_head(&d, size));
                 }
                 if let Some(resp) = self.serve_stored_blob(ctx, &d, range).await? {
-                    self.inner
-                        .metrics
-                        .hits
-                        .get_or_create(&Metrics::kind("blob"))
-                        .inc();
+                    self.inner.metrics.hits.get_or_create(&Metrics::kind("blob")).inc();
                     return Ok(resp);
                 }
                 // Evicted between stat and get: fall through to the miss path.
@@ -1531,17 +976,11 @@ impl Registry {
                 // Cached, but not known to belong to this repository and not confirmed by the
                 // upstream: answer as if it did not exist, so a private digest named through
                 // another repository reveals nothing.
-                return Err(ApiError::not_found(
-                    Code::BlobUnknown,
-                    format!("{}@{d}", t.repo),
-                ));
+                return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
             }
         }
         let Some(up) = t.upstream.clone() else {
-            return Err(ApiError::not_found(
-                Code::BlobUnknown,
-                format!("{}@{d}", t.repo),
-            ));
+            return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
         };
         if head {
             return match self.relay_head(ctx, &up, &t.repo, &object, &cred).await {
@@ -1551,22 +990,11 @@ impl Registry {
         }
         // A miss: join or start the flight for this digest.
         let (fl, started) = self.join_or_start(&up, &t.repo, &cred, &d).await?;
-        if !started
-            && (fl.upstream != up.name() || fl.repo != t.repo)
-            && !linked
-            && !self.confirm(&up, &t.repo, &object, &cred).await?
-        {
-            return Err(ApiError::not_found(
-                Code::BlobUnknown,
-                format!("{}@{d}", t.repo),
-            ));
+        if !started && (fl.upstream != up.name() || fl.repo != t.repo) && !linked && !self.confirm(&up, &t.repo, &object, &cred).await? {
+            return Err(ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)));
         }
         if started {
-            self.inner
-                .metrics
-                .misses
-                .get_or_create(&Metrics::kind("blob"))
-                .inc();
+            self.inner.metrics.misses.get_or_create(&Metrics::kind("blob")).inc();
             ctx.rec.outcome = CacheOutcome::Miss;
         } else {
             self.inner.metrics.coalesced.inc();
@@ -1575,54 +1003,23 @@ impl Registry {
         let st = fl.wait_started().await;
         if let Some(Outcome::Failed { status, reason }) = &st.outcome {
             if st.written == 0 {
-                let hint = if matches!(status, Some(401 | 403)) {
-                    self.challenge_hint(&up, &t.repo).await
-                } else {
-                    None
-                };
+                let hint = if matches!(status, Some(401 | 403)) { self.challenge_hint(&up, &t.repo).await } else { None };
                 return Err(match status {
                     Some(404) => ApiError::not_found(Code::BlobUnknown, format!("{}@{d}", t.repo)),
                     // Only the request that started the flight had its own credential refused.
-                    Some(401 | 403) if started => {
-                        self.on_refusal(
-                            &t,
-                            ident,
-                            self.unauthorized(
-                                hint.as_deref(),
-                                &format!("{} refused access to {}", up.name(), t.repo),
-                            ),
-                        )
-                        .await
-                    }
-                    Some(401 | 403) => self.unauthorized(
-                        hint.as_deref(),
-                        &format!("{} refused access to {}", up.name(), t.repo),
-                    ),
-                    Some(429) => rate_limited(
-                        &up,
-                        st.retry_after
-                            .as_deref()
-                            .and_then(|v| HeaderValue::from_str(v).ok())
-                            .as_ref(),
-                    ),
-                    _ => ApiError::unavailable(format!(
-                        "fetching {d} from {} failed: {reason}",
-                        up.name()
-                    )),
+                    Some(401 | 403) if started => self.on_refusal(&t, ident, self.unauthorized(hint.as_deref(), &format!("{} refused access to {}", up.name(), t.repo))).await,
+                    Some(401 | 403) => self.unauthorized(hint.as_deref(), &format!("{} refused access to {}", up.name(), t.repo)),
+                    Some(429) => rate_limited(&up, st.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()).as_ref()),
+                    _ => ApiError::unavailable(format!("fetching {d} from {} failed: {reason}", up.name())),
                 });
             }
         }
         if let Some(Outcome::NotCached) = &st.outcome {
             ctx.rec.outcome = CacheOutcome::PassThrough;
         }
-        let total = st
-            .total
-            .or_else(|| (st.outcome.is_some()).then_some(st.written));
+        let total = st.total.or_else(|| (st.outcome.is_some()).then_some(st.written));
         let Some(total) = total else {
-            return Err(ApiError::unavailable(format!(
-                "{} did not say how large {d} is",
-                up.name()
-            )));
+            return Err(ApiError::unavailable(format!("{} did not say how large {d} is", up.name())));
         };
         if st.outcome.is_none() && self.cannot_cache(total) {
             // The headers go out before the commit decides, so say now what it will decide:
@@ -1639,14 +1036,7 @@ impl Registry {
                 reg.inner.metrics.pass_through.inc();
             }
         });
-        let resp = blob_response(
-            Body::from_stream(fl.stream(start, end)),
-            &d,
-            status,
-            start,
-            end,
-            total,
-        );
+        let resp = blob_response(Body::from_stream(fl.stream(start, end)), &d, status, start, end, total);
         Ok(resp)
     }
 
@@ -1654,26 +1044,17 @@ impl Registry {
     /// unpinned can be evicted for it, so it fits unless pinned bytes leave less than `size`.
     fn cannot_cache(&self, size: u64) -> bool {
         let s = self.inner.store.stats();
-        s.capacity
-            .is_some_and(|c| size > c.saturating_sub(s.pinned_bytes))
+        s.capacity.is_some_and(|c| size > c.saturating_sub(s.pinned_bytes))
     }
 
     /// Returns the flight for `d`, starting it when there is none. `true` when this call started it.
-    pub(crate) async fn join_or_start(
-        &self,
-        up: &Arc<Upstream>,
-        repo: &str,
-        cred: &Credential,
-        d: &Digest,
-    ) -> Result<(Arc<Flight>, bool), ApiError> {
+    pub(crate) async fn join_or_start(&self, up: &Arc<Upstream>, repo: &str, cred: &Credential, d: &Digest) -> Result<(Arc<Flight>, bool), ApiError> {
         if let Some(f) = self.inner.flights.lock().get(d) {
             return Ok((f.clone(), false));
         }
         // Create the temp file off the async threads, then re-check under the lock: another request
         // may have started the same flight meanwhile.
-        let writer = self
-            .blocking_store(|s, d| s.begin(&d, None), d.clone())
-            .await?;
+        let writer = self.blocking_store(|s, d| s.begin(&d, None), d.clone()).await?;
         let mut flights = self.inner.flights.lock();
         if let Some(f) = flights.get(d) {
             drop(writer);
@@ -1681,12 +1062,7 @@ impl Registry {
         }
         let reg = self.clone();
         let key = d.clone();
-        let (u, r, dd, store) = (
-            up.name().to_string(),
-            repo.to_string(),
-            d.clone(),
-            self.inner.store.clone(),
-        );
+        let (u, r, dd, store) = (up.name().to_string(), repo.to_string(), d.clone(), self.inner.store.clone());
         let job = FetchJob {
             upstream: up.clone(),
             repo: repo.to_string(),
@@ -1711,109 +1087,50 @@ impl Registry {
         Ok((fl, true))
     }
 
-    async fn serve_stored_blob(
-        &self,
-        ctx: &mut Ctx,
-        d: &Digest,
-        range: Option<RangeSpec>,
-    ) -> Result<Option<Response>, ApiError> {
-        let Some(handle) = self.blocking_store(|s, d| s.get(&d), d.clone()).await? else {
-            return Ok(None);
-        };
+    async fn serve_stored_blob(&self, ctx: &mut Ctx, d: &Digest, range: Option<RangeSpec>) -> Result<Option<Response>, ApiError> {
+        let Some(handle) = self.blocking_store(|s, d| s.get(&d), d.clone()).await? else { return Ok(None) };
         let total = handle.size;
         let file = Arc::new(handle.try_clone_file().map_err(ApiError::internal)?);
         ctx.rec.outcome = CacheOutcome::Hit;
         ctx.rec.size = Some(total);
         let (status, start, end) = body_window(ctx, range, total)?;
-        let resp = blob_response(
-            Body::from_stream(flight::file_stream(file, start, end, handle)),
-            d,
-            status,
-            start,
-            end,
-            total,
-        );
+        let resp = blob_response(Body::from_stream(flight::file_stream(file, start, end, handle)), d, status, start, end, total);
         Ok(Some(resp))
     }
 
     // ---------------------------------------------------------------- tags
 
-    async fn tags(
-        &self,
-        ctx: &mut Ctx,
-        method: &Method,
-        name: &str,
-        query: &str,
-        ns: Option<&str>,
-        ident: &Identity,
-    ) -> Result<Response, ApiError> {
+    async fn tags(&self, ctx: &mut Ctx, method: &Method, name: &str, query: &str, ns: Option<&str>, ident: &Identity) -> Result<Response, ApiError> {
         if *method != Method::GET && *method != Method::HEAD {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Code::Unsupported,
-                "tags are listed with GET",
-            ));
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "tags are listed with GET"));
         }
         let t = self.resolve(name, ns)?;
         ctx.rec.upstream = t.upstream.as_ref().map(|u| u.name().to_string());
         ctx.rec.repo = Some(t.repo.clone());
         if let Some(up) = &t.upstream {
             let cred = auth::credential_for(ident, up, &self.inner.cfg.accounts);
-            let suffix = if query.is_empty() {
-                "tags/list".to_string()
-            } else {
-                format!("tags/list?{query}")
-            };
-            let r = up
-                .send(Method::GET, &t.repo, &suffix, &cred, HeaderMap::new())
-                .await
-                .map_err(|e| {
-                    ApiError::unavailable(format!("{} cannot be reached: {e}", up.name()))
-                })?;
+            let suffix = if query.is_empty() { "tags/list".to_string() } else { format!("tags/list?{query}") };
+            let r = up.send(Method::GET, &t.repo, &suffix, &cred, HeaderMap::new()).await.map_err(|e| ApiError::unavailable(format!("{} cannot be reached: {e}", up.name())))?;
             let status = r.status();
-            let challenge = r
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let challenge = r.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string);
             let link = r.headers().get(header::LINK).cloned();
             if matches!(status.as_u16(), 401 | 403) {
-                return Err(self.unauthorized(
-                    challenge.as_deref(),
-                    &format!("{} refused to list tags of {}", up.name(), t.repo),
-                ));
+                return Err(self.unauthorized(challenge.as_deref(), &format!("{} refused to list tags of {}", up.name(), t.repo)));
             }
-            let body = r
-                .bytes()
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let body = r.bytes().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
             let mut resp = Response::new(Body::from(body));
             *resp.status_mut() = status;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            if let Some(v) = link
-                .as_ref()
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| next_link(l, name, ns))
-            {
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(v) = link.as_ref().and_then(|l| l.to_str().ok()).and_then(|l| next_link(l, name, ns)) {
                 resp.headers_mut().insert(header::LINK, v);
             }
             return Ok(resp);
         }
-        let mut tags = self
-            .blocking_store(|s, r| s.list_tags(LOCAL, &r), t.repo.clone())
-            .await?;
+        let mut tags = self.blocking_store(|s, r| s.list_tags(LOCAL, &r), t.repo.clone()).await?;
         if tags.is_empty() {
             return Err(ApiError::not_found(Code::NameUnknown, &t.repo));
         }
-        let n = query_param(query, "n")
-            .map(|n| {
-                n.parse::<usize>()
-                    .map_err(|_| ApiError::bad_request(Code::Unsupported, "n must be a number"))
-            })
-            .transpose()?;
+        let n = query_param(query, "n").map(|n| n.parse::<usize>().map_err(|_| ApiError::bad_request(Code::Unsupported, "n must be a number"))).transpose()?;
         if let Some(last) = query_param(query, "last") {
             tags.retain(|t| t.as_str() > last.as_str());
         }
@@ -1822,9 +1139,7 @@ impl Registry {
             if tags.len() > n {
                 tags.truncate(n);
                 if let Some(l) = tags.last() {
-                    link = Some(format!(
-                        "</v2/{name}/tags/list?n={n}&last={l}>; rel=\"next\""
-                    ));
+                    link = Some(format!("</v2/{name}/tags/list?n={n}&last={l}>; rel=\"next\""));
                 }
             }
         }
@@ -1841,44 +1156,23 @@ impl Registry {
     // ---------------------------------------------------------------- uploads (push)
 
     #[allow(clippy::too_many_arguments)]
-    async fn upload_start(
-        &self,
-        ctx: &mut Ctx,
-        method: &Method,
-        headers: &HeaderMap,
-        name: &str,
-        query: &str,
-        ns: Option<&str>,
-        body: Body,
-    ) -> Result<Response, ApiError> {
+    async fn upload_start(&self, ctx: &mut Ctx, method: &Method, headers: &HeaderMap, name: &str, query: &str, ns: Option<&str>, body: Body) -> Result<Response, ApiError> {
         if *method != Method::POST {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Code::Unsupported,
-                "uploads start with POST",
-            ));
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, "uploads start with POST"));
         }
         let t = self.local_target(name, ns)?;
         ctx.rec.repo = Some(t.repo.clone());
         // Cross-repository mount.
-        if let (Some(mount), Some(from)) = (query_param(query, "mount"), query_param(query, "from"))
-        {
-            let d: Digest = mount.parse().map_err(|e: thaw_oci::DigestError| {
-                ApiError::bad_request(Code::DigestInvalid, e.to_string())
-            })?;
-            let ok = self
-                .blocking_store(
-                    |s, (from, to, d)| {
-                        if s.is_linked(LOCAL, &from, &d)? && s.stat(&d)?.is_some() {
-                            s.link(LOCAL, &to, &d)?;
-                            Ok(true)
-                        } else {
-                            Ok(false)
-                        }
-                    },
-                    (from.clone(), t.repo.clone(), d.clone()),
-                )
-                .await?;
+        if let (Some(mount), Some(from)) = (query_param(query, "mount"), query_param(query, "from")) {
+            let d: Digest = mount.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
+            let ok = self.blocking_store(|s, (from, to, d)| {
+                if s.is_linked(LOCAL, &from, &d)? && s.stat(&d)?.is_some() {
+                    s.link(LOCAL, &to, &d)?;
+                    Ok(true)
+                } else {
+                    Ok(false)
+                }
+            }, (from.clone(), t.repo.clone(), d.clone())).await?;
             if ok {
                 ctx.rec.digest = Some(d.to_string());
                 return Ok(created_blob(&t.repo, &d));
@@ -1887,25 +1181,18 @@ impl Registry {
         }
         // Monolithic upload in the POST.
         if let Some(dq) = query_param(query, "digest") {
-            let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| {
-                ApiError::bad_request(Code::DigestInvalid, e.to_string())
-            })?;
+            let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
             // Streamed into an upload (never buffered whole), then verified and committed like the
             // last PUT of a chunked upload.
             let id = self.blocking_store(|s, ()| s.upload_start(), ()).await?;
             let appended = self.append_stream(&id, 0, body).await?;
             let (id2, d2, repo) = (id, d.clone(), t.repo.clone());
             let finished = match appended {
-                Ok(_) => {
-                    self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo))
-                        .await?
-                }
+                Ok(_) => self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo)).await?,
                 Err(e) => Err(PushError::Store(e)),
             };
             if finished.is_err() {
-                let _ = self
-                    .blocking_store(move |s, ()| s.upload_cancel(&id), ())
-                    .await;
+                let _ = self.blocking_store(move |s, ()| s.upload_cancel(&id), ()).await;
             }
             finished.map_err(push_error)?;
             ctx.rec.digest = Some(d.to_string());
@@ -1917,132 +1204,71 @@ impl Registry {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn upload(
-        &self,
-        ctx: &mut Ctx,
-        method: &Method,
-        headers: &HeaderMap,
-        name: &str,
-        id: &str,
-        query: &str,
-        ns: Option<&str>,
-        body: Body,
-    ) -> Result<Response, ApiError> {
+    async fn upload(&self, ctx: &mut Ctx, method: &Method, headers: &HeaderMap, name: &str, id: &str, query: &str, ns: Option<&str>, body: Body) -> Result<Response, ApiError> {
         let t = self.local_target(name, ns)?;
         ctx.rec.repo = Some(t.repo.clone());
-        let id: UploadId = id
-            .parse()
-            .map_err(|_| ApiError::not_found(Code::BlobUploadUnknown, format!("upload {id}")))?;
+        let id: UploadId = id.parse().map_err(|_| ApiError::not_found(Code::BlobUploadUnknown, format!("upload {id}")))?;
         let unknown = |e: thaw_store::StoreError| push_error(PushError::Store(e));
         let store = self.inner.store.clone();
         let run = |f: StoreJob| {
             let store = store.clone();
-            async move {
-                tokio::task::spawn_blocking(move || f(&store))
-                    .await
-                    .map_err(ApiError::internal)
-            }
+            async move { tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal) }
         };
         match *method {
             Method::GET => {
                 let id2 = id;
-                let size = run(Box::new(move |s| s.upload_size(&id2)))
-                    .await?
-                    .map_err(unknown)?;
+                let size = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
                 Ok(upload_accepted(&t.repo, &id, size, StatusCode::NO_CONTENT))
             }
             Method::DELETE => {
                 let id2 = id;
-                run(Box::new(move |s| s.upload_cancel(&id2).map(|_| 0)))
-                    .await?
-                    .map_err(unknown)?;
+                run(Box::new(move |s| s.upload_cancel(&id2).map(|_| 0))).await?.map_err(unknown)?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             Method::PATCH => {
                 let id2 = id;
-                let current = run(Box::new(move |s| s.upload_size(&id2)))
-                    .await?
-                    .map_err(unknown)?;
-                if let Some(cr) = headers
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    let start = cr
-                        .trim_start_matches("bytes ")
-                        .split('-')
-                        .next()
-                        .and_then(|s| s.trim().parse::<u64>().ok());
+                let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                if let Some(cr) = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()) {
+                    let start = cr.trim_start_matches("bytes ").split('-').next().and_then(|s| s.trim().parse::<u64>().ok());
                     if start != Some(current) {
                         return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::BlobUploadInvalid, format!("chunk starts at {start:?} but the upload has {current} bytes; resume from {current}")));
                     }
                 }
-                let size = self
-                    .append_stream(&id, current, body)
-                    .await?
-                    .map_err(unknown)?;
+                let size = self.append_stream(&id, current, body).await?.map_err(unknown)?;
                 Ok(upload_accepted(&t.repo, &id, size, StatusCode::ACCEPTED))
             }
             Method::PUT => {
-                let dq = query_param(query, "digest").ok_or_else(|| {
-                    ApiError::bad_request(Code::DigestInvalid, "PUT to an upload needs ?digest=")
-                })?;
-                let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| {
-                    ApiError::bad_request(Code::DigestInvalid, e.to_string())
-                })?;
+                let dq = query_param(query, "digest").ok_or_else(|| ApiError::bad_request(Code::DigestInvalid, "PUT to an upload needs ?digest="))?;
+                let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
                 let id2 = id;
-                let current = run(Box::new(move |s| s.upload_size(&id2)))
-                    .await?
-                    .map_err(unknown)?;
-                self.append_stream(&id, current, body)
-                    .await?
-                    .map_err(unknown)?;
+                let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                self.append_stream(&id, current, body).await?.map_err(unknown)?;
                 let (id2, d2, repo) = (id, d.clone(), t.repo.clone());
-                self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo))
-                    .await?
-                    .map_err(push_error)?;
+                self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo)).await?.map_err(push_error)?;
                 ctx.rec.digest = Some(d.to_string());
                 Ok(created_blob(&t.repo, &d))
             }
-            _ => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Code::Unsupported,
-                format!("{method} is not allowed on uploads"),
-            )),
+            _ => Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{method} is not allowed on uploads"))),
         }
     }
 
     /// Appends a request body to an upload as it arrives.
     /// The outer error is the client's body breaking off; the inner one the store's answer.
-    async fn append_stream(
-        &self,
-        id: &UploadId,
-        mut offset: u64,
-        body: Body,
-    ) -> Result<Result<u64, thaw_store::StoreError>, ApiError> {
+    async fn append_stream(&self, id: &UploadId, mut offset: u64, body: Body) -> Result<Result<u64, thaw_store::StoreError>, ApiError> {
         let mut stream = body.into_data_stream();
         let mut pending: Vec<u8> = Vec::new();
         loop {
             let next = stream.next().await;
             let done = next.is_none();
             if let Some(chunk) = next {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::bad_request(
-                        Code::BlobUploadInvalid,
-                        format!("upload body broke off: {e}"),
-                    )
-                })?;
+                let chunk = chunk.map_err(|e| ApiError::bad_request(Code::BlobUploadInvalid, format!("upload body broke off: {e}")))?;
                 pending.extend_from_slice(&chunk);
             }
             if !pending.is_empty() && (done || pending.len() >= flight::CHUNK) {
                 let data = std::mem::take(&mut pending);
                 let store = self.inner.store.clone();
                 let id = *id;
-                offset = match tokio::task::spawn_blocking(move || {
-                    store.upload_append(&id, offset, &data)
-                })
-                .await
-                .map_err(ApiError::internal)?
-                {
+                offset = match tokio::task::spawn_blocking(move || store.upload_append(&id, offset, &data)).await.map_err(ApiError::internal)? {
                     Ok(o) => o,
                     Err(e) => return Ok(Err(e)),
                 };
@@ -2056,33 +1282,16 @@ impl Registry {
     /// When thaw has accounts, its local repositories (pushed to it, not mirrored) are for
     /// authenticated accounts only: reading, listing and pushing alike. Mirrored repositories
     /// follow the tenant rule in [`crate::auth`] instead.
-    fn local_access(
-        &self,
-        endpoint: Option<&Endpoint>,
-        ns: Option<&str>,
-        ident: &Identity,
-    ) -> Result<(), ApiError> {
+    fn local_access(&self, endpoint: Option<&Endpoint>, ns: Option<&str>, ident: &Identity) -> Result<(), ApiError> {
         if self.inner.cfg.accounts.is_empty() || matches!(ident, Identity::Account(_)) {
             return Ok(());
         }
         let name = match endpoint {
-            Some(
-                Endpoint::Manifest { name, .. }
-                | Endpoint::Blob { name, .. }
-                | Endpoint::Tags { name }
-                | Endpoint::UploadStart { name }
-                | Endpoint::Upload { name, .. },
-            ) => name,
+            Some(Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } | Endpoint::Tags { name } | Endpoint::UploadStart { name } | Endpoint::Upload { name, .. }) => name,
             _ => return Ok(()),
         };
         match self.resolve(name, ns) {
-            Ok(t) if t.upstream.is_none() => Err(self.unauthorized(
-                None,
-                &format!(
-                    "{} is a local repository of this registry; log in with a thaw account",
-                    t.repo
-                ),
-            )),
+            Ok(t) if t.upstream.is_none() => Err(self.unauthorized(None, &format!("{} is a local repository of this registry; log in with a thaw account", t.repo))),
             _ => Ok(()),
         }
     }
@@ -2090,11 +1299,7 @@ impl Registry {
     fn local_target(&self, name: &str, ns: Option<&str>) -> Result<Target, ApiError> {
         let t = self.resolve(name, ns)?;
         if t.upstream.is_some() {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Code::Unsupported,
-                format!("{name} is mirrored from an upstream; push to the upstream instead"),
-            ));
+            return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, Code::Unsupported, format!("{name} is mirrored from an upstream; push to the upstream instead")));
         }
         Ok(t)
     }
@@ -2142,19 +1347,11 @@ impl Drop for Counted {
 fn next_link(upstream_link: &str, name: &str, ns: Option<&str>) -> Option<HeaderValue> {
     let inside = upstream_link.split_once('<')?.1.split_once('>')?.0;
     let query = inside.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let query: Vec<&str> = query
-        .split('&')
-        .filter(|kv| !kv.is_empty() && !kv.starts_with("ns="))
-        .collect();
+    let query: Vec<&str> = query.split('&').filter(|kv| !kv.is_empty() && !kv.starts_with("ns=")).collect();
     let mut q = query.join("&");
     if let Some(ns) = ns {
-        let ns: String =
-            percent_encoding::utf8_percent_encode(ns, percent_encoding::NON_ALPHANUMERIC).collect();
-        q = if q.is_empty() {
-            format!("ns={ns}")
-        } else {
-            format!("{q}&ns={ns}")
-        };
+        let ns: String = percent_encoding::utf8_percent_encode(ns, percent_encoding::NON_ALPHANUMERIC).collect();
+        q = if q.is_empty() { format!("ns={ns}") } else { format!("{q}&ns={ns}") };
     }
     let sep = if q.is_empty() { "" } else { "?" };
     HeaderValue::from_str(&format!("</v2/{name}/tags/list{sep}{q}>; rel=\"next\"")).ok()
@@ -2222,19 +1419,12 @@ fn finish_push(s: &BlobStore, id: &UploadId, d: &Digest, repo: &str) -> Result<(
 /// Stores a small in-memory blob (manifests). The bytes are verified against `d` even when the
 /// digest is stored already: a client proves it has content by sending it, never by naming it, so
 /// a push cannot link someone else's cached blob into its repository.
-fn store_bytes(
-    s: &BlobStore,
-    d: &Digest,
-    data: &[u8],
-) -> Result<Committed, thaw_store::StoreError> {
+fn store_bytes(s: &BlobStore, d: &Digest, data: &[u8]) -> Result<Committed, thaw_store::StoreError> {
     let mut h = d.digester();
     h.update(data);
     let actual = h.finish();
     if actual != *d {
-        return Err(thaw_store::StoreError::DigestMismatch {
-            expected: d.clone(),
-            actual,
-        });
+        return Err(thaw_store::StoreError::DigestMismatch { expected: d.clone(), actual });
     }
     if s.stat(d)?.is_some() {
         return Ok(Committed::AlreadyPresent);
@@ -2247,11 +1437,7 @@ fn store_bytes(
 /// A 429 for a rate-limited upstream, relaying its `Retry-After` so clients back off as long as
 /// the upstream asked rather than hammering thaw (which would only ask the upstream again).
 fn rate_limited(up: &Upstream, retry_after: Option<&HeaderValue>) -> ApiError {
-    let e = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        Code::TooManyRequests,
-        format!("{} is rate-limiting; try again later", up.name()),
-    );
+    let e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, Code::TooManyRequests, format!("{} is rate-limiting; try again later", up.name()));
     match retry_after.and_then(|v| v.to_str().ok()) {
         Some(v) => e.with_header(header::RETRY_AFTER, v),
         None => e,
@@ -2271,11 +1457,7 @@ fn outcome_name(o: CacheOutcome) -> &'static str {
 
 /// The part of a `total`-byte body to send: all of it (200), or the client's range (206),
 /// recorded in the trace.
-fn body_window(
-    ctx: &mut Ctx,
-    range: Option<RangeSpec>,
-    total: u64,
-) -> Result<(StatusCode, u64, u64), ApiError> {
+fn body_window(ctx: &mut Ctx, range: Option<RangeSpec>, total: u64) -> Result<(StatusCode, u64, u64), ApiError> {
     Ok(match range {
         Some(spec) => {
             let r = spec.resolve(total).map_err(|e| range_error(e, total))?;
@@ -2287,68 +1469,35 @@ fn body_window(
 }
 
 /// A blob answer (from the store or from a flight) with its headers; `end` is exclusive.
-fn blob_response(
-    body: Body,
-    d: &Digest,
-    status: StatusCode,
-    start: u64,
-    end: u64,
-    total: u64,
-) -> Response {
+fn blob_response(body: Body, d: &Digest, status: StatusCode, start: u64, end: u64, total: u64) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(
-        "docker-content-digest",
-        HeaderValue::from_str(&d.to_string()).expect("ascii"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&format!("\"{d}\"")).expect("ascii"),
-    );
+    h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{d}\"")).expect("ascii"));
     if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total))
-                .expect("ascii"),
-        );
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, total)).expect("ascii"));
     }
     resp
 }
 
 fn range_error(e: thaw_oci::RangeError, total: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        Code::RangeInvalid,
-        e.to_string(),
-    )
-    .with_header(
-        header::CONTENT_RANGE,
-        &thaw_oci::RangeError::unsatisfied_content_range(total),
-    )
+    ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, Code::RangeInvalid, e.to_string())
+        .with_header(header::CONTENT_RANGE, &thaw_oci::RangeError::unsatisfied_content_range(total))
 }
 
 fn accept_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(
-        header::ACCEPT,
-        HeaderValue::from_str(&MediaType::accept_all()).expect("ascii"),
-    );
+    h.insert(header::ACCEPT, HeaderValue::from_str(&MediaType::accept_all()).expect("ascii"));
     h
 }
 
 fn version_response() -> Response {
     let mut resp = axum::Json(serde_json::json!({})).into_response();
-    resp.headers_mut().insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     resp
 }
 
@@ -2356,14 +1505,8 @@ fn blob_head(d: &Digest, size: u64) -> Response {
     let mut resp = StatusCode::OK.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(
-        "docker-content-digest",
-        HeaderValue::from_str(&d.to_string()).expect("ascii"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     resp
 }
@@ -2371,32 +1514,17 @@ fn blob_head(d: &Digest, size: u64) -> Response {
 fn created_blob(repo: &str, d: &Digest) -> Response {
     let mut resp = StatusCode::CREATED.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::LOCATION,
-        HeaderValue::from_str(&format!("/v2/{repo}/blobs/{d}")).expect("ascii"),
-    );
-    h.insert(
-        "docker-content-digest",
-        HeaderValue::from_str(&d.to_string()).expect("ascii"),
-    );
+    h.insert(header::LOCATION, HeaderValue::from_str(&format!("/v2/{repo}/blobs/{d}")).expect("ascii"));
+    h.insert("docker-content-digest", HeaderValue::from_str(&d.to_string()).expect("ascii"));
     resp
 }
 
 fn upload_accepted(repo: &str, id: &UploadId, size: u64, status: StatusCode) -> Response {
     let mut resp = status.into_response();
     let h = resp.headers_mut();
-    h.insert(
-        header::LOCATION,
-        HeaderValue::from_str(&format!("/v2/{repo}/blobs/uploads/{id}")).expect("ascii"),
-    );
-    h.insert(
-        header::RANGE,
-        HeaderValue::from_str(&format!("0-{}", size.saturating_sub(1))).expect("ascii"),
-    );
-    h.insert(
-        "docker-upload-uuid",
-        HeaderValue::from_str(&id.to_string()).expect("ascii"),
-    );
+    h.insert(header::LOCATION, HeaderValue::from_str(&format!("/v2/{repo}/blobs/uploads/{id}")).expect("ascii"));
+    h.insert(header::RANGE, HeaderValue::from_str(&format!("0-{}", size.saturating_sub(1))).expect("ascii"));
+    h.insert("docker-upload-uuid", HeaderValue::from_str(&id.to_string()).expect("ascii"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
@@ -2405,11 +1533,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, limit);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::SizeInvalid,
-            format!("request body is too large (limit {limit} bytes) or broken: {e}"),
-        )),
+        Err(e) => Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Code::SizeInvalid, format!("request body is too large (limit {limit} bytes) or broken: {e}"))),
     }
 }
 
@@ -2417,11 +1541,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 pub fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| {
-            percent_encoding::percent_decode_str(v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
     })
 }
 
@@ -2433,28 +1553,16 @@ mod tests {
     #[test]
     fn next_link_keeps_the_clients_name_and_ns() {
         let up = r#"<https://quay.io/v2/org/repo/tags/list?n=50&last=v9>; rel="next""#;
-        assert_eq!(
-            next_link(up, "quay.io/org/repo", None).unwrap(),
-            r#"</v2/quay.io/org/repo/tags/list?n=50&last=v9>; rel="next""#
-        );
-        assert_eq!(
-            next_link(up, "org/repo", Some("quay.io")).unwrap(),
-            r#"</v2/org/repo/tags/list?n=50&last=v9&ns=quay%2Eio>; rel="next""#
-        );
+        assert_eq!(next_link(up, "quay.io/org/repo", None).unwrap(), r#"</v2/quay.io/org/repo/tags/list?n=50&last=v9>; rel="next""#);
+        assert_eq!(next_link(up, "org/repo", Some("quay.io")).unwrap(), r#"</v2/org/repo/tags/list?n=50&last=v9&ns=quay%2Eio>; rel="next""#);
         let relative = r#"</v2/library/alpine/tags/list?last=3.19&n=2&ns=docker.io>; rel="next""#;
-        assert_eq!(
-            next_link(relative, "alpine", Some("docker.io")).unwrap(),
-            r#"</v2/alpine/tags/list?last=3.19&n=2&ns=docker%2Eio>; rel="next""#
-        );
+        assert_eq!(next_link(relative, "alpine", Some("docker.io")).unwrap(), r#"</v2/alpine/tags/list?last=3.19&n=2&ns=docker%2Eio>; rel="next""#);
         assert!(next_link("garbage", "x", None).is_none());
     }
 
     #[test]
     fn method_labels_are_bounded() {
         assert_eq!(method_label(&Method::GET), "GET");
-        assert_eq!(
-            method_label(&Method::from_bytes(b"PROPFIND").unwrap()),
-            "OTHER"
-        );
+        assert_eq!(method_label(&Method::from_bytes(b"PROPFIND").unwrap()), "OTHER");
     }
 }

@@ -30,10 +30,7 @@ pub fn router(reg: Registry) -> Router {
 
 async fn v2(State(reg): State<Registry>, req: Request<Body>) -> Response {
     let mut resp = reg.handle(req).await;
-    resp.headers_mut().insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
+    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
     resp
 }
 
@@ -49,8 +46,7 @@ async fn metrics(State(reg): State<Registry>) -> Response {
 /// Loads a PEM certificate chain and private key into a rustls server configuration.
 pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert)
-            .map_err(|e| format!("cannot open TLS certificate {}: {e}", cert.display()))?,
+        std::fs::File::open(cert).map_err(|e| format!("cannot open TLS certificate {}: {e}", cert.display()))?,
     ))
     .collect::<Result<Vec<_>, _>>()
     .map_err(|e| format!("cannot read TLS certificate {}: {e}", cert.display()))?;
@@ -58,8 +54,7 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, 
         return Err(format!("{} holds no PEM certificate", cert.display()));
     }
     let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key)
-            .map_err(|e| format!("cannot open TLS key {}: {e}", key.display()))?,
+        std::fs::File::open(key).map_err(|e| format!("cannot open TLS key {}: {e}", key.display()))?,
     ))
     .map_err(|e| format!("cannot read TLS key {}: {e}", key.display()))?
     .ok_or_else(|| format!("{} holds no PEM private key", key.display()))?;
@@ -83,12 +78,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
-        return axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        return axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
@@ -102,28 +94,25 @@ pub async fn serve(
         tokio::spawn(async move {
             // A client that connects and never finishes the handshake must not hold a task and a
             // descriptor forever.
-            let stream =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    let router = router.clone();
-                    async move {
-                        use tower::ServiceExt;
-                        router.oneshot(req.map(Body::new)).await
-                    }
-                },
-            );
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                let router = router.clone();
+                async move {
+                    use tower::ServiceExt;
+                    router.oneshot(req.map(Body::new)).await
+                }
+            });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

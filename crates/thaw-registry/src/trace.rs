@@ -31,26 +31,21 @@ impl TraceWriter {
         fs::create_dir_all(&cfg.dir)?;
         let mut sink = Sink::open(cfg.clone())?;
         let (tx, rx) = sync_channel::<RequestRecord>(65_536);
-        std::thread::Builder::new()
-            .name("thaw-trace".into())
-            .spawn(move || {
-                while let Ok(rec) = rx.recv() {
-                    if let Err(e) = sink.append(&rec) {
-                        tracing::warn!(error = %e, "request trace write failed");
-                    }
-                    // Flush when the queue is drained so a reader sees whole lines promptly.
-                    if let Ok(next) = rx.try_recv() {
-                        let _ = sink.append(&next);
-                    } else {
-                        let _ = sink.flush();
-                    }
+        std::thread::Builder::new().name("thaw-trace".into()).spawn(move || {
+            while let Ok(rec) = rx.recv() {
+                if let Err(e) = sink.append(&rec) {
+                    tracing::warn!(error = %e, "request trace write failed");
                 }
-                let _ = sink.flush();
-            })?;
-        Ok(TraceWriter {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
-        })
+                // Flush when the queue is drained so a reader sees whole lines promptly.
+                if let Ok(next) = rx.try_recv() {
+                    let _ = sink.append(&next);
+                } else {
+                    let _ = sink.flush();
+                }
+            }
+            let _ = sink.flush();
+        })?;
+        Ok(TraceWriter { tx, dropped: Arc::new(AtomicU64::new(0)) })
     }
 
     pub fn record(&self, rec: RequestRecord) {
@@ -74,11 +69,7 @@ impl Sink {
         let path = cfg.dir.join(CURRENT);
         let f = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = f.metadata()?.len();
-        Ok(Sink {
-            cfg,
-            out: BufWriter::with_capacity(64 << 10, f),
-            size,
-        })
+        Ok(Sink { cfg, out: BufWriter::with_capacity(64 << 10, f), size })
     }
 
     fn append(&mut self, rec: &RequestRecord) -> io::Result<()> {
@@ -101,15 +92,9 @@ impl Sink {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_micros())
             .unwrap_or(0);
-        fs::rename(
-            self.cfg.dir.join(CURRENT),
-            self.cfg.dir.join(format!("requests-{stamp}.jsonl")),
-        )?;
+        fs::rename(self.cfg.dir.join(CURRENT), self.cfg.dir.join(format!("requests-{stamp}.jsonl")))?;
         prune(&self.cfg.dir, self.cfg.keep)?;
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.cfg.dir.join(CURRENT))?;
+        let f = OpenOptions::new().create(true).append(true).open(self.cfg.dir.join(CURRENT))?;
         self.out = BufWriter::with_capacity(64 << 10, f);
         self.size = 0;
         Ok(())
@@ -121,9 +106,7 @@ fn prune(dir: &Path, keep: usize) -> io::Result<()> {
     let mut rotated: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("requests-") && n.ends_with(".jsonl"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("requests-") && n.ends_with(".jsonl"))
         })
         .collect();
     rotated.sort();
@@ -160,12 +143,7 @@ impl PrincipalHasher {
         let tmp = path.with_extension("tmp");
         {
             use std::os::unix::fs::OpenOptionsExt;
-            let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
             f.write_all(&secret)?;
             f.sync_all()?;
         }
@@ -178,8 +156,7 @@ impl PrincipalHasher {
     }
 
     pub fn hash(&self, identity: &str) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         mac.update(identity.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..8])
     }
@@ -192,55 +169,27 @@ mod tests {
 
     fn rec(i: u64) -> RequestRecord {
         RequestRecord {
-            v: SCHEMA_VERSION,
-            ts_us: i,
-            client: None,
-            principal: None,
-            user_agent: None,
-            upstream: None,
-            repo: Some("r".into()),
-            tag: None,
-            digest: None,
-            kind: ObjectKind::Blob,
-            size: Some(i),
-            bytes_sent: i,
-            method: "GET".into(),
-            status: 200,
-            duration_us: 1,
-            outcome: CacheOutcome::Hit,
-            range: None,
-            layers: vec![],
+            v: SCHEMA_VERSION, ts_us: i, client: None, principal: None, user_agent: None, upstream: None,
+            repo: Some("r".into()), tag: None, digest: None, kind: ObjectKind::Blob, size: Some(i),
+            bytes_sent: i, method: "GET".into(), status: 200, duration_us: 1, outcome: CacheOutcome::Hit,
+            range: None, layers: vec![],
         }
     }
 
     #[test]
     fn rotates_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = TraceConfig {
-            dir: dir.path().into(),
-            max_bytes: 600,
-            keep: 2,
-        };
+        let cfg = TraceConfig { dir: dir.path().into(), max_bytes: 600, keep: 2 };
         let mut sink = Sink::open(cfg).unwrap();
         for i in 0..60 {
             sink.append(&rec(i)).unwrap();
         }
         sink.flush().unwrap();
-        let names: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let names: Vec<String> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(names.contains(&CURRENT.to_string()));
-        assert_eq!(
-            names.iter().filter(|n| n.starts_with("requests-")).count(),
-            2,
-            "{names:?}"
-        );
+        assert_eq!(names.iter().filter(|n| n.starts_with("requests-")).count(), 2, "{names:?}");
         // every line of the current file is a whole record
-        for line in fs::read_to_string(dir.path().join(CURRENT))
-            .unwrap()
-            .lines()
-        {
+        for line in fs::read_to_string(dir.path().join(CURRENT)).unwrap().lines() {
             Record::from_line(line).unwrap();
         }
     }
@@ -255,15 +204,8 @@ mod tests {
         assert_eq!(a.hash("alice").len(), 16);
         assert_ne!(a.hash("alice"), a.hash("bob"));
         let other = PrincipalHasher::with_secret([7; 32]);
-        assert_ne!(
-            a.hash("alice"),
-            other.hash("alice"),
-            "a different install gives a different value"
-        );
+        assert_ne!(a.hash("alice"), other.hash("alice"), "a different install gives a different value");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

@@ -19,10 +19,7 @@ use crate::config::{Credentials, UpstreamConfig};
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Credential {
     Anonymous,
-    Basic {
-        username: String,
-        password: String,
-    },
+    Basic { username: String, password: String },
     /// A client's token from the upstream's own token service, forwarded unchanged.
     Bearer(String),
 }
@@ -39,29 +36,17 @@ impl std::fmt::Debug for Credential {
 
 impl From<&Credentials> for Credential {
     fn from(c: &Credentials) -> Credential {
-        Credential::Basic {
-            username: c.username.clone(),
-            password: c.password.clone(),
-        }
+        Credential::Basic { username: c.username.clone(), password: c.password.clone() }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstream {upstream} could not be reached: {source}")]
-    Unreachable {
-        upstream: String,
-        source: reqwest::Error,
-    },
+    Unreachable { upstream: String, source: reqwest::Error },
     #[error("upstream {upstream}'s token service at {realm} refused a token ({status})")]
-    TokenRefused {
-        upstream: String,
-        realm: String,
-        status: StatusCode,
-    },
-    #[error(
-        "upstream {upstream} sent an authentication challenge thaw cannot follow: {challenge}"
-    )]
+    TokenRefused { upstream: String, realm: String, status: StatusCode },
+    #[error("upstream {upstream} sent an authentication challenge thaw cannot follow: {challenge}")]
     BadChallenge { upstream: String, challenge: String },
 }
 
@@ -75,10 +60,7 @@ pub struct BearerChallenge {
 
 /// Parses a challenge header. Returns `None` for non-Bearer schemes.
 pub fn parse_bearer_challenge(value: &str) -> Option<BearerChallenge> {
-    let rest = value
-        .trim()
-        .strip_prefix("Bearer ")
-        .or_else(|| value.trim().strip_prefix("bearer "))?;
+    let rest = value.trim().strip_prefix("Bearer ").or_else(|| value.trim().strip_prefix("bearer "))?;
     let mut params: HashMap<String, String> = HashMap::new();
     // key="value" pairs separated by commas; values may contain commas inside quotes (scopes).
     let mut chars = rest.chars().peekable();
@@ -142,12 +124,7 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     pub fn new(config: UpstreamConfig, http: reqwest::Client) -> Upstream {
         let base = config.url.trim_end_matches('/').to_string();
-        Upstream {
-            config,
-            base,
-            http,
-            tokens: Mutex::new(HashMap::new()),
-        }
+        Upstream { config, base, http, tokens: Mutex::new(HashMap::new()) }
     }
 
     pub fn name(&self) -> &str {
@@ -156,11 +133,7 @@ impl Upstream {
 
     /// The credential the mirror uses when a client brings none of its own for this upstream.
     pub fn default_credential(&self) -> Credential {
-        self.config
-            .credentials
-            .as_ref()
-            .map(Credential::from)
-            .unwrap_or(Credential::Anonymous)
+        self.config.credentials.as_ref().map(Credential::from).unwrap_or(Credential::Anonymous)
     }
 
     /// The repository name as the upstream knows it (Docker Hub's `library/` added).
@@ -190,21 +163,13 @@ impl Upstream {
         let scope = format!("repository:{repo}:pull");
         let first_auth = match cred {
             Credential::Bearer(t) => Some(format!("Bearer {t}")),
-            other => self
-                .cached_token(&scope, other)
-                .map(|t| format!("Bearer {t}")),
+            other => self.cached_token(&scope, other).map(|t| format!("Bearer {t}")),
         };
-        let resp = self
-            .send_once(method.clone(), &url, headers.clone(), first_auth.as_deref())
-            .await?;
+        let resp = self.send_once(method.clone(), &url, headers.clone(), first_auth.as_deref()).await?;
         if resp.status() != StatusCode::UNAUTHORIZED || matches!(cred, Credential::Bearer(_)) {
             return Ok(resp);
         }
-        let Some(challenge) = resp
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        let Some(challenge) = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string)
         else {
             return Ok(resp);
         };
@@ -220,10 +185,7 @@ impl Upstream {
             }
             return Ok(resp);
         }
-        Err(UpstreamError::BadChallenge {
-            upstream: self.name().into(),
-            challenge,
-        })
+        Err(UpstreamError::BadChallenge { upstream: self.name().into(), challenge })
     }
 
     /// The challenge the upstream gives an unauthenticated request for `repo` (with the
@@ -231,14 +193,8 @@ impl Upstream {
     /// reached. No token is fetched.
     pub async fn challenge(&self, repo: &str) -> Option<String> {
         let url = self.url(repo, "tags/list");
-        let resp = self
-            .send_once(Method::HEAD, &url, HeaderMap::new(), None)
-            .await
-            .ok()?;
-        resp.headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        let resp = self.send_once(Method::HEAD, &url, HeaderMap::new(), None).await.ok()?;
+        resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 
     async fn send_once(
@@ -258,17 +214,11 @@ impl Upstream {
             .headers(headers)
             .send()
             .await
-            .map_err(|source| UpstreamError::Unreachable {
-                upstream: self.name().into(),
-                source,
-            })
+            .map_err(|source| UpstreamError::Unreachable { upstream: self.name().into(), source })
     }
 
     fn cached_token(&self, scope: &str, cred: &Credential) -> Option<String> {
-        let key = TokenKey {
-            scope: scope.to_string(),
-            cred: cred.clone(),
-        };
+        let key = TokenKey { scope: scope.to_string(), cred: cred.clone() };
         let mut tokens = self.tokens.lock();
         match tokens.get(&key) {
             Some((t, exp)) if *exp > Instant::now() => Some(t.clone()),
@@ -280,12 +230,7 @@ impl Upstream {
         }
     }
 
-    async fn fetch_token(
-        &self,
-        bc: &BearerChallenge,
-        scope: &str,
-        cred: &Credential,
-    ) -> Result<String, UpstreamError> {
+    async fn fetch_token(&self, bc: &BearerChallenge, scope: &str, cred: &Credential) -> Result<String, UpstreamError> {
         let mut req = self.http.get(&bc.realm);
         let mut query: Vec<(&str, &str)> = Vec::new();
         if let Some(s) = &bc.service {
@@ -301,10 +246,7 @@ impl Upstream {
         let resp = req
             .send()
             .await
-            .map_err(|source| UpstreamError::Unreachable {
-                upstream: self.name().into(),
-                source,
-            })?;
+            .map_err(|source| UpstreamError::Unreachable { upstream: self.name().into(), source })?;
         if !resp.status().is_success() {
             return Err(UpstreamError::TokenRefused {
                 upstream: self.name().into(),
@@ -318,40 +260,28 @@ impl Upstream {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body: TokenResponse =
-            resp.json()
-                .await
-                .map_err(|source| UpstreamError::Unreachable {
-                    upstream: self.name().into(),
-                    source,
-                })?;
-        let token =
-            body.token
-                .or(body.access_token)
-                .ok_or_else(|| UpstreamError::BadChallenge {
-                    upstream: self.name().into(),
-                    challenge: "token response carries no token".into(),
-                })?;
+        let body: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|source| UpstreamError::Unreachable { upstream: self.name().into(), source })?;
+        let token = body.token.or(body.access_token).ok_or_else(|| UpstreamError::BadChallenge {
+            upstream: self.name().into(),
+            challenge: "token response carries no token".into(),
+        })?;
         let life = token_cache_life(body.expires_in);
         if !life.is_zero() {
             let mut tokens = self.tokens.lock();
-            // Bounded: one token per (repository scope, credential) would otherwise grow with every
-            // repository name anyone asks for. Expired tokens go first; past the bound, all of them
-            // (they are re-fetched on demand).
+        // Bounded: one token per (repository scope, credential) would otherwise grow with every
+        // repository name anyone asks for. Expired tokens go first; past the bound, all of them
+        // (they are re-fetched on demand).
+        if tokens.len() >= MAX_CACHED_TOKENS {
+            let now = Instant::now();
+            tokens.retain(|_, (_, exp)| *exp > now);
             if tokens.len() >= MAX_CACHED_TOKENS {
-                let now = Instant::now();
-                tokens.retain(|_, (_, exp)| *exp > now);
-                if tokens.len() >= MAX_CACHED_TOKENS {
-                    tokens.clear();
-                }
+                tokens.clear();
             }
-            tokens.insert(
-                TokenKey {
-                    scope: scope.to_string(),
-                    cred: cred.clone(),
-                },
-                (token.clone(), Instant::now() + life),
-            );
+        }
+        tokens.insert(TokenKey { scope: scope.to_string(), cred: cred.clone() }, (token.clone(), Instant::now() + life));
         }
         Ok(token)
     }
@@ -367,10 +297,7 @@ fn token_cache_life(expires_in: Option<u64>) -> Duration {
 
 pub fn basic_header(username: &str, password: &str) -> String {
     let raw = format!("{username}:{password}");
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    )
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
 }
 
 #[cfg(test)]
@@ -385,16 +312,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.realm, "https://auth.docker.io/token");
         assert_eq!(c.service.as_deref(), Some("registry.docker.io"));
-        assert_eq!(
-            c.scope.as_deref(),
-            Some("repository:library/alpine:pull,push")
-        );
+        assert_eq!(c.scope.as_deref(), Some("repository:library/alpine:pull,push"));
         assert_eq!(parse_bearer_challenge("Basic realm=\"x\""), None);
-        assert_eq!(
-            parse_bearer_challenge("Bearer service=\"x\""),
-            None,
-            "realm is required"
-        );
+        assert_eq!(parse_bearer_challenge("Bearer service=\"x\""), None, "realm is required");
         assert!(parse_bearer_challenge("Bearer realm=unquoted,service=s").is_some());
     }
 
@@ -412,10 +332,7 @@ mod tests {
         let hub = Upstream::new(UpstreamConfig::docker_hub(), reqwest::Client::new());
         assert_eq!(hub.upstream_repo("alpine"), "library/alpine");
         assert_eq!(hub.upstream_repo("team/app"), "team/app");
-        let other = Upstream::new(
-            UpstreamConfig::from_url("http://127.0.0.1:5001").unwrap(),
-            reqwest::Client::new(),
-        );
+        let other = Upstream::new(UpstreamConfig::from_url("http://127.0.0.1:5001").unwrap(), reqwest::Client::new());
         assert_eq!(other.name(), "127.0.0.1:5001");
         assert_eq!(other.upstream_repo("alpine"), "alpine");
     }

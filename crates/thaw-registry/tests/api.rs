@@ -13,10 +13,7 @@ fn sha(data: &[u8]) -> String {
 
 /// Pushes `data` as a blob with a chunked upload (POST, PATCH..., PUT) and returns its digest.
 fn push_chunked(c: &Client, base: &str, repo: &str, data: &[u8], chunk: usize) -> String {
-    let r = c
-        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-        .send()
-        .unwrap();
+    let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().unwrap();
     assert_eq!(r.status(), 202);
     let mut loc = r.headers()["location"].to_str().unwrap().to_string();
     let mut off = 0;
@@ -30,10 +27,7 @@ fn push_chunked(c: &Client, base: &str, repo: &str, data: &[u8], chunk: usize) -
             .unwrap();
         assert_eq!(r.status(), 202);
         off += part.len();
-        assert_eq!(
-            r.headers()["range"].to_str().unwrap(),
-            format!("0-{}", off - 1)
-        );
+        assert_eq!(r.headers()["range"].to_str().unwrap(), format!("0-{}", off - 1));
         loc = r.headers()["location"].to_str().unwrap().to_string();
     }
     let d = sha(data);
@@ -49,30 +43,15 @@ fn chunked_upload_status_resume_and_errors() {
     let c = Client::new();
     let data = filler(7, 300_000);
     let d = push_chunked(&c, &base, "team/blobs", &data, 64 * 1024);
-    let got = c
-        .get(format!("{base}/v2/team/blobs/blobs/{d}"))
-        .send()
-        .unwrap();
+    let got = c.get(format!("{base}/v2/team/blobs/blobs/{d}")).send().unwrap();
     assert_eq!(got.headers()["docker-content-digest"].to_str().unwrap(), d);
     assert_eq!(got.bytes().unwrap().as_ref(), data.as_slice());
 
     // A chunk that does not start where the upload ends: 416, and the upload is unharmed.
-    let r = c
-        .post(format!("{base}/v2/team/blobs/blobs/uploads/"))
-        .send()
-        .unwrap();
+    let r = c.post(format!("{base}/v2/team/blobs/blobs/uploads/")).send().unwrap();
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    c.patch(format!("{base}{loc}"))
-        .header("Content-Range", "0-9")
-        .body(vec![1u8; 10])
-        .send()
-        .unwrap();
-    let r = c
-        .patch(format!("{base}{loc}"))
-        .header("Content-Range", "20-29")
-        .body(vec![1u8; 10])
-        .send()
-        .unwrap();
+    c.patch(format!("{base}{loc}")).header("Content-Range", "0-9").body(vec![1u8; 10]).send().unwrap();
+    let r = c.patch(format!("{base}{loc}")).header("Content-Range", "20-29").body(vec![1u8; 10]).send().unwrap();
     assert_eq!(r.status(), 416);
     let r = c.get(format!("{base}{loc}")).send().unwrap();
     assert_eq!(r.status(), 204);
@@ -83,100 +62,39 @@ fn chunked_upload_status_resume_and_errors() {
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
-    assert_eq!(
-        c.head(format!("{base}/v2/team/blobs/blobs/{wrong}"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(c.head(format!("{base}/v2/team/blobs/blobs/{wrong}")).send().unwrap().status(), 404);
     // Cancelled and unknown uploads.
-    let r = c
-        .post(format!("{base}/v2/team/blobs/blobs/uploads/"))
-        .send()
-        .unwrap();
+    let r = c.post(format!("{base}/v2/team/blobs/blobs/uploads/")).send().unwrap();
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        c.delete(format!("{base}{loc}")).send().unwrap().status(),
-        204
-    );
+    assert_eq!(c.delete(format!("{base}{loc}")).send().unwrap().status(), 204);
     let r = c.get(format!("{base}{loc}")).send().unwrap();
     assert_eq!(r.status(), 404);
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(v["errors"][0]["code"], "BLOB_UPLOAD_UNKNOWN");
-    assert_eq!(
-        c.get(format!("{base}/v2/team/blobs/blobs/uploads/not-an-id"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(c.get(format!("{base}/v2/team/blobs/blobs/uploads/not-an-id")).send().unwrap().status(), 404);
 
     // Monolithic POST with ?digest=.
     let small = b"monolithic blob".to_vec();
     let ds = sha(&small);
-    let r = c
-        .post(format!("{base}/v2/team/blobs/blobs/uploads/?digest={ds}"))
-        .body(small.clone())
-        .send()
-        .unwrap();
+    let r = c.post(format!("{base}/v2/team/blobs/blobs/uploads/?digest={ds}")).body(small.clone()).send().unwrap();
     assert_eq!(r.status(), 201);
-    assert_eq!(
-        c.get(format!("{base}/v2/team/blobs/blobs/{ds}"))
-            .send()
-            .unwrap()
-            .bytes()
-            .unwrap()
-            .as_ref(),
-        small.as_slice()
-    );
+    assert_eq!(c.get(format!("{base}/v2/team/blobs/blobs/{ds}")).send().unwrap().bytes().unwrap().as_ref(), small.as_slice());
     // A blob is only visible under repositories it was pushed or mounted to.
-    assert_eq!(
-        c.head(format!("{base}/v2/elsewhere/blobs/{ds}"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
-    let r = c
-        .post(format!(
-            "{base}/v2/elsewhere/blobs/uploads/?mount={ds}&from=team/blobs"
-        ))
-        .send()
-        .unwrap();
+    assert_eq!(c.head(format!("{base}/v2/elsewhere/blobs/{ds}")).send().unwrap().status(), 404);
+    let r = c.post(format!("{base}/v2/elsewhere/blobs/uploads/?mount={ds}&from=team/blobs")).send().unwrap();
     assert_eq!(r.status(), 201);
-    assert_eq!(
-        c.head(format!("{base}/v2/elsewhere/blobs/{ds}"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(c.head(format!("{base}/v2/elsewhere/blobs/{ds}")).send().unwrap().status(), 200);
 }
 
-fn push_image(
-    c: &Client,
-    base: &str,
-    repo: &str,
-    tag: &str,
-    media_type: &str,
-    seed: u64,
-) -> (String, Vec<u8>) {
+fn push_image(c: &Client, base: &str, repo: &str, tag: &str, media_type: &str, seed: u64) -> (String, Vec<u8>) {
     let layer = filler(seed, 1000);
-    let config =
-        format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed}}}").into_bytes();
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed}}}").into_bytes();
     let ld = push_chunked(c, base, repo, &layer, 4096);
     let cd = push_chunked(c, base, repo, &config, 4096);
     let (cfg_type, layer_type) = if media_type.contains("docker") {
-        (
-            "application/vnd.docker.container.image.v1+json",
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        )
+        ("application/vnd.docker.container.image.v1+json", "application/vnd.docker.image.rootfs.diff.tar.gzip")
     } else {
-        (
-            "application/vnd.oci.image.config.v1+json",
-            "application/vnd.oci.image.layer.v1.tar",
-        )
+        ("application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar")
     };
     let m = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": media_type,
@@ -184,12 +102,7 @@ fn push_image(
         "layers": [{"mediaType": layer_type, "digest": ld, "size": layer.len()}]
     }))
     .unwrap();
-    let r = c
-        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
-        .header("Content-Type", media_type)
-        .body(m.clone())
-        .send()
-        .unwrap();
+    let r = c.put(format!("{base}/v2/{repo}/manifests/{tag}")).header("Content-Type", media_type).body(m.clone()).send().unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
     (sha(&m), m)
 }
@@ -205,32 +118,16 @@ fn manifest_media_types_index_and_tag_pagination() {
     let (d2, m2) = push_image(&c, &base, "lib/app", "oci", oci, 2);
     for (tag, d, m, mt) in [("docker", &d1, &m1, docker_v2), ("oci", &d2, &m2, oci)] {
         for reference in [tag, d.as_str()] {
-            let r = c
-                .get(format!("{base}/v2/lib/app/manifests/{reference}"))
-                .send()
-                .unwrap();
+            let r = c.get(format!("{base}/v2/lib/app/manifests/{reference}")).send().unwrap();
             assert_eq!(r.status(), 200);
             assert_eq!(r.headers()["content-type"].to_str().unwrap(), mt);
             assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), d);
-            assert_eq!(
-                r.headers()["content-length"].to_str().unwrap(),
-                m.len().to_string()
-            );
-            assert_eq!(
-                r.bytes().unwrap().as_ref(),
-                m.as_slice(),
-                "bytes must be served exactly as pushed"
-            );
+            assert_eq!(r.headers()["content-length"].to_str().unwrap(), m.len().to_string());
+            assert_eq!(r.bytes().unwrap().as_ref(), m.as_slice(), "bytes must be served exactly as pushed");
         }
     }
     // An OCI index over both, and a Docker manifest list.
-    for (tag, mt) in [
-        ("multi", "application/vnd.oci.image.index.v1+json"),
-        (
-            "list",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-        ),
-    ] {
+    for (tag, mt) in [("multi", "application/vnd.oci.image.index.v1+json"), ("list", "application/vnd.docker.distribution.manifest.list.v2+json")] {
         let idx = serde_json::to_vec(&json!({
             "schemaVersion": 2, "mediaType": mt,
             "manifests": [
@@ -239,102 +136,38 @@ fn manifest_media_types_index_and_tag_pagination() {
             ]
         }))
         .unwrap();
-        let r = c
-            .put(format!("{base}/v2/lib/app/manifests/{tag}"))
-            .header("Content-Type", mt)
-            .body(idx.clone())
-            .send()
-            .unwrap();
+        let r = c.put(format!("{base}/v2/lib/app/manifests/{tag}")).header("Content-Type", mt).body(idx.clone()).send().unwrap();
         assert_eq!(r.status(), 201);
-        let r = c
-            .head(format!("{base}/v2/lib/app/manifests/{tag}"))
-            .send()
-            .unwrap();
+        let r = c.head(format!("{base}/v2/lib/app/manifests/{tag}")).send().unwrap();
         assert_eq!(r.headers()["content-type"].to_str().unwrap(), mt);
-        assert_eq!(
-            r.headers()["docker-content-digest"].to_str().unwrap(),
-            sha(&idx)
-        );
+        assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), sha(&idx));
     }
     // A manifest referencing a blob never pushed is refused with MANIFEST_BLOB_UNKNOWN.
     let bad = serde_json::to_vec(&json!({"schemaVersion":2,"mediaType":oci,
         "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":sha(b"nope"),"size":4},"layers":[]})).unwrap();
-    let r = c
-        .put(format!("{base}/v2/lib/app/manifests/bad"))
-        .header("Content-Type", oci)
-        .body(bad)
-        .send()
-        .unwrap();
+    let r = c.put(format!("{base}/v2/lib/app/manifests/bad")).header("Content-Type", oci).body(bad).send().unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(
-        r.json::<serde_json::Value>().unwrap()["errors"][0]["code"],
-        "MANIFEST_BLOB_UNKNOWN"
-    );
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["errors"][0]["code"], "MANIFEST_BLOB_UNKNOWN");
     // Garbage manifests are refused with MANIFEST_INVALID.
-    let r = c
-        .put(format!("{base}/v2/lib/app/manifests/junk"))
-        .header("Content-Type", oci)
-        .body("{not json")
-        .send()
-        .unwrap();
-    assert_eq!(
-        r.json::<serde_json::Value>().unwrap()["errors"][0]["code"],
-        "MANIFEST_INVALID"
-    );
+    let r = c.put(format!("{base}/v2/lib/app/manifests/junk")).header("Content-Type", oci).body("{not json").send().unwrap();
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["errors"][0]["code"], "MANIFEST_INVALID");
 
     // Tag listing with pagination: n and last, and a Link header to the next page.
     for t in ["b", "a", "c"] {
         let (_, m) = (0, &m2);
-        let r = c
-            .put(format!("{base}/v2/lib/app/manifests/{t}"))
-            .header("Content-Type", oci)
-            .body(m.clone())
-            .send()
-            .unwrap();
+        let r = c.put(format!("{base}/v2/lib/app/manifests/{t}")).header("Content-Type", oci).body(m.clone()).send().unwrap();
         assert_eq!(r.status(), 201);
     }
-    let all: serde_json::Value = c
-        .get(format!("{base}/v2/lib/app/tags/list"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(
-        all["tags"],
-        json!(["a", "b", "c", "docker", "list", "multi", "oci"])
-    );
-    let r = c
-        .get(format!("{base}/v2/lib/app/tags/list?n=2"))
-        .send()
-        .unwrap();
+    let all: serde_json::Value = c.get(format!("{base}/v2/lib/app/tags/list")).send().unwrap().json().unwrap();
+    assert_eq!(all["tags"], json!(["a", "b", "c", "docker", "list", "multi", "oci"]));
+    let r = c.get(format!("{base}/v2/lib/app/tags/list?n=2")).send().unwrap();
     let link = r.headers()["link"].to_str().unwrap().to_string();
-    assert_eq!(
-        r.json::<serde_json::Value>().unwrap()["tags"],
-        json!(["a", "b"])
-    );
-    assert!(
-        link.contains("last=b") && link.contains("rel=\"next\""),
-        "{link}"
-    );
-    let r = c
-        .get(format!("{base}/v2/lib/app/tags/list?n=3&last=b"))
-        .send()
-        .unwrap();
-    assert_eq!(
-        r.json::<serde_json::Value>().unwrap()["tags"],
-        json!(["c", "docker", "list"])
-    );
-    let r = c
-        .get(format!("{base}/v2/lib/app/tags/list?n=10&last=oci"))
-        .send()
-        .unwrap();
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["tags"], json!(["a", "b"]));
+    assert!(link.contains("last=b") && link.contains("rel=\"next\""), "{link}");
+    let r = c.get(format!("{base}/v2/lib/app/tags/list?n=3&last=b")).send().unwrap();
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["tags"], json!(["c", "docker", "list"]));
+    let r = c.get(format!("{base}/v2/lib/app/tags/list?n=10&last=oci")).send().unwrap();
     assert!(r.headers().get("link").is_none());
     assert_eq!(r.json::<serde_json::Value>().unwrap()["tags"], json!([]));
-    assert_eq!(
-        c.get(format!("{base}/v2/never/pushed/tags/list"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(c.get(format!("{base}/v2/never/pushed/tags/list")).send().unwrap().status(), 404);
 }

@@ -12,16 +12,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use thaw_registry::RegistryConfig;
-use thaw_testkit::fake_upstream::{FakeImage, FakeUpstream, Fault, Kind};
+use thaw_testkit::fake_upstream::{Fault, FakeImage, FakeUpstream, Kind};
 use thaw_testkit::{filler, upstream, Thaw};
 
 const REPO: &str = "team/app";
 
 fn mirror_cfg(fake: &FakeUpstream) -> RegistryConfig {
-    RegistryConfig {
-        upstreams: vec![upstream("fake", &fake.url(), true)],
-        ..Default::default()
-    }
+    RegistryConfig { upstreams: vec![upstream("fake", &fake.url(), true)], ..Default::default() }
 }
 
 fn mirror(fake: &FakeUpstream) -> Thaw {
@@ -29,10 +26,7 @@ fn mirror(fake: &FakeUpstream) -> Thaw {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
 
 fn blob_url(thaw: &Thaw, repo: &str, d: &str) -> String {
@@ -64,10 +58,7 @@ fn stored(thaw: &Thaw, d: &str) -> bool {
 /// GETs the image's manifest by tag through thaw: links its blobs to the repository and records
 /// the repository as public, so later blob requests go straight to the fetch path.
 fn warm_manifest(thaw: &Thaw, img: &FakeImage) {
-    let r = client()
-        .get(manifest_url(thaw, &img.repo, &img.tag))
-        .send()
-        .unwrap();
+    let r = client().get(manifest_url(thaw, &img.repo, &img.tag)).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().as_ref(), img.manifest.as_slice());
 }
@@ -116,19 +107,11 @@ fn wrong_bytes_cut_every_waiter_and_nothing_is_stored() {
         })
         .collect();
     wait_until("every client joined the flight", || {
-        metric_with(&thaw, "thaw_cache_misses_total", "kind=\"blob\"")
-            + thaw.metric("thaw_coalesced_waiters_total")
-            >= CLIENTS as f64
+        metric_with(&thaw, "thaw_cache_misses_total", "kind=\"blob\"") + thaw.metric("thaw_coalesced_waiters_total") >= CLIENTS as f64
     });
-    assert_eq!(
-        metric_with(&thaw, "thaw_cache_misses_total", "kind=\"blob\""),
-        1.0,
-        "one flight for all clients"
-    );
+    assert_eq!(metric_with(&thaw, "thaw_cache_misses_total", "kind=\"blob\""), 1.0, "one flight for all clients");
     // Release only once the flight's request is at the upstream and its body is being held.
-    wait_until("the flight's GET reached the upstream", || {
-        fake.count("GET", &path) == 1
-    });
+    wait_until("the flight's GET reached the upstream", || fake.count("GET", &path) == 1);
     fake.release();
     for t in tasks {
         match rt.block_on(t).unwrap() {
@@ -143,29 +126,19 @@ fn wrong_bytes_cut_every_waiter_and_nothing_is_stored() {
                     thaw.metric("thaw_digest_mismatches_total"),
                     fake.log()
                 );
-                assert!(
-                    status != 200 || cut,
-                    "a 200 body ended cleanly although it was short"
-                );
+                assert!(status != 200 || cut, "a 200 body ended cleanly although it was short");
             }
         }
     }
     assert_eq!(thaw.metric("thaw_digest_mismatches_total"), 1.0);
-    assert!(
-        !stored(&thaw, &ld),
-        "a blob that failed verification was stored"
-    );
+    assert!(!stored(&thaw, &ld), "a blob that failed verification was stored");
     assert_eq!(fake.count("GET", &path), 1);
 
     // The next request fetches again, and this time the upstream is honest.
     let r = client().get(&url).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().as_ref(), layer.as_slice());
-    assert_eq!(
-        fake.count("GET", &path),
-        2,
-        "the failed blob was not fetched again"
-    );
+    assert_eq!(fake.count("GET", &path), 2, "the failed blob was not fetched again");
     wait_until("the blob is committed", || stored(&thaw, &ld));
 }
 
@@ -187,31 +160,14 @@ fn truncated_body_is_resumed_with_range() {
     assert!(thaw.metric("thaw_upstream_resumes_total") >= 1.0);
     let path = format!("/v2/{REPO}/blobs/{ld}");
     let log = fake.log();
-    let resumes: Vec<_> = log
-        .iter()
-        .filter(|l| l.path == path && l.method == "GET" && l.range.is_some())
-        .collect();
-    assert!(
-        !resumes.is_empty(),
-        "no Range request reached the upstream: {log:?}"
-    );
+    let resumes: Vec<_> = log.iter().filter(|l| l.path == path && l.method == "GET" && l.range.is_some()).collect();
+    assert!(!resumes.is_empty(), "no Range request reached the upstream: {log:?}");
     for r in &resumes {
-        let from: u64 = r
-            .range
-            .as_deref()
-            .unwrap()
-            .trim_start_matches("bytes=")
-            .trim_end_matches('-')
-            .parse()
-            .unwrap();
+        let from: u64 = r.range.as_deref().unwrap().trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
         assert!(from > 0 && from <= 700_000, "resumed from {from}");
         assert_eq!(r.status, 206);
     }
-    assert_eq!(
-        thaw.metric("thaw_upstream_bytes_total") as usize - fetched_before,
-        layer.len(),
-        "bytes were fetched twice"
-    );
+    assert_eq!(thaw.metric("thaw_upstream_bytes_total") as usize - fetched_before, layer.len(), "bytes were fetched twice");
     wait_until("the blob is committed", || stored(&thaw, &ld));
 }
 
@@ -233,19 +189,13 @@ fn upstream_ignoring_range_on_resume_still_gives_the_right_blob() {
     assert!(thaw.metric("thaw_upstream_resumes_total") >= 1.0);
     let path = format!("/v2/{REPO}/blobs/{ld}");
     assert!(
-        fake.log()
-            .iter()
-            .any(|l| l.path == path && l.range.is_some() && l.status == 200),
+        fake.log().iter().any(|l| l.path == path && l.range.is_some() && l.status == 200),
         "the resume was not answered with a 200: {:?}",
         fake.log()
     );
     wait_until("the blob is committed", || stored(&thaw, &ld));
     // A ranged read of the committed blob is right too.
-    let r = client()
-        .get(blob_url(&thaw, REPO, &ld))
-        .header("Range", "bytes=299990-300009")
-        .send()
-        .unwrap();
+    let r = client().get(blob_url(&thaw, REPO, &ld)).header("Range", "bytes=299990-300009").send().unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().unwrap().as_ref(), &layer[299_990..300_010]);
 }
@@ -257,21 +207,12 @@ fn upstream_ignoring_range_on_resume_still_gives_the_right_blob() {
 fn rate_limits_and_outages_on_a_blob_miss_reach_the_client() {
     let fake = FakeUpstream::start();
     let known = fake.put_image(REPO, "v1", &[filler(4, 100_000), filler(5, 100_000)]);
-    let fresh = fake.put_image(
-        "team/fresh",
-        "v1",
-        &[filler(6, 100_000), filler(7, 100_000)],
-    );
+    let fresh = fake.put_image("team/fresh", "v1", &[filler(6, 100_000), filler(7, 100_000)]);
     let thaw = mirror(&fake);
     warm_manifest(&thaw, &known);
     let c = client();
     // A lasting 503 (every attempt fails); a single one is absorbed by a retry, see below.
-    for (img, status, i) in [
-        (&known, 429u16, 0usize),
-        (&known, 503, 1),
-        (&fresh, 429, 0),
-        (&fresh, 503, 1),
-    ] {
+    for (img, status, i) in [(&known, 429u16, 0usize), (&known, 503, 1), (&fresh, 429, 0), (&fresh, 503, 1)] {
         if status == 503 {
             fake.set(Kind::Blob, Fault::Status(503));
         }
@@ -282,32 +223,14 @@ fn rate_limits_and_outages_on_a_blob_miss_reach_the_client() {
         let r = c.get(blob_url(&thaw, &img.repo, ld)).send().unwrap();
         fake.heal();
         assert_eq!(r.status().as_u16(), status, "{} {ld}", img.repo);
-        assert!(r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .contains("json"));
-        let retry_after = r
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
+        assert!(r.headers()["content-type"].to_str().unwrap().contains("json"));
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
         let v: serde_json::Value = r.json().unwrap();
-        let code = v["errors"][0]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert!(
-            v["errors"][0]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{v}"
-        );
+        let code = v["errors"][0]["code"].as_str().unwrap_or_default().to_string();
+        assert!(v["errors"][0]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
         if status == 429 {
             assert_eq!(code, "TOOMANYREQUESTS", "{v}");
-            assert_eq!(
-                retry_after.as_deref(),
-                Some("1"),
-                "the upstream's Retry-After was not relayed"
-            );
+            assert_eq!(retry_after.as_deref(), Some("1"), "the upstream's Retry-After was not relayed");
         } else {
             assert!(!code.is_empty(), "{v}");
         }
@@ -325,22 +248,13 @@ fn rate_limits_and_outages_on_a_blob_miss_reach_the_client() {
 #[test]
 fn passing_upstream_errors_before_the_first_byte_are_retried() {
     let fake = FakeUpstream::start();
-    let img = fake.put_image(
-        REPO,
-        "v1",
-        &[filler(21, 50_000), filler(22, 50_000), filler(23, 50_000)],
-    );
+    let img = fake.put_image(REPO, "v1", &[filler(21, 50_000), filler(22, 50_000), filler(23, 50_000)]);
     let mut cfg = mirror_cfg(&fake);
     cfg.fetch_retries = 2;
     let thaw = Thaw::start(cfg);
     warm_manifest(&thaw, &img);
     let c = client();
-    let gets = |d: &str| {
-        fake.log()
-            .iter()
-            .filter(|l| l.method == "GET" && l.path.ends_with(&format!("/blobs/{d}")))
-            .count()
-    };
+    let gets = |d: &str| fake.log().iter().filter(|l| l.method == "GET" && l.path.ends_with(&format!("/blobs/{d}"))).count();
 
     // one 502: absorbed
     let (ld, data) = &img.layers[0];
@@ -408,17 +322,8 @@ fn hanging_upstream_gives_an_error_within_the_timeout() {
     fake.push_once(Kind::Blob, Fault::Normal.stalled_at(100_000));
     let t0 = Instant::now();
     let r = client().get(blob_url(&thaw, REPO, ld)).send().unwrap();
-    assert_eq!(
-        r.status(),
-        200,
-        "the headers were sent as the upstream's arrived"
-    );
-    if let Ok(b) = r.bytes() {
-        assert!(
-            b.len() < data.len(),
-            "a stalled fetch produced a complete body"
-        )
-    }
+    assert_eq!(r.status(), 200, "the headers were sent as the upstream's arrived");
+    if let Ok(b) = r.bytes() { assert!(b.len() < data.len(), "a stalled fetch produced a complete body") }
     assert!(t0.elapsed() < bound, "took {:?}", t0.elapsed());
     assert!(!stored(&thaw, ld));
     fake.heal();
@@ -448,16 +353,9 @@ fn expired_tag_is_served_stale_when_the_upstream_cannot_answer() {
         }
         let r = c.get(&url).send().unwrap();
         assert_eq!(r.status(), 200, "{fault:?}");
-        assert_eq!(
-            r.headers().get("x-thaw-stale").map(|v| v.to_str().unwrap()),
-            Some("1"),
-            "{fault:?}"
-        );
+        assert_eq!(r.headers().get("x-thaw-stale").map(|v| v.to_str().unwrap()), Some("1"), "{fault:?}");
         assert_eq!(r.headers()["x-thaw-cache"], "stale");
-        assert_eq!(
-            r.headers()["docker-content-digest"].to_str().unwrap(),
-            img.manifest_digest
-        );
+        assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), img.manifest_digest);
         assert_eq!(r.bytes().unwrap().as_ref(), img.manifest.as_slice());
         expected_stale += 1.0;
         assert_eq!(thaw.metric("thaw_stale_answers_total"), expected_stale);
@@ -466,20 +364,14 @@ fn expired_tag_is_served_stale_when_the_upstream_cannot_answer() {
     fake.come_up();
     let r = c.get(&url).send().unwrap();
     assert_eq!(r.status(), 200);
-    assert!(
-        r.headers().get("x-thaw-stale").is_none(),
-        "a fresh answer was marked stale"
-    );
+    assert!(r.headers().get("x-thaw-stale").is_none(), "a fresh answer was marked stale");
     assert_eq!(thaw.metric("thaw_stale_answers_total"), expected_stale);
 
     // A tag that moved while cached is followed once revalidation works.
     let img2 = fake.put_image(REPO, "v2", &[filler(11, 10_000)]);
     fake.retag(REPO, "v1", &img2.manifest_digest);
     let r = c.get(&url).send().unwrap();
-    assert_eq!(
-        r.headers()["docker-content-digest"].to_str().unwrap(),
-        img2.manifest_digest
-    );
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), img2.manifest_digest);
 }
 
 /// Content addressed by digest is immutable: a warm GET or HEAD by digest sends nothing upstream,
@@ -505,17 +397,11 @@ fn content_by_digest_is_never_revalidated() {
             fake.go_down();
         }
         fake.clear_log();
-        let r = c
-            .get(manifest_url(&thaw, REPO, &img.manifest_digest))
-            .send()
-            .unwrap();
+        let r = c.get(manifest_url(&thaw, REPO, &img.manifest_digest)).send().unwrap();
         assert_eq!(r.status(), 200, "down={down}");
         assert_eq!(r.headers()["x-thaw-cache"], "hit");
         assert_eq!(r.bytes().unwrap().as_ref(), img.manifest.as_slice());
-        let r = c
-            .head(manifest_url(&thaw, REPO, &img.manifest_digest))
-            .send()
-            .unwrap();
+        let r = c.head(manifest_url(&thaw, REPO, &img.manifest_digest)).send().unwrap();
         assert_eq!(r.status(), 200);
         for (d, data) in &blobs {
             let r = c.get(blob_url(&thaw, REPO, d)).send().unwrap();
@@ -524,17 +410,9 @@ fn content_by_digest_is_never_revalidated() {
             assert_eq!(r.bytes().unwrap().as_ref(), data.as_slice());
             let r = c.head(blob_url(&thaw, REPO, d)).send().unwrap();
             assert_eq!(r.status(), 200);
-            assert_eq!(
-                r.headers()["content-length"].to_str().unwrap(),
-                data.len().to_string()
-            );
+            assert_eq!(r.headers()["content-length"].to_str().unwrap(), data.len().to_string());
         }
-        assert_eq!(
-            fake.registry_requests(),
-            0,
-            "down={down}: requests went upstream: {:?}",
-            fake.log()
-        );
+        assert_eq!(fake.registry_requests(), 0, "down={down}: requests went upstream: {:?}", fake.log());
     }
 }
 
@@ -549,12 +427,7 @@ fn manifest_over_4_mib_is_refused() {
         r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[],"annotations":{{"pad":"{pad}"}}}}"#,
         "0".repeat(64)
     );
-    let d = fake.put_manifest(
-        REPO,
-        Some("huge"),
-        "application/vnd.oci.image.manifest.v1+json",
-        body.as_bytes(),
-    );
+    let d = fake.put_manifest(REPO, Some("huge"), "application/vnd.oci.image.manifest.v1+json", body.as_bytes());
     let thaw = mirror(&fake);
     let c = client();
     for chunked in [false, true] {
@@ -563,11 +436,7 @@ fn manifest_over_4_mib_is_refused() {
         }
         for reference in ["huge", d.as_str()] {
             let r = c.get(manifest_url(&thaw, REPO, reference)).send().unwrap();
-            assert!(
-                r.status().is_client_error() || r.status().is_server_error(),
-                "chunked={chunked} {reference}: {}",
-                r.status()
-            );
+            assert!(r.status().is_client_error() || r.status().is_server_error(), "chunked={chunked} {reference}: {}", r.status());
             let v: serde_json::Value = r.json().unwrap();
             assert_eq!(v["errors"][0]["code"], "MANIFEST_INVALID", "{v}");
         }
@@ -606,21 +475,13 @@ fn manifest_answer_does_not_wait_for_a_stalled_layer() {
         got
     });
     // The blob is in flight: its first bytes reached the client.
-    wait_until("the stalled blob's first bytes arrived", || {
-        received.load(Ordering::SeqCst) > 0
-    });
+    wait_until("the stalled blob's first bytes arrived", || received.load(Ordering::SeqCst) > 0);
 
-    let r = client()
-        .get(manifest_url(&thaw, REPO, "v1"))
-        .send()
-        .unwrap();
+    let r = client().get(manifest_url(&thaw, REPO, "v1")).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-thaw-cache"], "miss");
     assert_eq!(r.bytes().unwrap().as_ref(), img.manifest.as_slice());
-    assert!(
-        !blob_done.load(Ordering::SeqCst),
-        "the blob finished before the manifest: the test proved nothing"
-    );
+    assert!(!blob_done.load(Ordering::SeqCst), "the blob finished before the manifest: the test proved nothing");
     assert!(received.load(Ordering::SeqCst) <= 1_000_000);
 
     fake.release();
@@ -636,10 +497,7 @@ fn blob_streams_through_uncached_when_pinned_content_fills_the_store() {
     let fake = FakeUpstream::start();
     let (x, y) = (filler(15, 2_000_000), filler(16, 2_000_000));
     let img = fake.put_image(REPO, "v1", &[x.clone(), y.clone()]);
-    let store_cfg = thaw_store::StoreConfig {
-        capacity: Some(3_000_000),
-        ..Default::default()
-    };
+    let store_cfg = thaw_store::StoreConfig { capacity: Some(3_000_000), ..Default::default() };
     let thaw = Thaw::start_with_store(mirror_cfg(&fake), store_cfg);
     warm_manifest(&thaw, &img);
     let (dx, dy) = (img.layers[0].0.clone(), img.layers[1].0.clone());
@@ -648,24 +506,15 @@ fn blob_streams_through_uncached_when_pinned_content_fills_the_store() {
     assert_eq!(r.bytes().unwrap().as_ref(), x.as_slice());
     wait_until("x is committed", || stored(&thaw, &dx));
     // x is in use (as by a running sandbox or a slow client): it cannot be evicted.
-    let pin = thaw
-        .registry
-        .store()
-        .pin(&digest(&dx))
-        .expect("x is present");
+    let pin = thaw.registry.store().pin(&digest(&dx)).expect("x is present");
 
     for round in 0..2 {
         let r = c.get(blob_url(&thaw, REPO, &dy)).send().unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-thaw-cache"], "pass-through", "round {round}");
         assert_eq!(r.bytes().unwrap().as_ref(), y.as_slice());
-        wait_until("the pass-through is counted", || {
-            thaw.metric("thaw_pass_through_total") >= (round + 1) as f64
-        });
-        assert!(
-            !stored(&thaw, &dy),
-            "y was cached although pinned x leaves no room"
-        );
+        wait_until("the pass-through is counted", || thaw.metric("thaw_pass_through_total") >= (round + 1) as f64);
+        assert!(!stored(&thaw, &dy), "y was cached although pinned x leaves no room");
         assert!(stored(&thaw, &dx), "pinned x was evicted");
     }
     // Unpinned, x may go: y is cached on its next fetch.
@@ -694,6 +543,7 @@ fn chunked_upstream_blob_is_relayed_and_verified() {
     assert_eq!(fake.count("GET", &format!("/v2/{REPO}/blobs/{ld}")), 1);
 }
 
+
 /// A manifest asked by digest whose bytes do not match is refused (502, DIGEST_INVALID), counted,
 /// and not stored; asked by tag, bytes that are not a manifest are refused too. Once the upstream
 /// is honest again, both work.
@@ -704,10 +554,7 @@ fn wrong_manifest_bytes_are_refused_and_not_stored() {
     let thaw = mirror(&fake);
     let c = client();
     fake.set(Kind::Manifest, Fault::WrongBytes);
-    let r = c
-        .get(manifest_url(&thaw, REPO, &img.manifest_digest))
-        .send()
-        .unwrap();
+    let r = c.get(manifest_url(&thaw, REPO, &img.manifest_digest)).send().unwrap();
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().unwrap();
     assert_eq!(v["errors"][0]["code"], "DIGEST_INVALID");
@@ -716,17 +563,11 @@ fn wrong_manifest_bytes_are_refused_and_not_stored() {
     assert_eq!(r.status(), 502, "garbage served as a manifest");
     assert!(!stored(&thaw, &img.manifest_digest));
     fake.heal();
-    let r = c
-        .get(manifest_url(&thaw, REPO, &img.manifest_digest))
-        .send()
-        .unwrap();
+    let r = c.get(manifest_url(&thaw, REPO, &img.manifest_digest)).send().unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().as_ref(), img.manifest.as_slice());
     let r = c.get(manifest_url(&thaw, REPO, "v1")).send().unwrap();
-    assert_eq!(
-        r.headers()["docker-content-digest"].to_str().unwrap(),
-        img.manifest_digest
-    );
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), img.manifest_digest);
 }
 
 mod random_faults {
@@ -763,12 +604,7 @@ mod random_faults {
 
     fn case() -> impl Strategy<Value = Case> {
         (50_000u64..600_000).prop_flat_map(|size| {
-            (
-                Just(size),
-                proptest::collection::vec(fault(), 1..4),
-                any::<bool>(),
-                proptest::collection::vec(range(size), 1..5),
-            )
+            (Just(size), proptest::collection::vec(fault(), 1..4), any::<bool>(), proptest::collection::vec(range(size), 1..5))
         })
     }
 
@@ -866,59 +702,33 @@ fn a_blob_being_served_is_pinned_and_the_next_one_passes_through() {
     let fake = FakeUpstream::start();
     let (x, y) = (filler(19, 6_000_000), filler(20, 2_000_000));
     let img = fake.put_image(REPO, "v1", &[x.clone(), y.clone()]);
-    let store_cfg = thaw_store::StoreConfig {
-        capacity: Some(7_000_000),
-        ..Default::default()
-    };
+    let store_cfg = thaw_store::StoreConfig { capacity: Some(7_000_000), ..Default::default() };
     let thaw = Thaw::start_with_store(mirror_cfg(&fake), store_cfg);
     warm_manifest(&thaw, &img);
     let (dx, dy) = (img.layers[0].0.clone(), img.layers[1].0.clone());
     let c = client();
-    assert_eq!(
-        c.get(blob_url(&thaw, REPO, &dx))
-            .send()
-            .unwrap()
-            .bytes()
-            .unwrap()
-            .len(),
-        x.len()
-    );
+    assert_eq!(c.get(blob_url(&thaw, REPO, &dx)).send().unwrap().bytes().unwrap().len(), x.len());
     wait_until("x is committed", || stored(&thaw, &dx));
-    wait_until("nothing is pinned", || {
-        thaw.metric("thaw_store_pinned_bytes") == 0.0
-    });
+    wait_until("nothing is pinned", || thaw.metric("thaw_store_pinned_bytes") == 0.0);
 
     // A client that asks for x and then stops reading: the kernel buffers hold far less than
     // 6 MB, so thaw's response stays open, holding x.
     let mut slow = std::net::TcpStream::connect(thaw.addr).unwrap();
-    write!(
-        slow,
-        "GET /v2/{REPO}/blobs/{dx} HTTP/1.1\r\nHost: t\r\n\r\n"
-    )
-    .unwrap();
+    write!(slow, "GET /v2/{REPO}/blobs/{dx} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut first = [0u8; 1024];
     let n = slow.read(&mut first).unwrap();
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
-    wait_until("x is pinned by the slow client", || {
-        thaw.metric("thaw_store_pinned_bytes") >= x.len() as f64
-    });
+    wait_until("x is pinned by the slow client", || thaw.metric("thaw_store_pinned_bytes") >= x.len() as f64);
 
     let r = c.get(blob_url(&thaw, REPO, &dy)).send().unwrap();
     assert_eq!(r.headers()["x-thaw-cache"], "pass-through");
     assert_eq!(r.bytes().unwrap().as_ref(), y.as_slice());
-    wait_until("the pass-through is counted", || {
-        thaw.metric("thaw_pass_through_total") >= 1.0
-    });
+    wait_until("the pass-through is counted", || thaw.metric("thaw_pass_through_total") >= 1.0);
     assert!(!stored(&thaw, &dy));
-    assert!(
-        stored(&thaw, &dx),
-        "x was evicted while it was being served"
-    );
+    assert!(stored(&thaw, &dx), "x was evicted while it was being served");
 
     drop(slow);
-    wait_until("x is unpinned", || {
-        thaw.metric("thaw_store_pinned_bytes") == 0.0
-    });
+    wait_until("x is unpinned", || thaw.metric("thaw_store_pinned_bytes") == 0.0);
     let r = c.get(blob_url(&thaw, REPO, &dy)).send().unwrap();
     assert_eq!(r.headers()["x-thaw-cache"], "miss");
     assert_eq!(r.bytes().unwrap().as_ref(), y.as_slice());

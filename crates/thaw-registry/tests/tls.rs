@@ -23,17 +23,7 @@ impl Cert {
     fn make() -> Cert {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-            ])
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
             .args(["-addext", "subjectAltName=IP:127.0.0.1"])
             // A leaf, not a CA: webpki refuses a CA certificate as a server's own certificate.
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
@@ -44,11 +34,7 @@ impl Cert {
             .arg(dir.path().join("ca.crt"))
             .output()
             .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "openssl failed: {}", String::from_utf8_lossy(&out.stderr));
         Cert { dir }
     }
 
@@ -71,29 +57,16 @@ struct TlsThaw {
 
 impl TlsThaw {
     fn start(cfg: RegistryConfig, cert: &Cert) -> TlsThaw {
-        let data = tempfile::Builder::new()
-            .prefix("thaw-tls")
-            .tempdir_in(shm())
-            .unwrap();
-        let store =
-            thaw_store::BlobStore::open(&data.path().join("store"), Default::default()).unwrap();
-        let registry = Registry::new(
-            cfg,
-            store,
-            thaw_registry::trace::PrincipalHasher::with_secret([2; 32]),
-        )
-        .unwrap();
+        let data = tempfile::Builder::new().prefix("thaw-tls").tempdir_in(shm()).unwrap();
+        let store = thaw_store::BlobStore::open(&data.path().join("store"), Default::default()).unwrap();
+        let registry = Registry::new(cfg, store, thaw_registry::trace::PrincipalHasher::with_secret([2; 32])).unwrap();
         let tls = thaw_registry::server::tls_config(&cert.cert(), &cert.key()).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let router = thaw_registry::server::router(registry);
@@ -105,12 +78,7 @@ impl TlsThaw {
             });
             rt.shutdown_timeout(Duration::from_millis(200));
         });
-        TlsThaw {
-            addr,
-            _data: data,
-            stop: Some(tx),
-            thread: Some(thread),
-        }
+        TlsThaw { addr, _data: data, stop: Some(tx), thread: Some(thread) }
     }
 }
 
@@ -127,11 +95,7 @@ impl Drop for TlsThaw {
 
 fn skopeo_out(args: &[&str]) -> Output {
     let tmp = tempfile::tempdir().unwrap();
-    Command::new("skopeo")
-        .args(["--tmpdir", tmp.path().to_str().unwrap()])
-        .args(args)
-        .output()
-        .expect("run skopeo")
+    Command::new("skopeo").args(["--tmpdir", tmp.path().to_str().unwrap()]).args(args).output().expect("run skopeo")
 }
 
 fn https_client(cert: &Cert) -> reqwest::blocking::Client {
@@ -155,9 +119,7 @@ fn assert_same_blobs(img: &TestImage, out: &Path) {
 /// client that does not trust it, or speaks plain HTTP, gets nothing.
 #[test]
 fn skopeo_pushes_and_pulls_over_tls() {
-    if !have("openssl", "skopeo_pushes_and_pulls_over_tls")
-        || !have("skopeo", "skopeo_pushes_and_pulls_over_tls")
-    {
+    if !have("openssl", "skopeo_pushes_and_pulls_over_tls") || !have("skopeo", "skopeo_pushes_and_pulls_over_tls") {
         return;
     }
     let cert = Cert::make();
@@ -165,80 +127,34 @@ fn skopeo_pushes_and_pulls_over_tls() {
     let cert_dir = cert.dir.path().to_str().unwrap().to_string();
     let img = TestImage::build(40, &[300_000, 80_000]);
     let dst = format!("docker://{}/team/secure:v1", thaw.addr);
-    let out = skopeo_out(&[
-        "copy",
-        "--quiet",
-        "--dest-cert-dir",
-        &cert_dir,
-        &img.oci_ref(),
-        &dst,
-    ]);
-    assert!(
-        out.status.success(),
-        "push over TLS failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = skopeo_out(&["copy", "--quiet", "--dest-cert-dir", &cert_dir, &img.oci_ref(), &dst]);
+    assert!(out.status.success(), "push over TLS failed: {}", String::from_utf8_lossy(&out.stderr));
     let pulled = tempfile::tempdir().unwrap();
-    let out = skopeo_out(&[
-        "copy",
-        "--quiet",
-        "--src-cert-dir",
-        &cert_dir,
-        &dst,
-        &format!("oci:{}:v1", pulled.path().display()),
-    ]);
-    assert!(
-        out.status.success(),
-        "pull over TLS failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = skopeo_out(&["copy", "--quiet", "--src-cert-dir", &cert_dir, &dst, &format!("oci:{}:v1", pulled.path().display())]);
+    assert!(out.status.success(), "pull over TLS failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_same_blobs(&img, pulled.path());
 
     // Without the certificate, skopeo verifies against the system roots and refuses.
     let untrusted = tempfile::tempdir().unwrap();
-    let out = skopeo_out(&[
-        "copy",
-        "--quiet",
-        &dst,
-        &format!("oci:{}:v1", untrusted.path().display()),
-    ]);
-    assert!(
-        !out.status.success(),
-        "skopeo trusted a certificate it was never given"
-    );
+    let out = skopeo_out(&["copy", "--quiet", &dst, &format!("oci:{}:v1", untrusted.path().display())]);
+    assert!(!out.status.success(), "skopeo trusted a certificate it was never given");
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
-    assert!(
-        err.contains("certificate") || err.contains("x509") || err.contains("tls"),
-        "{err}"
-    );
+    assert!(err.contains("certificate") || err.contains("x509") || err.contains("tls"), "{err}");
 
     // reqwest trusting the certificate sees the API; plain HTTP on the TLS port does not.
     let c = https_client(&cert);
     let r = c.get(format!("https://{}/v2/", thaw.addr)).send().unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.version(),
-        reqwest::Version::HTTP_2,
-        "ALPN should negotiate h2"
-    );
-    let plain = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    assert!(!plain
-        .get(format!("http://{}/v2/", thaw.addr))
-        .send()
-        .map(|r| r.status().is_success())
-        .unwrap_or(false));
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN should negotiate h2");
+    let plain = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    assert!(!plain.get(format!("http://{}/v2/", thaw.addr)).send().map(|r| r.status().is_success()).unwrap_or(false));
 }
 
 /// Basic-auth accounts over TLS, mapped to upstream users of a private repository: the right
 /// account pulls with skopeo, another account and anonymous clients are refused.
 #[test]
 fn basic_auth_accounts_over_tls() {
-    if !have("openssl", "basic_auth_accounts_over_tls")
-        || !have("skopeo", "basic_auth_accounts_over_tls")
-    {
+    if !have("openssl", "basic_auth_accounts_over_tls") || !have("skopeo", "basic_auth_accounts_over_tls") {
         return;
     }
     // A private repository upstream holding a real image (skopeo checks what it copies).
@@ -251,42 +167,22 @@ fn basic_auth_accounts_over_tls() {
     for d in img.layer_digests.iter().chain([&img.config_digest]) {
         fake.put_blob("team/private", &img.blob(d));
     }
-    fake.put_manifest(
-        "team/private",
-        Some("v1"),
-        "application/vnd.oci.image.manifest.v1+json",
-        &img.blob(&img.manifest_digest),
-    );
+    fake.put_manifest("team/private", Some("v1"), "application/vnd.oci.image.manifest.v1+json", &img.blob(&img.manifest_digest));
     let public = TestImage::build(42, &[100_000]);
     fake.make_public("team/public");
     for d in public.layer_digests.iter().chain([&public.config_digest]) {
         fake.put_blob("team/public", &public.blob(d));
     }
-    fake.put_manifest(
-        "team/public",
-        Some("v1"),
-        "application/vnd.oci.image.manifest.v1+json",
-        &public.blob(&public.manifest_digest),
-    );
+    fake.put_manifest("team/public", Some("v1"), "application/vnd.oci.image.manifest.v1+json", &public.blob(&public.manifest_digest));
 
     let account = |name: &str, pw: &str, up_user: &str, up_pw: &str| Account {
         username: name.into(),
         password: pw.into(),
-        upstream: [(
-            "fake".to_string(),
-            Credentials {
-                username: up_user.into(),
-                password: up_pw.into(),
-            },
-        )]
-        .into(),
+        upstream: [("fake".to_string(), Credentials { username: up_user.into(), password: up_pw.into() })].into(),
     };
     let cfg = RegistryConfig {
         upstreams: vec![upstream("fake", &fake.url(), true)],
-        accounts: vec![
-            account("alice", "alice-pw", "u1", "pw1"),
-            account("carol", "carol-pw", "u3", "pw3"),
-        ],
+        accounts: vec![account("alice", "alice-pw", "u1", "pw1"), account("carol", "carol-pw", "u3", "pw3")],
         ..Default::default()
     };
     let cert = Cert::make();
@@ -295,21 +191,8 @@ fn basic_auth_accounts_over_tls() {
     let src = format!("docker://{}/team/private:v1", thaw.addr);
 
     let pulled = tempfile::tempdir().unwrap();
-    let out = skopeo_out(&[
-        "copy",
-        "--quiet",
-        "--src-cert-dir",
-        &cert_dir,
-        "--src-creds",
-        "alice:alice-pw",
-        &src,
-        &format!("oci:{}:v1", pulled.path().display()),
-    ]);
-    assert!(
-        out.status.success(),
-        "alice's pull failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = skopeo_out(&["copy", "--quiet", "--src-cert-dir", &cert_dir, "--src-creds", "alice:alice-pw", &src, &format!("oci:{}:v1", pulled.path().display())]);
+    assert!(out.status.success(), "alice's pull failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_same_blobs(&img, pulled.path());
 
     for creds in [Some("carol:carol-pw"), Some("alice:wrong"), None] {
@@ -327,44 +210,19 @@ fn basic_auth_accounts_over_tls() {
     // Public content needs no account, also from a client that answers the ping's Basic
     // challenge without credentials.
     let dir = tempfile::tempdir().unwrap();
-    let out = skopeo_out(&[
-        "copy",
-        "--quiet",
-        "--src-cert-dir",
-        &cert_dir,
-        &format!("docker://{}/team/public:v1", thaw.addr),
-        &format!("oci:{}:v1", dir.path().display()),
-    ]);
-    assert!(
-        out.status.success(),
-        "anonymous pull of public content failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = skopeo_out(&["copy", "--quiet", "--src-cert-dir", &cert_dir, &format!("docker://{}/team/public:v1", thaw.addr), &format!("oci:{}:v1", dir.path().display())]);
+    assert!(out.status.success(), "anonymous pull of public content failed: {}", String::from_utf8_lossy(&out.stderr));
     assert_same_blobs(&public, dir.path());
 
     // The same through a plain HTTPS client: the challenge is Basic, and only alice gets bytes.
     let c = https_client(&cert);
-    let blob = format!(
-        "https://{}/v2/team/private/blobs/{}",
-        thaw.addr, img.layer_digests[0]
-    );
+    let blob = format!("https://{}/v2/team/private/blobs/{}", thaw.addr, img.layer_digests[0]);
     let r = c.get(&blob).send().unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .starts_with("Basic"));
-    let r = c
-        .get(&blob)
-        .basic_auth("carol", Some("carol-pw"))
-        .send()
-        .unwrap();
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    let r = c.get(&blob).basic_auth("carol", Some("carol-pw")).send().unwrap();
     assert_eq!(r.status(), 401);
-    let r = c
-        .get(&blob)
-        .basic_auth("alice", Some("alice-pw"))
-        .send()
-        .unwrap();
+    let r = c.get(&blob).basic_auth("alice", Some("alice-pw")).send().unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.bytes().unwrap().as_ref() == img.blob(&img.layer_digests[0]).as_slice());
 }
