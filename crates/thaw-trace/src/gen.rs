@@ -7,15 +7,15 @@
 //! are pulled with a weight drawn from a Pareto distribution, so pulls per image are heavy-tailed.
 //! Pulls arrive as a Poisson process per category and pick a live image by weight (a Fenwick tree
 //! keeps that sampling O(log n) as images are born and die). A pull is a manifest GET followed by
-//! GETs of the config and the layers ([OCI-DS]), at most `pull_concurrency` downloads at a time
-//! ([DK]), each timed by a fixed overhead plus its size over a per-download bandwidth; layers of
+//! GETs of the config and the layers (\[OCI-DS\]), at most `pull_concurrency` downloads at a time
+//! (\[DK\]), each timed by a fixed overhead plus its size over a per-download bandwidth; layers of
 //! the category's shared base stacks are skipped with some probability (the client already has
-//! them, [S16]). A share of the images has an associated image, pulled by the same client within
+//! them, \[S16\]). A share of the images has an associated image, pulled by the same client within
 //! the association window after a pull of the leader with a high probability: the pairs that
-//! association mining should find ([R21]). Pushes are monolithic uploads (POST then PUT per new
-//! blob, then PUT of the manifest, [OCI-DS]). Manifest sizes are the exact length of the OCI
+//! association mining should find (\[R21\]). Pushes are monolithic uploads (POST then PUT per new
+//! blob, then PUT of the manifest, \[OCI-DS\]). Manifest sizes are the exact length of the OCI
 //! manifest listing the image's config and layers, and config sizes grow by one `diff_ids` entry
-//! and one history entry per layer ([OCI-IS]).
+//! and one history entry per layer (\[OCI-IS\]).
 //!
 //! Memory is bounded by the live image population and a reorder buffer holding only the requests
 //! of pulls still in progress, never by the trace's length.
@@ -25,32 +25,32 @@
 //! Every default is in [`GenParams::default`], with its source in a comment next to it. The
 //! sources:
 //!
-//! - **[I3]** thaw issue 3: the LACache comparison on a 7-day trace of web, ML and IoT services
+//! - **\[I3\]** thaw issue 3: the LACache comparison on a 7-day trace of web, ML and IoT services
 //!   (the categories are LACache's), analysis of a 24-million-request trace "the size of the
 //!   published production trace", association mining within 60 s.
-//! - **[A18]** Anwar et al., "Improving Docker Registry Design based on Production Workload
+//! - **\[A18\]** Anwar et al., "Improving Docker Registry Design based on Production Workload
 //!   Analysis", FAST'18: 75 days of traces from five IBM data centres, public (22 GB unzipped,
 //!   per the trace replayer's README), readable by `thaw trace analyze --format ibm`.
-//! - **[R21]** L. Rupprecht, "A Study of Container Image Storage and How To Improve It", ICSA
+//! - **\[R21\]** L. Rupprecht, "A Study of Container Image Storage and How To Improve It", ICSA
 //!   colloquium, University of Edinburgh, 2021-02-18 (the talk's abstract, summarising the IBM
 //!   trace study): image accesses are heavily skewed, and some accesses can be predicted
 //!   accurately from previous requests.
-//! - **[S16]** Harter et al., "Slacker: Fast Distribution with Lazy Docker Containers", FAST'16
+//! - **\[S16\]** Harter et al., "Slacker: Fast Distribution with Lazy Docker Containers", FAST'16
 //!   (and its summary in The Morning Paper, 2016-05-02): a pull transfers only the layers the
 //!   host does not already have.
-//! - **[Z19]** Zhao et al., "Large-Scale Analysis of the Docker Hub Dataset", IEEE Cluster 2019,
+//! - **\[Z19\]** Zhao et al., "Large-Scale Analysis of the Docker Hub Dataset", IEEE Cluster 2019,
 //!   abstract: only 3% of the files in Docker Hub images are unique, so images share most of
 //!   their content.
-//! - **[OCI-DS]** OCI distribution-spec: a pull GETs the manifest, then each blob it lists; a
+//! - **\[OCI-DS\]** OCI distribution-spec: a pull GETs the manifest, then each blob it lists; a
 //!   monolithic push is a POST and a PUT per blob, then a PUT of the manifest.
-//! - **[OCI-IS]** OCI image-spec: the manifest is a JSON document with one descriptor
+//! - **\[OCI-IS\]** OCI image-spec: the manifest is a JSON document with one descriptor
 //!   (media type, digest, size) for the config and one per layer; the config's `rootfs.diff_ids`
 //!   lists one digest per layer and `history` one entry per build step.
-//! - **[DK]** dockerd's `--max-concurrent-downloads`, 3 by default (also the default other
+//! - **\[DK\]** dockerd's `--max-concurrent-downloads`, 3 by default (also the default other
 //!   pullers copy "to match dockerd").
-//! - **[MOBY]** moby's layer store refuses images deeper than 125 layers.
+//! - **\[MOBY\]** moby's layer store refuses images deeper than 125 layers.
 //!
-//! What could not be sourced: the body of [A18] (its figures of layer and manifest sizes,
+//! What could not be sourced: the body of \[A18\] (its figures of layer and manifest sizes,
 //! request types, popularity, reuse times and per-data-centre differences) was not readable in
 //! this environment — the stored copies of the paper return only its opening page — and the
 //! LACache paper was not found at all. No source read gives a number per service category.
@@ -63,30 +63,30 @@
 //!
 //! | parameter | default | source | measure to replace it |
 //! |---|---|---|---|
-//! | `duration_s` | 7 days | [I3] | the trace's span |
-//! | `requests` | 1 M (CLI; 24 M in `bench/trace/run.sh`) | [I3] for 24 M | `requests` |
-//! | categories | web, ml, iot | [I3] (LACache's) | namespaces → categories map |
+//! | `duration_s` | 7 days | \[I3\] | the trace's span |
+//! | `requests` | 1 M (CLI; 24 M in `bench/trace/run.sh`) | \[I3\] for 24 M | `requests` |
+//! | categories | web, ml, iot | \[I3\] (LACache's) | namespaces → categories map |
 //! | `pull_share` | web 0.55, ml 0.15, iot 0.30 | assumed | `c.image_pulls` / all pulls |
 //! | `put_get_ratio` | web 1/15, ml 1/50, iot 1/100 | assumed (registries are read-heavy) | `c.put_get_ratio` |
-//! | `layers_median`, `layers_sigma` | web 8, 0.5; ml 12, 0.4; iot 4, 0.5 | assumed; at most 125 [MOBY] | layers per manifest (the `layers` of manifest records) |
+//! | `layers_median`, `layers_sigma` | web 8, 0.5; ml 12, 0.4; iot 4, 0.5 | assumed; at most 125 \[MOBY\] | layers per manifest (the `layers` of manifest records) |
 //! | `layer_size_median`, `layer_size_sigma` | web 4 MB, 1.6; ml 40 MB, 1.8; iot 1.5 MB, 1.2 | assumed | `c.layer_size` p50; sigma = ln(p90/p50) / 1.2816 |
-//! | `popularity_alpha` | web 1.1, ml 1.3, iot 0.9 | shape [R21], value assumed | tail of `c.pulls_per_image` |
+//! | `popularity_alpha` | web 1.1, ml 1.3, iot 0.9 | shape \[R21\], value assumed | tail of `c.pulls_per_image` |
 //! | `lifetime_mean_s` | web 1 d, ml 3 d, iot 7 d | assumed | `c.active_duration_s` mean |
-//! | `shared_base_prob` | web 0.8, ml 0.9, iot 0.6 | mechanism [S16][Z19], value assumed | layers shared between images' manifests |
+//! | `shared_base_prob` | web 0.8, ml 0.9, iot 0.6 | mechanism \[S16\]\[Z19\], value assumed | layers shared between images' manifests |
 //! | `base_stacks`, `base_layers` | 3, 3 | assumed | distinct base layers across manifests |
 //! | `base_layer_size_median`, `_sigma` | 30 MB, 0.8 | assumed | size of the most shared layers |
-//! | `base_cached_prob` | 0.5 | mechanism [S16], value assumed | share of a manifest's layers a pull fetches |
-//! | `assoc_prob`, `assoc_follow` | web 0.3, 0.8; ml 0.4, 0.7; iot 0.2, 0.6 | mechanism [R21], values assumed | `associations` (count per image, `share`) |
-//! | `assoc_delay_max_s` | 50 s | under the 60 s window [I3] | the gap between a pair's pulls |
+//! | `base_cached_prob` | 0.5 | mechanism \[S16\], value assumed | share of a manifest's layers a pull fetches |
+//! | `assoc_prob`, `assoc_follow` | web 0.3, 0.8; ml 0.4, 0.7; iot 0.2, 0.6 | mechanism \[R21\], values assumed | `associations` (count per image, `share`) |
+//! | `assoc_delay_max_s` | 50 s | under the 60 s window \[I3\] | the gap between a pair's pulls |
 //! | `clients` | web 2000, ml 300, iot 10000 | assumed | `c.clients_per_image`, `clients` |
 //! | `new_tag_prob` | web 0.7, ml 0.8, iot 0.8 | assumed | `repositories` against images |
-//! | `pull_concurrency` | 3 | [DK] | blob GETs of one client in flight at once |
+//! | `pull_concurrency` | 3 | \[DK\] | blob GETs of one client in flight at once |
 //! | `request_gap_us` | 20 ms | assumed | manifest GET to first blob GET of a pull |
 //! | `request_overhead_us` | 10 ms | assumed | `duration` of small GETs |
 //! | `transfer_bytes_per_s` | 100 MB/s | assumed | size / `duration` of large GETs |
-//! | manifest size | exact OCI JSON length | [OCI-IS] | — |
+//! | manifest size | exact OCI JSON length | \[OCI-IS\] | — |
 //! | `config_base_median`, `_sigma` | 1.5 kB, 0.5 | assumed | config blob sizes |
-//! | config per layer | 74 B `diff_ids` [OCI-IS] + `config_history_per_layer` 120 B (assumed) | [OCI-IS] | config blob sizes against layer counts |
+//! | config per layer | 74 B `diff_ids` \[OCI-IS\] + `config_history_per_layer` 120 B (assumed) | \[OCI-IS\] | config blob sizes against layer counts |
 //!
 //! The tests check that a generated trace, analysed by [`crate::analyze`], reproduces these
 //! values: the median layer size and PUT:GET ratio per category, the categories' pull shares,
@@ -462,17 +462,17 @@ impl<W: Write> Sink for OracleSink<W> {
 }
 
 /// Layers of one image, at most: the layer store of moby (Docker Engine) refuses deeper images
-/// ([MOBY]).
+/// (\[MOBY\]).
 const MAX_LAYERS: f64 = 125.0;
 
 /// Bytes one layer adds to an image config: its `rootfs.diff_ids` entry, a quoted
-/// `sha256:<64 hex>` string and a comma ([OCI-IS]).
+/// `sha256:<64 hex>` string and a comma (\[OCI-IS\]).
 const CONFIG_DIFF_ID_BYTES: u64 = 74;
 
 const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-/// The compact OCI image manifest ([OCI-IS]) listing `config` and `layers` (digest, size).
+/// The compact OCI image manifest (\[OCI-IS\]) listing `config` and `layers` (digest, size).
 /// The generator writes its length as the manifest's size, so manifest sizes grow with the layer
 /// count exactly as real ones do.
 fn oci_manifest_json(config: (&str, u64), layers: &[(String, u64)]) -> String {
@@ -493,7 +493,7 @@ fn oci_manifest_json(config: (&str, u64), layers: &[(String, u64)]) -> String {
 
 /// When each of a pull's downloads starts, given when the first may start, how long each takes
 /// (in the manifest's order) and how many run at once: each starts as soon as a slot is free,
-/// in order, the way dockerd's transfer manager hands out its download slots ([DK]). The limit
+/// in order, the way dockerd's transfer manager hands out its download slots (\[DK\]). The limit
 /// is applied per pull, not per client: a client pulling two images at once (an image and its
 /// associate) gets up to twice the slots, which keeps a busy client's backlog from growing
 /// without bound under the generator's skewed choice of clients.
@@ -918,7 +918,7 @@ impl<'a> Gen<'a> {
     }
 
     /// One pull: the manifest GET, then the config and the layers the client lacks, fetched
-    /// `pull_concurrency` at a time ([OCI-DS], [DK]): each blob starts when a download slot frees,
+    /// `pull_concurrency` at a time (\[OCI-DS\], \[DK\]): each blob starts when a download slot frees,
     /// so a request's timestamp is when the client asked for it, as a registry logs it.
     fn pull(&mut self, t: u64, c: usize, slot: usize, client: u32) {
         let img = self.cats[c].slots[slot].clone();
