@@ -22,6 +22,7 @@ import ctypes
 import gc
 import json
 import os
+import random
 import signal
 import socket
 import stat
@@ -263,9 +264,7 @@ class Template:
         for i, fd in enumerate(fds):
             os.dup2(fd, i)
             os.close(fd)
-        # The handler must not be able to speak for the runtime's side of the protocol.
-        sock.close()
-        run_handler(self.handler)
+        run_handler(self.handler, sock)
 
     def serve(self, ctrl):
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # instances are reaped by the kernel
@@ -309,9 +308,14 @@ def load_handler(spec):
     return fn
 
 
-def run_handler(handler):
-    """Reads the payload from stdin, calls the handler, writes its result to stdout, exits."""
-    import random
+def run_handler(handler, sock):
+    """Reads the payload from stdin, calls the handler, writes its result to stdout, reports
+    the exit code and exits.
+
+    The code is reported before exiting because tearing down the process (its address space,
+    its PID namespace) takes milliseconds the caller need not wait for. The handler could use
+    the socket too, but it could only misreport its own invocation, which the function can do
+    anyway by what it returns; a crash (a signal) is reported by the outer process."""
     random.seed()  # from os.urandom: no two instances share the template's random state
     code = 0
     try:
@@ -337,6 +341,7 @@ def run_handler(handler):
     try:
         sys.stdout.flush()
         sys.stderr.flush()
+        send(sock, {"code": code})
     finally:
         os._exit(code)
 
