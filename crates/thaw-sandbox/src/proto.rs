@@ -35,7 +35,7 @@ pub enum Request {
     /// root switched, then exec of the interpreter. Three descriptors travel with it: the
     /// template's control socket (installed at descriptor 3 of the interpreter), its stdout and
     /// its stderr.
-    Template(TemplatePlan),
+    Template(Box<TemplatePlan>),
 }
 
 /// The plan of a template process.

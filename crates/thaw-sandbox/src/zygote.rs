@@ -50,9 +50,11 @@
 //!
 //! [`Template::invoke`] takes a parked instance (or builds one on demand: a miss, which pays the
 //! cgroup move), hands it three memfds (the payload as stdin, stdout, stderr), and the inner
-//! process reseeds `random` from `os.urandom`, runs the handler and exits. The outer process
-//! reports the exit status; the runtime reads the memfds and tears the instance down off the
-//! critical path (its cgroup is removed once its processes are gone).
+//! process reseeds `random` from `os.urandom`, runs the handler, reports its exit code once the
+//! output is written — before its own teardown (address space, PID namespace), which costs
+//! milliseconds nobody waits for — and exits; if it dies by a signal instead (the memory limit,
+//! a timeout), the outer process reports that. The runtime reads the memfds and tears the
+//! instance down off the critical path (its cgroup is removed once its processes are gone).
 //!
 //! Instances of one function share the template's user namespace (and so its id range) and its
 //! read-only layers; nothing writable: each has its own upper directory and /tmp (tmpfs), its
@@ -213,7 +215,7 @@ struct Shared {
 pub struct Template {
     shared: Arc<Shared>,
     filler: Option<std::thread::JoinHandle<()>>,
-    helper: Option<(Child, OwnedFd)>,
+    helper: Mutex<Option<(Child, OwnedFd)>>,
     cgroup: CgroupPlan,
     pid: i32,
     id_base: u32,
@@ -447,19 +449,23 @@ impl Runtime {
                 stats: PoolStats::default(),
             }),
             filler: None,
-            helper: Some((child, hctrl)),
+            helper: Mutex::new(Some((child, hctrl))),
             cgroup,
             pid: 0,
             id_base,
             log,
             _slot: slot,
         };
-        let hctrl = &template.helper.as_ref().expect("set above").1;
+        let hctrl = template.helper.lock().as_ref().map(|(_, c)| c.try_clone()).expect("set above");
+        let hctrl = hctrl.map_err(|e| Error::io("duplicate", "helper socket", e))?;
         let fds = [theirs.as_raw_fd(), log_w.as_raw_fd(), log_w.as_raw_fd()];
-        proto::send(hctrl.as_fd(), &Request::Template(plan), &fds)?;
+        proto::send(hctrl.as_fd(), &Request::Template(Box::new(plan)), &fds)?;
         drop(theirs);
         drop(log_w);
-        match crate::runtime::recv_reply(hctrl) {
+        let reply = crate::runtime::recv_reply(&hctrl);
+        // Only the template's own copy may stay open: its closing is what stops the helper.
+        drop(hctrl);
+        match reply {
             Ok(Reply::TemplateReady { .. }) => {}
             Ok(other) => return Err(crate::runtime::unexpected(other)),
             Err(e) => return Err(template.with_log(e)),
@@ -566,7 +572,9 @@ fn make_instance(s: &Shared) -> Result<Instance> {
     let t = Instant::now();
     let (a, b) = proto::seqpacket_pair()?;
     set_passcred(&a)?;
-    proto::send_bytes(s.ctrl.as_fd(), b"fork", &[b.as_raw_fd()])?;
+    proto::send_bytes(s.ctrl.as_fd(), b"fork", &[b.as_raw_fd()]).map_err(|e| {
+        Error::Helper(format!("the template process is gone ({e}); start a new template (see Template::is_alive)"))
+    })?;
     drop(b);
     let mut inst = Instance { sock: a, cgroup: None, pid: 0, stages: Vec::new(), rt: rt.clone() };
     let step = |inst: &Instance, what: &str| -> Result<Vec<u8>> {
@@ -695,6 +703,13 @@ impl Template {
         true
     }
 
+    /// Whether the template still runs. A dead template (killed, or out of memory in its
+    /// cgroup) fails every invocation; drop it and start a new one.
+    pub fn is_alive(&self) -> bool {
+        matches!(self.helper.lock().as_mut().map(|(c, _)| c.try_wait()), Some(Ok(None)))
+            && std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+
     /// Host pid of the template's interpreter.
     pub fn pid(&self) -> i32 {
         self.pid
@@ -739,7 +754,7 @@ impl Drop for Template {
         // Closing the helper's socket makes it SIGKILL the template's outer process; the
         // interpreter (PID 1 of the template's PID namespace) follows by its parent-death
         // signal, and with it every instance, all being inside that PID namespace.
-        if let Some((child, hctrl)) = self.helper.take() {
+        if let Some((child, hctrl)) = self.helper.lock().take() {
             drop(hctrl);
             self.shared.rt.inner.schedule_teardown(Some(child), self.cgroup.clone());
         }

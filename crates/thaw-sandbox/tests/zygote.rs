@@ -290,3 +290,19 @@ fn drop_leaves_no_processes_mounts_or_cgroups() {
     }
     assert_eq!(z.f.rt.counters().failed_teardowns.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_dead_template_is_reported_and_fails_invocations_clearly() {
+    let Some(z) = Zfx::new("a_dead_template_is_reported_and_fails_invocations_clearly") else { return };
+    let t = z.f.rt.template(z.config("handlers:echo", &[], 0)).unwrap();
+    assert!(t.is_alive());
+    // SAFETY: SIGKILL to the template's interpreter, a process this test started.
+    unsafe { libc::kill(t.pid(), libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.is_alive() {
+        assert!(Instant::now() < deadline, "the template still counts as alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = t.invoke(b"1", None).unwrap_err().to_string();
+    assert!(e.contains("template"), "{e}");
+}

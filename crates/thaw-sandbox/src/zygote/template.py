@@ -15,7 +15,9 @@
 #     inner process -> runtime  b"parked"     (PID 1 of a fresh PID namespace, root switched,
 #                                              capabilities dropped, seccomp installed)
 #     runtime -> inner process  b"run" + stdin, stdout, stderr
-#     outer process -> runtime  {"code": n} or {"signal": n}
+#     inner process -> runtime  {"code": n} when the handler is done (before exiting)
+#     outer process -> runtime  {"code": n} or {"signal": n} when the inner one has ended
+#                               (the runtime takes the first status it gets)
 #   any process -> runtime      {"error": text} when a step fails.
 
 import ctypes
