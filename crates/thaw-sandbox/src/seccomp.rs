@@ -229,6 +229,21 @@ mod tests {
         assert!(compile(SeccompOptions { disabled: true, ..Default::default() }).unwrap().programs.is_empty());
     }
 
+    /// Sets no_new_privs and installs `progs` with raw system calls (safe in a child forked
+    /// from the multithreaded test process), or exits with code 10.
+    fn install_or_exit(progs: &[BpfProgram]) {
+        // SAFETY: prctl and seccomp read only the program memory we pass; _exit never returns.
+        unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            for prog in progs {
+                let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+                if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0 {
+                    libc::_exit(10);
+                }
+            }
+        }
+    }
+
     /// Applies the profile in a forked child (seccomp cannot be removed once installed) and
     /// checks a denied call fails with EPERM while an allowed one works. The test process is
     /// multithreaded; the child only makes raw system calls before `_exit`.
@@ -242,13 +257,7 @@ mod tests {
             nix::unistd::ForkResult::Child => {
                 // SAFETY: raw system calls with valid arguments; `_exit` never returns.
                 unsafe {
-                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                    for prog in &progs {
-                        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
-                        if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0 {
-                            libc::_exit(10);
-                        }
-                    }
+                    install_or_exit(&progs);
                     let r = libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0);
                     let e = *libc::__errno_location();
                     if r != -1 || e != libc::EPERM {
@@ -307,13 +316,7 @@ mod tests {
             nix::unistd::ForkResult::Child => {
                 // SAFETY: raw system calls with valid arguments; `_exit` never returns.
                 unsafe {
-                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                    for prog in &progs {
-                        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
-                        if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0 {
-                            libc::_exit(10);
-                        }
-                    }
+                    install_or_exit(&progs);
                     let errno = || *libc::__errno_location();
                     if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) != -1 || errno() != libc::EPERM {
                         libc::_exit(11);
