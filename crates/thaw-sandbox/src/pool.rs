@@ -257,8 +257,9 @@ impl PoolSet {
     /// The pool for this profile and root, created with `depth` and named `label` (for metrics)
     /// if new; an existing pool keeps its depth and label.
     pub fn pool_with(&self, profile: &Profile, rootfs: &RootfsConfig, depth: usize, label: &str) -> Arc<Pool> {
-        // The serialized pair is an exact key: equal configurations, equal strings.
-        let key = serde_json::to_string(&(profile, rootfs)).unwrap_or_default();
+        // The serialized triple is an exact key: equal configurations, equal strings. The depth
+        // is part of it: a profile that asks for no pool must not share a pooled one.
+        let key = serde_json::to_string(&(profile, rootfs, depth)).unwrap_or_default();
         let now = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut evicted = None;
         let pool = {
