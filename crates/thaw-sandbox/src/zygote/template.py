@@ -21,10 +21,12 @@
 #   any process -> runtime      {"error": text} when a step fails.
 
 import ctypes
+import fcntl
 import gc
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import stat
@@ -159,7 +161,6 @@ def build_root(root, ops):
 def loopback_up():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        import fcntl
         ifr = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
         flags = struct.unpack("16sH22x", ifr)[1] | IFF_UP
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
@@ -236,7 +237,6 @@ class Template:
             check(libc.umount2(b".", MNT_DETACH), "detach the template's root")
             os.chdir("/")
             os.chdir(cfg["cwd"])
-            import resource
             for res, soft, hard in cfg["rlimits"]:
                 resource.setrlimit(res, (soft, hard))
             # Under the instance's memory limit the workload, not its waiting parent, is the
