@@ -325,9 +325,18 @@ fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> io::Result
     walk(from, from, to, skip)
 }
 
+static PYROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Removes this process's cached Python root at exit (the test harness exits normally).
+extern "C" fn remove_python_rootfs() {
+    if let Some(p) = PYROOT.get() {
+        let _ = fs::remove_dir_all(p);
+    }
+}
+
 /// The Python root filesystem of this process, built once on /dev/shm (see [`python_rootfs`])
-/// and shared by every test of the binary; directories left by earlier, finished processes
-/// are removed first. `None` (after printing `skipping <test>: <why>`) when the host has no
+/// and shared by every test of the binary, removed when the process exits; directories left by
+/// processes that did not exit normally are removed on the next build. `None` (after printing `skipping <test>: <why>`) when the host has no
 /// Debian python3; panics instead when `CI` is set.
 pub fn cached_python_rootfs(test: &str) -> Option<PathBuf> {
     static ROOT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
@@ -350,6 +359,10 @@ pub fn cached_python_rootfs(test: &str) -> Option<PathBuf> {
         // The interpreter exists: failing to copy it is a bug, not a reason to skip.
         python_rootfs(&tmp).unwrap_or_else(|e| panic!("{test}: building the python rootfs in {}: {e}", tmp.display()));
         fs::rename(&tmp, &dir).unwrap_or_else(|e| panic!("{test}: renaming the python rootfs into place: {e}"));
+        if PYROOT.set(dir.clone()).is_ok() {
+            // SAFETY: atexit stores the function pointer; the function only reads a static.
+            unsafe { libc::atexit(remove_python_rootfs) };
+        }
         Ok(dir)
     });
     match r {
