@@ -359,6 +359,18 @@ fn template_error(what: &str, msg: &[u8]) -> Error {
     }
 }
 
+/// The exit status an instance reports: `{"code": n}` or `{"signal": n}`. The sender runs the
+/// function's code, so anything else is an error, never a panic.
+fn parse_status(m: &[u8]) -> Result<ExitStatus> {
+    let v: serde_json::Value = serde_json::from_slice(m).map_err(|_| template_error("invocation", m))?;
+    let num = |k: &str| v.get(k).and_then(|c| c.as_i64()).and_then(|c| i32::try_from(c).ok());
+    match (num("code"), num("signal")) {
+        (Some(c), _) => Ok(ExitStatus::Code(c)),
+        (_, Some(s)) if s > 0 => Ok(ExitStatus::Signal(s)),
+        _ => Err(template_error("invocation", m)),
+    }
+}
+
 fn memfd(name: &std::ffi::CStr) -> Result<fs::File> {
     // SAFETY: memfd_create reads the NUL-terminated name and returns a new descriptor or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
@@ -659,14 +671,7 @@ impl Template {
         }
         let status = match proto::recv_bytes(inst.sock.as_fd())? {
             None => ExitStatus::Signal(libc::SIGKILL),
-            Some((m, _)) => {
-                let v: serde_json::Value = serde_json::from_slice(&m).map_err(|_| template_error("invocation", &m))?;
-                match (v.get("code").and_then(|c| c.as_i64()), v.get("signal").and_then(|c| c.as_i64())) {
-                    (Some(c), _) => ExitStatus::Code(c as i32),
-                    (_, Some(sig)) => ExitStatus::Signal(sig as i32),
-                    _ => return Err(template_error("invocation", &m)),
-                }
-            }
+            Some((m, _)) => parse_status(&m)?,
         };
         timings.stages.push(("run".into(), t.elapsed()));
         let t = Instant::now();
@@ -797,6 +802,81 @@ mod tests {
         assert_eq!(e.to_string(), "building the sandbox failed in the helper: parking an instance: mount proc: EPERM");
         let e = template_error("forking", b"garbage");
         assert!(e.to_string().contains("unexpected message \"garbage\""), "{e}");
+    }
+
+    #[test]
+    fn status_messages() {
+        assert_eq!(parse_status(br#"{"code": 3}"#).unwrap(), ExitStatus::Code(3));
+        assert_eq!(parse_status(br#"{"signal": 9}"#).unwrap(), ExitStatus::Signal(9));
+        assert!(parse_status(br#"{"signal": -1}"#).is_err());
+        assert!(parse_status(br#"{"code": 99999999999}"#).is_err());
+        assert!(parse_status(br#"{"error": "mount failed"}"#).unwrap_err().to_string().contains("mount failed"));
+    }
+
+    proptest::proptest! {
+        /// Whatever an instance sends, reading it is an answer or an error, never a panic.
+        #[test]
+        fn status_parser_never_panics(m in proptest::collection::vec(proptest::num::u8::ANY, 0..64), n: i64) {
+            let _ = parse_status(&m);
+            let _ = parse_status(format!("{{\"code\": {n}}}").as_bytes());
+            let _ = parse_status(format!("{{\"signal\": {n}}}").as_bytes());
+            let _ = template_error("x", &m);
+        }
+    }
+
+    /// The template's `secure_join` (Python, run by instances on the image's untrusted
+    /// symbolic links) agrees with [`crate::rootfs::secure_join`] on hostile trees.
+    #[test]
+    fn python_secure_join_agrees_with_rust() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let python = crate::testsupport::DEBIAN_PYTHON;
+        if !Path::new(python).exists() {
+            assert!(std::env::var_os("CI").is_none(), "CI must install python3.11");
+            eprintln!("skipping python_secure_join_agrees_with_rust: no {python}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let component = proptest::sample::select(vec!["a", "b", "..", ".", "l", "m", "etc", ""]);
+        let path = proptest::collection::vec(component, 0..6).prop_map(|v| v.join("/"));
+        let mut cases = Vec::new();
+        for i in 0..300 {
+            let root = dir.path().join(format!("r{i}"));
+            fs::create_dir_all(root.join("a/b")).unwrap();
+            let t1 = path.new_tree(&mut runner).unwrap().current();
+            let t2 = path.new_tree(&mut runner).unwrap().current();
+            let abs = if i % 2 == 0 { format!("/{t1}") } else { t1 };
+            let _ = std::os::unix::fs::symlink(&abs, root.join("a/l"));
+            let _ = std::os::unix::fs::symlink(&t2, root.join("m"));
+            for p in [path.new_tree(&mut runner).unwrap().current(), "a/l/b".into(), "m/../a/l".into(), "/../../etc".into()] {
+                cases.push((root.clone(), p));
+            }
+        }
+        let input: Vec<(String, String)> = cases.iter().map(|(r, p)| (r.to_string_lossy().into_owned(), p.clone())).collect();
+        let code = format!(
+            "import json, sys\nns = {{'__name__': 'thaw_template'}}\nexec(sys.stdin.read(), ns)\ncases = json.loads(sys.argv[1])\n\
+             out = []\nfor r, p in cases:\n    try:\n        out.append(ns['secure_join'](r, p))\n    except OSError:\n        out.append(None)\n\
+             print(json.dumps(out))"
+        );
+        let mut child = std::process::Command::new(python)
+            .args(["-I", "-c", &code, &serde_json::to_string(&input).unwrap()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), SCRIPT.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let got: Vec<Option<String>> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got.len(), cases.len());
+        for ((root, p), py) in cases.iter().zip(got) {
+            let rust = crate::rootfs::secure_join(root, p).ok().map(|j| j.to_string_lossy().into_owned());
+            assert_eq!(py, rust, "secure_join({}, {p:?})", root.display());
+            if let Some(j) = py {
+                assert!(crate::rootfs::stays_inside(root, Path::new(&j)), "{j} escaped {}", root.display());
+            }
+        }
     }
 
     #[test]

@@ -360,4 +360,5 @@ def main():
     t.serve(ctrl)
 
 
-main()
+if __name__ == "__main__":
+    main()
