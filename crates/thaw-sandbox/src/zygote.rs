@@ -853,13 +853,20 @@ mod tests {
             }
         }
         let input: Vec<(String, String)> = cases.iter().map(|(r, p)| (r.to_string_lossy().into_owned(), p.clone())).collect();
-        let code = format!(
-            "import json, sys\nns = {{'__name__': 'thaw_template'}}\nexec(sys.stdin.read(), ns)\ncases = json.loads(sys.argv[1])\n\
-             out = []\nfor r, p in cases:\n    try:\n        out.append(ns['secure_join'](r, p))\n    except OSError:\n        out.append(None)\n\
-             print(json.dumps(out))"
-        );
+        let code = r#"
+import json, sys
+ns = {"__name__": "thaw_template"}
+exec(sys.stdin.read(), ns)
+out = []
+for r, p in json.loads(sys.argv[1]):
+    try:
+        out.append(ns["secure_join"](r, p))
+    except OSError:
+        out.append(None)
+print(json.dumps(out))
+"#;
         let mut child = std::process::Command::new(python)
-            .args(["-I", "-c", &code, &serde_json::to_string(&input).unwrap()])
+            .args(["-I", "-c", code, &serde_json::to_string(&input).unwrap()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
