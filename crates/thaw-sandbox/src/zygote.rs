@@ -434,7 +434,7 @@ impl Runtime {
             .name("thaw-template-log".into())
             .spawn(move || {
                 // Keeps the last 64 KiB the template (or an instance before its stdio is set)
-                // wrote, for error messages; the rest goes to the trace log.
+                // wrote, for error messages; all of it also goes to the trace log (debug).
                 let mut f = fs::File::from(log_r);
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = f.read(&mut buf) {

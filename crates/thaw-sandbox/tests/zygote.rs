@@ -47,6 +47,9 @@ def hog(payload):
         blocks.append(bytearray(1 << 20))
     return "survived"
 
+def fds(payload):
+    os.execv("/bin/ls", ["ls", "/proc/self/fd"])
+
 def slow(payload):
     import time
     time.sleep(float(payload))
@@ -305,4 +308,14 @@ fn a_dead_template_is_reported_and_fails_invocations_clearly() {
     }
     let e = t.invoke(b"1", None).unwrap_err().to_string();
     assert!(e.contains("template"), "{e}");
+}
+
+#[test]
+fn a_program_the_handler_execs_gets_only_stdio() {
+    let Some(z) = Zfx::new("a_program_the_handler_execs_gets_only_stdio") else { return };
+    let t = z.template("handlers:fds", 1);
+    let inv = t.invoke(b"", None).unwrap();
+    assert!(inv.status.success(), "{}", String::from_utf8_lossy(&inv.stderr));
+    // 0, 1, 2 and the directory ls itself opens to list them.
+    assert_eq!(String::from_utf8_lossy(&inv.stdout).split_whitespace().collect::<Vec<_>>(), ["0", "1", "2", "3"]);
 }

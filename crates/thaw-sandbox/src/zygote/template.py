@@ -285,6 +285,9 @@ class Template:
             pid = os.fork()
             if pid == 0:
                 ctrl.close()
+                # Received descriptors are inheritable; a program the handler execs must not
+                # get the instance socket.
+                os.set_inheritable(fds[0], False)
                 self.fork_instance(socket.socket(fileno=fds[0]))
             os.close(fds[0])
 
