@@ -167,6 +167,7 @@ pub fn record(
     }
     sigs.thread_block().map_err(FilesError::sys("blocking signals"))?;
     let sigfd = SignalFd::with_flags(&sigs, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(FilesError::sys("signalfd"))?;
+    let mut stages = Stages::new();
     enter_private_mount_namespace(spec.runtime == Runtime::Crun)?;
     // The container's init is orphaned when `runtime create` exits; as a subreaper we become
     // its parent and can collect its exit status.
@@ -186,6 +187,7 @@ pub fn record(
         total_bytes: inv.total.bytes,
     };
 
+    stages.mark("namespace_inventory");
     reap_stale(&spec.scratch);
     let tag = format!("thaw-trace-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0));
     let dir = spec.scratch.join(&tag);
@@ -196,6 +198,7 @@ pub fn record(
         std::fs::create_dir(d).map_err(FilesError::io(format!("creating {}", d.display())))?;
     }
     mount_overlay(&set, &upper, &work, &rootfs)?;
+    stages.mark("overlay_mount");
     td.mounted = Some(rootfs.clone());
     let config = runtime_config(&spec.process, &rootfs, &format!("/{tag}"));
     std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).expect("json values serialise"))
@@ -245,6 +248,7 @@ pub fn record(
         _ => None,
     };
 
+    stages.mark("runtime_create");
     // 4. mark, before the command runs
     let fan = Fanotify::init(
         InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK | InitFlags::FAN_UNLIMITED_QUEUE,
@@ -261,6 +265,7 @@ pub fn record(
 
     // 5. start. `runtime start` is not waited for here: events are read (and timestamped)
     // while it runs, since the command is exec'ed before it returns.
+    stages.mark("fanotify_mark");
     let started_us = now_us();
     let t0 = Instant::now();
     let mut starter = Some(
@@ -382,18 +387,44 @@ pub fn record(
         }
     };
     let duration_us = t0.elapsed().as_micros() as u64;
+    stages.mark("start_to_ready");
     if let Some(c) = starter.take() {
         start_failed(c)?;
+        stages.mark("runtime_start_exit");
     }
     // Everything the container did before it was ready is queued by now.
     rec.drain(&fan)?;
     for f in [&out, &err].into_iter().flatten() {
         let _ = echo.write_all(&read_available(f));
     }
-    drop(fan);
-    let summary = rec.agg.finish(Some(&facts), ready, duration_us);
+    // Closing a fanotify group waits for an SRCU grace period (about 10 ms here) while the
+    // kernel destroys its marks; let that overlap with the runtime's delete below.
+    let closer = std::thread::spawn(move || drop(fan));
+    let mut summary = rec.agg.finish(Some(&facts), ready, duration_us);
+    stages.mark("drain");
     drop(td);
+    let _ = closer.join();
+    stages.mark("teardown");
+    summary.stages_us = stages.done;
     Ok(summary)
+}
+
+/// Wall time of each step of a recording, for `--timings`.
+struct Stages {
+    last: Instant,
+    done: Vec<(String, u64)>,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        Stages { last: Instant::now(), done: Vec::new() }
+    }
+
+    fn mark(&mut self, name: &str) {
+        let now = Instant::now();
+        self.done.push((name.to_string(), (now - self.last).as_micros() as u64));
+        self.last = now;
+    }
 }
 
 fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {

@@ -114,6 +114,9 @@ pub struct FilesSummary {
     pub layers: Vec<LayerStat>,
     /// Accessed files, in order of first access (the hot-file list).
     pub files: Vec<FileStat>,
+    /// Wall time of each step of the recording (name, microseconds); empty from records.
+    #[serde(default)]
+    pub stages_us: Vec<(String, u64)>,
 }
 
 /// What the recorder knows about the image besides the records.
@@ -260,6 +263,7 @@ impl Aggregator {
             unmapped: self.unmapped,
             layers,
             files,
+            stages_us: Vec::new(),
         }
     }
 }

@@ -413,6 +413,9 @@ pub struct FilesArgs {
     /// Hot files shown in the table.
     #[arg(long, default_value_t = 20)]
     top: usize,
+    /// Print the time of each step (mount, create, mark, start to ready, teardown) to stderr.
+    #[arg(long)]
+    timings: bool,
     /// Data directory holding the layer store (for oci: images); the daemon's default when unset.
     #[arg(long, env = "THAW_DATA")]
     data: Option<PathBuf>,
@@ -496,6 +499,12 @@ fn run_files(a: FilesArgs) -> anyhow::Result<ExitCode> {
     let summary = files::record(&spec, &mut sink, &mut std::io::stderr())?;
     if let Some(w) = out.as_mut() {
         w.flush().context("writing the records")?;
+    }
+    if a.timings {
+        eprintln!("thaw trace files timings:");
+        for (name, us) in &summary.stages_us {
+            eprintln!("  {name:<22} {:>9.3} ms", *us as f64 / 1e3);
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
