@@ -17,6 +17,11 @@
 //! manifest listing the image's config and layers, and config sizes grow by one `diff_ids` entry
 //! and one history entry per layer (\[OCI-IS\]).
 //!
+//! Two parameters hold by construction rather than through a rate estimate: push candidates
+//! arrive as a Poisson process and become pushes only while the category owes PUTs
+//! (`put_get_ratio` times the GETs it has emitted, less the PUTs already made), and a follow-up
+//! pull takes the place of its category's next Poisson pull, so `pull_share` counts every pull.
+//!
 //! Memory is bounded by the live image population and a reorder buffer holding only the requests
 //! of pulls still in progress, never by the trace's length.
 //!
