@@ -268,29 +268,42 @@ fn owned(z: &Zfx, base: u32) -> (usize, usize, usize) {
     (cgroups, procs, mounts)
 }
 
-#[test]
-fn drop_leaves_no_processes_mounts_or_cgroups() {
-    let Some(z) = Zfx::new("drop_leaves_no_processes_mounts_or_cgroups") else { return };
-    let t = z.template("handlers:echo", 3);
-    let base = t.id_base();
-    for i in 0..5 {
-        let inv = t.invoke(format!("{i}").as_bytes(), None).unwrap();
-        assert!(inv.status.success());
-    }
-    assert!(t.wait_ready(3, Duration::from_secs(30)));
-    let (cg, procs, _) = owned(&z, base);
-    assert!(cg >= 4 && procs >= 4, "the template and its parked instances are not where expected: {cg} cgroups, {procs} processes");
-    drop(t);
-    assert!(z.f.rt.wait_teardowns(Duration::from_secs(20)), "teardowns still pending");
-    let deadline = Instant::now() + Duration::from_secs(15);
+/// Polls until `owned` is `want`, or fails after a deadline (teardown is asynchronous).
+fn settle(z: &Zfx, base: u32, want: (usize, usize, usize), when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let now = owned(&z, base);
-        if now == (0, 0, 0) {
-            break;
+        let now = owned(z, base);
+        if now == want {
+            return;
         }
-        assert!(Instant::now() < deadline, "left behind (cgroups, processes, mounts): {now:?}");
+        assert!(Instant::now() < deadline, "{when}: (cgroups, processes, mounts) {now:?}, expected {want:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn hundreds_of_invocations_then_drop_leave_nothing_behind() {
+    let Some(z) = Zfx::new("hundreds_of_invocations_then_drop_leave_nothing_behind") else { return };
+    let depth = 3;
+    let t = z.template("handlers:echo", depth);
+    let base = t.id_base();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < 300 && start.elapsed() < Duration::from_secs(8) {
+        let inv = t.invoke(format!("{n}").as_bytes(), Some(Duration::from_secs(20))).unwrap();
+        assert!(inv.status.success(), "{}", String::from_utf8_lossy(&inv.stderr));
+        n += 1;
+    }
+    assert!(n >= 100, "too few invocations in the time budget: {n}");
+    assert!(t.wait_ready(depth, Duration::from_secs(30)));
+    // Only the template (its outer process and interpreter, in the template's cgroup) and the
+    // parked instances (outer and inner process each, one cgroup each) remain; a cgroup is a
+    // directory in each hierarchy.
+    let hierarchies = z.f.rt.cgroup_layout().dirs("p", "c").len();
+    settle(&z, base, ((1 + depth) * hierarchies, 2 + 2 * depth, 0), &format!("after {n} invocations"));
+    drop(t);
+    assert!(z.f.rt.wait_teardowns(Duration::from_secs(20)), "teardowns still pending");
+    settle(&z, base, (0, 0, 0), "after drop");
     assert_eq!(z.f.rt.counters().failed_teardowns.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
