@@ -72,7 +72,8 @@
 //!
 //! Multi-layer images: opaque directories are marked with `trusted.overlay.opaque`, which an
 //! overlay mounted inside a user namespace cannot read; in a template, a directory made opaque
-//! by an upper layer also shows the lower layers' entries.
+//! by an upper layer also shows the lower layers' entries. [`Runtime::template`] looks for such
+//! directories and logs a warning naming them (whiteouts, 0/0 character devices, work).
 
 mod setup;
 
@@ -283,6 +284,43 @@ fn template_rootfs(r: &RootfsConfig) -> RootfsConfig {
     r
 }
 
+/// Most directories [`opaque_dirs_hiding_entries`] reports.
+const OPAQUE_REPORT_LIMIT: usize = 8;
+
+/// Directories of `lowers` (topmost first) marked opaque with `trusted.overlay.opaque` above
+/// another layer: an overlay mounted in a user namespace cannot read that mark, so the entries
+/// below show through in templates. At most [`OPAQUE_REPORT_LIMIT`].
+fn opaque_dirs_hiding_entries(lowers: &[PathBuf]) -> Vec<PathBuf> {
+    fn opaque(p: &Path) -> bool {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+        let mut b = [0u8; 4];
+        // SAFETY: lgetxattr reads the NUL-terminated path and name and writes at most the
+        // length we pass into the buffer we own.
+        let n = unsafe { libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b.as_mut_ptr().cast(), b.len()) };
+        n == 1 && b[0] == b'y'
+    }
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if out.len() >= OPAQUE_REPORT_LIMIT {
+                return;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let p = e.path();
+                if opaque(&p) {
+                    out.push(p.clone());
+                }
+                walk(&p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    // The bottom layer has nothing below it to hide.
+    for l in lowers.iter().take(lowers.len().saturating_sub(1)) {
+        walk(l, &mut out);
+    }
+    out
+}
+
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
     // getrandom never fails for 4 bytes once the pool is initialised; zero is still a valid seed.
@@ -401,6 +439,14 @@ impl Runtime {
     /// here, with the interpreter's traceback.
     pub fn template(&self, cfg: TemplateConfig) -> Result<Template> {
         let TemplateRuntime::Python { interpreter, preload, handler } = &cfg.runtime;
+        let opaque = opaque_dirs_hiding_entries(&cfg.rootfs.lowers);
+        if !opaque.is_empty() {
+            tracing::warn!(
+                handler = %handler,
+                dirs = ?opaque,
+                "opaque directories of the image cannot be honoured in a template (overlayfs in a user namespace ignores trusted.overlay.opaque): entries of lower layers show through in them; flatten those layers to avoid it"
+            );
+        }
         let (id_base, slot) = lock_id_slot()?;
         let rootfs = template_rootfs(&cfg.rootfs);
         let mut env = cfg.env.clone();
@@ -802,6 +848,30 @@ mod tests {
         assert_eq!(e.to_string(), "building the sandbox failed in the helper: parking an instance: mount proc: EPERM");
         let e = template_error("forking", b"garbage");
         assert!(e.to_string().contains("unexpected message \"garbage\""), "{e}");
+    }
+
+    #[test]
+    fn opaque_directories_above_another_layer_are_found() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(std::env::var_os("CI").is_none(), "CI must run the tests as root");
+            eprintln!("skipping opaque_directories_above_another_layer_are_found: trusted xattrs need root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (top, bottom) = (d.path().join("top"), d.path().join("bottom"));
+        for p in [top.join("a/opaque"), top.join("a/plain"), bottom.join("b/opaque-at-the-bottom")] {
+            fs::create_dir_all(p).unwrap();
+        }
+        let mark = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: lsetxattr reads the NUL-terminated path, name and the one-byte value.
+            let r = unsafe { libc::lsetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+            assert_eq!(r, 0, "setting trusted.overlay.opaque on {}", p.display());
+        };
+        mark(&top.join("a/opaque"));
+        mark(&bottom.join("b/opaque-at-the-bottom"));
+        assert_eq!(opaque_dirs_hiding_entries(&[top.clone(), bottom.clone()]), vec![top.join("a/opaque")]);
+        assert!(opaque_dirs_hiding_entries(&[top]).is_empty(), "a single layer hides nothing");
     }
 
     #[test]
