@@ -300,6 +300,14 @@ pub fn link_exists(name: &str) -> Result<bool> {
     })
 }
 
+/// How many interfaces of the caller's network namespace have names starting with `prefix`,
+/// read from sysfs (no netlink request).
+pub fn host_links_with_prefix(prefix: &str) -> usize {
+    std::fs::read_dir("/sys/class/net").map_or(0, |d| {
+        d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count()
+    })
+}
+
 /// Deletes every interface whose name starts with `prefix` (what a crashed instance left) and
 /// returns how many there were.
 pub fn remove_links_with_prefix(prefix: &str) -> Result<usize> {

@@ -8,6 +8,7 @@
 
 use crate::cgroup::{self, CgroupLayout, CgroupPlan};
 use crate::error::{Error, Result};
+use crate::net::{self, Bridge, BridgeConfig, Lease, NetworkMode};
 use crate::proto::{self, ProcessPlan, Reply, Request, RootPlan, ShellPlan};
 use crate::seccomp::{self, CompiledSeccomp};
 use crate::spec::{ProcessConfig, Profile, RootfsConfig, SandboxSpec, SeccompOptions};
@@ -53,6 +54,13 @@ pub struct InstanceNames {
     pub cgroup_parent: String,
     /// Host directory sandboxes mount their private tmpfs on (inside their own mount namespace).
     pub mount_prefix: PathBuf,
+    /// The bridge of sandboxes with [`NetworkMode::Bridge`] (`thawbr<hash>`).
+    pub bridge: String,
+    /// The first bytes of the name of every veth pair's host end (`tv<hash>`).
+    pub veth_prefix: String,
+    /// The bridge's subnet unless one is configured: a /24 in 10.224.0.0/11 picked by the hash,
+    /// so that instances on one host rarely collide (configure one when they do).
+    pub default_subnet: String,
 }
 
 impl InstanceNames {
@@ -68,6 +76,9 @@ impl InstanceNames {
         InstanceNames {
             cgroup_parent: format!("thaw-{:012x}", h & 0xffff_ffff_ffff),
             mount_prefix: abs.join("sandbox").join("mnt"),
+            bridge: format!("thawbr{:08x}", h & 0xffff_ffff),
+            veth_prefix: format!("tv{:05x}", (h >> 32) & 0xf_ffff),
+            default_subnet: format!("10.{}.{}.1/24", 224 + (h >> 52) % 32, (h >> 44) & 0xff),
         }
     }
 }
@@ -165,6 +176,8 @@ pub(crate) struct Inner {
     reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub(crate) counters: Arc<Counters>,
     netns_seen: Mutex<Vec<u64>>,
+    /// The bridge, made on first use (or by [`Runtime::set_bridge`]) and deleted with the runtime.
+    bridge: Mutex<Option<Arc<Bridge>>>,
     _lock: fs::File,
 }
 
@@ -179,6 +192,8 @@ struct Teardown {
     /// children (removing its cgroup waits for them to exit).
     child: Option<Child>,
     cgroup: CgroupPlan,
+    /// The sandbox's place on the bridge, given back once its processes are gone.
+    lease: Option<Lease>,
 }
 
 impl Runtime {
@@ -208,6 +223,13 @@ impl Runtime {
         if killed > 0 {
             tracing::warn!(killed, parent = %names.cgroup_parent, "removed processes left by a previous instance");
         }
+        // Veth pairs a crashed instance left (their namespaces died with its processes, but a
+        // pair whose host end outlived them would keep its address). Looked up in sysfs first,
+        // which costs nothing, so a runtime without leftovers sends no netlink request.
+        if net::host_links_with_prefix(&names.veth_prefix) > 0 {
+            let n = net::remove_links_with_prefix(&names.veth_prefix)?;
+            tracing::warn!(removed = n, prefix = %names.veth_prefix, "removed veth pairs left by a previous instance");
+        }
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel::<Teardown>();
         let c2 = counters.clone();
@@ -222,6 +244,7 @@ impl Runtime {
                         tracing::warn!(error = %e, "sandbox cgroup not removed");
                         c2.failed_teardowns.fetch_add(1, Ordering::Relaxed);
                     }
+                    drop(t.lease.take());
                     c2.pending_teardowns.fetch_sub(1, Ordering::Release);
                 }
             })
@@ -237,9 +260,43 @@ impl Runtime {
                 reaper_thread: Mutex::new(Some(reaper)),
                 counters,
                 netns_seen: Mutex::new(Vec::new()),
+                bridge: Mutex::new(None),
                 _lock: lock,
             }),
         })
+    }
+
+    /// Sets the bridge of sandboxes with [`NetworkMode::Bridge`] (creating it now), instead of
+    /// the default one made on first use under [`InstanceNames::bridge`] with
+    /// [`InstanceNames::default_subnet`]. Fails if a different bridge is already in use.
+    pub fn set_bridge(&self, cfg: BridgeConfig) -> Result<()> {
+        let mut slot = self.inner.bridge.lock();
+        if let Some(b) = slot.as_ref() {
+            if *b.config() == cfg {
+                return Ok(());
+            }
+            return Err(Error::Config(format!(
+                "this runtime already uses bridge {} ({}/{}); restart it to change the bridge",
+                b.config().name,
+                b.config().gateway,
+                b.config().prefix
+            )));
+        }
+        *slot = Some(Arc::new(Bridge::ensure(cfg, &self.inner.names.veth_prefix)?));
+        Ok(())
+    }
+
+    /// The bridge, made with the default name and subnet if none was set.
+    pub fn bridge(&self) -> Result<Arc<Bridge>> {
+        let mut slot = self.inner.bridge.lock();
+        if let Some(b) = slot.as_ref() {
+            return Ok(b.clone());
+        }
+        let names = &self.inner.names;
+        let cfg = BridgeConfig::parse(&names.bridge, &names.default_subnet)?;
+        let b = Arc::new(Bridge::ensure(cfg, &names.veth_prefix)?);
+        *slot = Some(b.clone());
+        Ok(b)
     }
 
     /// The names this instance uses on the host.
@@ -315,6 +372,7 @@ impl Runtime {
             timings: Timings::default(),
             netns: 0,
             pid1: None,
+            lease: None,
             rt: self.inner.clone(),
         };
         self.inner.counters.parts_built.fetch_add(1, Ordering::Relaxed);
@@ -332,6 +390,15 @@ impl Runtime {
                 part.timings.add(&stages);
             }
             other => return Err(unexpected(other)),
+        }
+        if profile.network == NetworkMode::Bridge {
+            // The helper itself entered the new network namespace, so its pid names it. This
+            // runs while the helper builds the root; it is part of the pooled work.
+            let t = Instant::now();
+            let pid = part.child.as_ref().map(|c| c.id() as i32).ok_or_else(|| Error::Protocol("part has no helper".into()))?;
+            let ns = net::open_netns_of(pid)?;
+            part.lease = Some(self.bridge()?.attach(ns.as_fd())?);
+            part.timings.stages.push(("bridge_veth".into(), t.elapsed()));
         }
         if let Some(r) = rootfs {
             part.take_root(&ctrl, r)?;
@@ -428,8 +495,13 @@ impl Inner {
     /// Hands a finished sandbox to the reaper: reap its helper (if any), then remove its
     /// cgroups. Runs inline when the reaper is gone (the runtime is shutting down).
     pub(crate) fn schedule_teardown(&self, child: Option<Child>, cgroup: CgroupPlan) {
+        self.schedule_teardown_with(child, cgroup, None)
+    }
+
+    /// As [`Inner::schedule_teardown`], also giving back a bridge lease once the processes are gone.
+    pub(crate) fn schedule_teardown_with(&self, child: Option<Child>, cgroup: CgroupPlan, lease: Option<Lease>) {
         self.counters.pending_teardowns.fetch_add(1, Ordering::AcqRel);
-        let t = Teardown { child, cgroup };
+        let t = Teardown { child, cgroup, lease };
         let tx = self.reaper.lock().clone();
         let inline = |mut t: Teardown, kill: bool| {
             if let Some(c) = t.child.as_mut() {
@@ -439,6 +511,7 @@ impl Inner {
                 let _ = c.wait();
             }
             let _ = t.cgroup.remove(Duration::from_secs(10));
+            drop(t.lease.take());
             self.counters.pending_teardowns.fetch_sub(1, Ordering::Release);
         };
         match tx {
@@ -461,6 +534,14 @@ impl Drop for Inner {
             let _ = t.join();
         }
         let _ = cgroup::kill_and_remove_all(&self.layout, &self.names.cgroup_parent, Duration::from_secs(10));
+        if let Some(b) = self.bridge.lock().take() {
+            // every sandbox is gone, so nobody else holds it
+            if let Ok(b) = Arc::try_unwrap(b) {
+                if let Err(e) = b.delete() {
+                    tracing::warn!(error = %e, "bridge not deleted");
+                }
+            }
+        }
     }
 }
 
@@ -487,6 +568,8 @@ pub(crate) struct Part {
     netns: u64,
     /// Host pid of the parked PID 1 and the socket to hand it the workload.
     pid1: Option<(i32, OwnedFd)>,
+    /// Its place on the bridge (bridged profiles only).
+    lease: Option<Lease>,
     rt: Arc<Inner>,
 }
 
@@ -521,7 +604,9 @@ impl Drop for Part {
         self.pid1.take();
         self.ctrl.take();
         if let Some(child) = self.child.take() {
-            self.rt.schedule_teardown(Some(child), self.cgroup.clone());
+            self.rt.schedule_teardown_with(Some(child), self.cgroup.clone(), self.lease.take());
+        } else {
+            drop(self.lease.take());
         }
     }
 }

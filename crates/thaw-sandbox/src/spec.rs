@@ -31,11 +31,19 @@ pub struct Profile {
     pub limits: Limits,
     /// Seccomp options (the profile itself is compiled once per runtime).
     pub seccomp: SeccompOptions,
+    /// Loopback only (the default), or `eth0` on the runtime's bridge.
+    #[serde(default)]
+    pub network: crate::net::NetworkMode,
 }
 
 impl Default for Profile {
     fn default() -> Self {
-        Profile { hostname: DEFAULT_HOSTNAME.into(), limits: Limits::default(), seccomp: SeccompOptions::default() }
+        Profile {
+            hostname: DEFAULT_HOSTNAME.into(),
+            limits: Limits::default(),
+            seccomp: SeccompOptions::default(),
+            network: crate::net::NetworkMode::Loopback,
+        }
     }
 }
 

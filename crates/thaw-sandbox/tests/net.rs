@@ -234,3 +234,126 @@ fn a_full_subnet_is_a_clear_error() {
     bridge.delete().unwrap();
     assert_eq!(net::remove_links_with_prefix(&prefix).unwrap(), 0);
 }
+
+mod common;
+
+/// A tiny HTTP server on `addr` answering every request with `body`; stops after `n` requests.
+fn http_once(addr: Ipv4Addr, body: &'static str, n: usize) -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind((addr, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, h)
+}
+
+/// Sandboxes with the bridge profile, cold and pooled, get eth0 with distinct addresses and a
+/// default route, reach a server on the host's bridge address, and leave no veth pair and no
+/// bridge behind once they and the runtime are gone. Loopback-only sandboxes of the same
+/// runtime still see no eth0.
+#[test]
+fn bridged_sandboxes_reach_the_host_and_clean_up() {
+    let Some(fx) = common::Fixture::new("bridged_sandboxes_reach_the_host_and_clean_up") else {
+        return;
+    };
+    let names = fx.rt.names().clone();
+    let bridge = fx.rt.bridge().unwrap();
+    let gw = bridge.config().gateway;
+    let (port, server) = http_once(gw, "hello from the host", 3);
+    let url = format!("http://{gw}:{port}/");
+
+    let mut spec = fx.spec(&[
+        "/bin/busybox",
+        "sh",
+        "-c",
+        &format!("cat /proc/net/route; /bin/busybox wget -q -O - {url}"),
+    ]);
+    spec.profile.network = thaw_sandbox::net::NetworkMode::Bridge;
+    let out = fx.rt.run_output(&spec).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("hello from the host"), "{stdout}");
+    let gw_hex = format!("{:08X}", u32::from(gw).swap_bytes());
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("eth0\t00000000\t") && l.contains(&gw_hex)),
+        "no default route via {gw}: {stdout}"
+    );
+    assert!(
+        out.timings.stages.iter().any(|(s, _)| s == "bridge_veth"),
+        "{:?}",
+        out.timings.stages
+    );
+
+    // pooled: two sandboxes at once have distinct addresses
+    let pool = fx.rt.pool(thaw_sandbox::PoolConfig {
+        profile: spec.profile.clone(),
+        rootfs: Some(spec.rootfs.clone()),
+        depth: 2,
+    });
+    assert!(pool.wait_ready(2, Duration::from_secs(30)));
+    let addr_of = |o: thaw_sandbox::Output| {
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{s}");
+        s
+    };
+    let show = thaw_sandbox::ProcessConfig {
+        args: vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            format!("/bin/busybox ip -4 addr show eth0; /bin/busybox wget -q -O - {url}"),
+        ],
+        ..spec.process.clone()
+    };
+    let a = addr_of(pool.run_output(Some(&spec.rootfs), &show).unwrap());
+    let b = addr_of(pool.run_output(Some(&spec.rootfs), &show).unwrap());
+    let inet = |s: &str| {
+        s.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .map(str::to_string)
+    };
+    assert!(inet(&a).is_some() && inet(&a) != inet(&b), "{a}\n{b}");
+    assert!(a.contains("hello from the host") && b.contains("hello from the host"));
+    server.join().unwrap();
+
+    // loopback-only in the same runtime: no eth0
+    let lo = fx
+        .rt
+        .run_output(&fx.spec(&["/bin/busybox", "cat", "/proc/net/dev"]))
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&lo.stdout).contains("eth0"));
+
+    drop(pool);
+    drop(bridge);
+    let bridge_name = names.bridge.clone();
+    let Fixture { rt, dir: _dir, .. } = fx;
+    drop(rt);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while net::host_links_with_prefix(&names.veth_prefix) > 0
+        || net::link_exists(&bridge_name).unwrap()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "veth pairs or the bridge outlived the runtime"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+use common::Fixture;
