@@ -244,6 +244,8 @@ struct Shared {
     counts: Mutex<Counts>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     sessions: Mutex<HashMap<u64, Signaller>>,
+    /// Every open connection, so stopping can cut them (a thread blocked reading one wakes up).
+    conns: Mutex<HashMap<u64, Arc<OwnedFd>>>,
     next_session: AtomicU64,
     served: AtomicU64,
     failed: AtomicU64,
@@ -283,6 +285,7 @@ impl Server {
             counts: Mutex::new(Counts { idle: 0, total: 0 }),
             threads: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -317,6 +320,12 @@ impl Server {
         let _ = nix::unistd::write(&w, b"x");
         for sig in self.shared.sessions.lock().values() {
             let _ = sig.signal(libc::SIGKILL);
+        }
+        // Reading ends: a thread waiting for a request wakes up, a relay thread sees the end
+        // (and kills its sandbox); answers can still go out, so a client learns how its
+        // workload ended.
+        for c in self.shared.conns.lock().values() {
+            let _ = socket::shutdown(c.as_raw_fd(), socket::Shutdown::Read);
         }
         loop {
             let batch: Vec<_> = std::mem::take(&mut *self.shared.threads.lock());
@@ -413,7 +422,14 @@ fn worker(s: &Arc<Shared>) {
                 tracing::warn!(error = %e, "cannot add a sandbox service thread");
             }
         }
-        session(s, conn);
+        let id = s.next_session.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(conn);
+        s.conns.lock().insert(id, conn.clone());
+        if s.stopping.load(Ordering::SeqCst) {
+            let _ = socket::shutdown(conn.as_raw_fd(), socket::Shutdown::Read);
+        }
+        session(s, id, conn);
+        s.conns.lock().remove(&id);
         let mut c = s.counts.lock();
         if c.idle >= s.cfg.idle_threads {
             c.total -= 1;
@@ -433,7 +449,19 @@ fn peer_allowed(conn: &OwnedFd) -> bool {
     }
 }
 
-fn session(s: &Shared, conn: OwnedFd) {
+/// How long a client may take to send its request after connecting; a connection that says
+/// nothing must not hold a thread for good.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn set_recv_timeout(conn: &OwnedFd, t: Option<Duration>) {
+    let tv = nix::sys::time::TimeVal::from(match t {
+        Some(t) => libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as libc::suseconds_t },
+        None => libc::timeval { tv_sec: 0, tv_usec: 0 },
+    });
+    let _ = socket::setsockopt(conn, socket::sockopt::ReceiveTimeout, &tv);
+}
+
+fn session(s: &Shared, id: u64, conn: Arc<OwnedFd>) {
     let fail = |conn: &OwnedFd, msg: String| {
         s.failed.fetch_add(1, Ordering::Relaxed);
         let _ = proto::send(conn.as_fd(), &ServerMsg::Failed(msg), &[]);
@@ -442,7 +470,11 @@ fn session(s: &Shared, conn: OwnedFd) {
         fail(&conn, "this sandbox service only serves the user it runs as".into());
         return;
     }
-    let (req, mut fds) = match proto::recv::<ClientMsg>(conn.as_fd()) {
+    set_recv_timeout(&conn, Some(REQUEST_TIMEOUT));
+    let first = proto::recv::<ClientMsg>(conn.as_fd());
+    // From here on the socket waits as long as the workload runs.
+    set_recv_timeout(&conn, None);
+    let (req, mut fds) = match first {
         Ok(Some((ClientMsg::Run(r), fds))) => (*r, fds),
         Ok(Some((ClientMsg::Signal(_), _))) => return fail(&conn, "expected a run request first".into()),
         Ok(None) => return,
@@ -468,12 +500,10 @@ fn session(s: &Shared, conn: OwnedFd) {
         let _ = sb.wait();
         return;
     }
-    let id = s.next_session.fetch_add(1, Ordering::Relaxed);
     s.sessions.lock().insert(id, sig.clone());
     if s.stopping.load(Ordering::SeqCst) {
         let _ = sig.signal(libc::SIGKILL);
     }
-    let conn = Arc::new(conn);
     let done = Arc::new(AtomicBool::new(false));
     // Signals and the client's death arrive on the session socket while this thread waits for
     // the workload; a second thread reads them.
@@ -767,6 +797,23 @@ mod tests {
             assert!(Instant::now() < deadline, "threads did not shrink: {:?}", srv.stats());
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn stopping_cuts_connections_that_sent_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (srv, path) = server(dir.path());
+        let held = Client::connect(&path).unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while srv.stats().threads < 2 {
+            assert!(Instant::now() < deadline, "the connection was not taken: {:?}", srv.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let t = Instant::now();
+        srv.stop();
+        assert!(t.elapsed() < Duration::from_secs(2), "stop waited for a silent client: {:?}", t.elapsed());
+        // The client sees the end of the session.
+        assert!(proto::recv::<ServerMsg>(held.sock.as_fd()).unwrap().is_none());
     }
 
     proptest! {

@@ -151,3 +151,16 @@ fn run_with_input_feeds_stdin_bounds_output_and_times_out() {
     assert_eq!(out.status, ExitStatus::Signal(libc::SIGKILL));
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn stopping_the_server_kills_running_sandboxes() {
+    let Some(f) = common::Fixture::new("stopping_the_server_kills_running_sandboxes") else { return };
+    let (srv, path) = serve(&f);
+    let (s, r) = run(&path, &["sh", "-c", "echo ready; exec sleep 1000"]);
+    let mut buf = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::from(r), &mut buf).unwrap();
+    let t = Instant::now();
+    srv.stop();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(s.wait().unwrap(), ExitStatus::Signal(libc::SIGKILL));
+}

@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node daemon: the caching registry mirror and the local API.
+    /// Run the node daemon: the caching registry mirror, the local API and, with a [sandbox]
+    /// configuration section, pools of sandboxes and functions.
     Serve(cmd::serve::ServeArgs),
     /// Pull an image into the store (through the running daemon when there is one).
     Pull(cmd::pull::PullArgs),
@@ -34,7 +35,8 @@ enum Command {
     Trace(cmd::trace::TraceCommand),
     /// Replay a trace through cache policies.
     Sim(cmd::sim::SimArgs),
-    /// Run a container from an image or an OCI bundle.
+    /// Run a container from an image or an OCI bundle (from a daemon's pools when one serves
+    /// the data directory).
     Run(cmd::run::RunArgs),
     /// Functions on the daemon: deploy, invoke, list, rm.
     #[command(subcommand)]

@@ -93,6 +93,17 @@ impl Env {
     }
 }
 
+/// `GET /v1/status` on the daemon's API socket (plain HTTP/1.1 over the unix socket).
+fn status(e: &Env) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(e.data().join("api.sock")).unwrap();
+    write!(s, "GET /v1/status HTTP/1.1\r\nHost: thaw\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {out}"))
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -162,6 +173,12 @@ fn run_through_the_daemon_relays_output_exit_code_and_timings() {
     assert!(metric_value(&m, "thaw_sandbox_pool_misses_total") >= 1.0, "{m}");
     assert!(m.contains("thaw_sandbox_pool_ready{pool=\""), "{m}");
     assert!(m.trim_end().ends_with("# EOF"), "{m}");
+    let st = status(&e);
+    let pools = st["sandbox"]["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1, "{st}");
+    assert!(pools[0]["pool"].as_str().unwrap().ends_with("[default]"), "{st}");
+    assert!(pools[0]["hits"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(st["sandbox"]["cgroup_parent"], e.names().cgroup_parent.as_str());
     // An error of the daemon reaches the client.
     let o = e.run().arg(&e.rootfs).args(["--", "no-such-program"]).output().unwrap();
     assert!(!o.status.success());
@@ -264,6 +281,7 @@ fn a_mirror_only_daemon_makes_no_pools_and_run_goes_cold() {
     assert!(!e.data().join("sandbox").exists(), "no sandbox runtime state");
     let m = http_get(d.addr, "/metrics");
     assert!(!m.contains("thaw_sandbox_"), "{m}");
+    assert!(status(&e)["sandbox"].is_null());
     // thaw run still works: the cold path.
     let o = e.run().arg("--timings").arg(&e.rootfs).args(["--", "echo", "cold"]).output().unwrap();
     assert_eq!(ok(&o), "cold\n");

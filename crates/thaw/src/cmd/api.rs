@@ -1,10 +1,12 @@
 //! The daemon's local API on a unix socket, and the client side CLI commands use to reach it.
 //!
-//! Commands that touch the store (`thaw pull`, `thaw preheat`, later `thaw run`) first try the
-//! socket; when no daemon answers they open the store themselves, under its lock.
+//! Commands that touch the store (`thaw pull`, `thaw preheat`) first try the socket; when no
+//! daemon answers they open the store themselves, under its lock. (`thaw run` uses the daemon's
+//! separate sandbox socket the same way.)
 //!
 //! Endpoints (JSON; long operations stream newline-delimited JSON events):
-//! - `GET  /v1/status`  — version, listen address, data directory, store statistics
+//! - `GET  /v1/status`  — version, listen address, data directory, store statistics, and for a
+//!   daemon with sandboxes its pools and functions
 //! - `POST /v1/pull`    — `{"reference": "...", "platform": null}` → events, then `done` or `error`
 //! - `POST /v1/preheat` — `{"references": ["...", ...]}` → events per image, then `done`
 //!
@@ -235,11 +237,13 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, shutdown: impl 
 
 async fn status(State(st): State<Arc<ApiState>>) -> Response {
     let s = st.registry.store().stats();
+    let sandboxes = st.sandboxes.as_ref().map(|h| h.status());
     Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "listen": st.listen.to_string(),
         "data": st.settings.data,
         "store": { "blobs": s.blobs, "bytes": s.bytes, "capacity": s.capacity, "pinned_bytes": s.pinned_bytes, "evictions": s.evictions },
+        "sandbox": sandboxes,
     }))
     .into_response()
 }

@@ -559,6 +559,30 @@ impl Host {
             .collect()
     }
 
+    /// What `/v1/status` shows: the pools (label, depth, ready, hits, misses) and functions.
+    pub fn status(&self) -> serde_json::Value {
+        let pools: Vec<serde_json::Value> = self
+            .pools
+            .pools()
+            .iter()
+            .map(|(label, p)| {
+                let s = p.stats();
+                serde_json::json!({
+                    "pool": label,
+                    "depth": p.config().depth,
+                    "ready": p.ready(),
+                    "hits": s.hits.load(Ordering::Relaxed),
+                    "misses": s.misses.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "cgroup_parent": self.rt.names().cgroup_parent,
+            "pools": pools,
+            "functions": self.list(),
+        })
+    }
+
     /// Runs one invocation with `payload` on stdin. Blocking.
     pub fn invoke(&self, name: &str, payload: &[u8]) -> Result<Invocation, FnError> {
         let t = Instant::now();
