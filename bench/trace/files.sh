@@ -12,7 +12,7 @@ set -eu
 DIR=${BENCH_DIR:-/dev/shm/thaw-bench-files}
 RUNS=${RUNS:-50}
 rm -rf "$DIR"
-mkdir -p "$DIR/bundle/rootfs" "$DIR/runc" "$DIR/scratch" "$DIR/top/data"
+mkdir -p "$DIR/bundle/rootfs" "$DIR/runc" "$DIR/crun" "$DIR/scratch" "$DIR/top/data"
 cargo build --release -p thaw
 THAW=$PWD/target/release/thaw
 
@@ -58,5 +58,14 @@ hyperfine --warmup 3 --runs "$RUNS" -N --export-markdown "$DIR/files.md" --expor
   -n "runc run" "runc --root $DIR/runc run --bundle $DIR/bundle bench-files" \
   -n "thaw trace files (root dir)" "$THAW trace files --scratch $DIR/scratch $R -- sh -c '$CMD'" \
   -n "thaw trace files (2-layer oci)" "$THAW trace files --data $DIR/data --scratch $DIR/scratch oci:$L:v1 -- sh -c '$CMD'"
-cat "$DIR/files.md"
+# crun refuses hybrid cgroups while /sys/fs/cgroup/unified lists controllers: the whole crun
+# run happens in one private mount namespace without it (thaw --runtime crun does the same
+# inside itself, per run, and that is counted).
+unshare -m --propagation private sh -c "umount -l /sys/fs/cgroup/unified 2>/dev/null || true
+  hyperfine --warmup 3 --runs $RUNS -N --export-markdown $DIR/files-crun.md \
+    -n 'crun run' 'crun --root $DIR/crun run --bundle $DIR/bundle bench-files' \
+    -n 'thaw trace files --runtime crun (2-layer oci)' \
+       \"$THAW trace files --runtime crun --data $DIR/data --scratch $DIR/scratch oci:$L:v1 -- sh -c '$CMD'\""
+cat "$DIR/files.md" "$DIR/files-crun.md"
+"$THAW" trace files --timings --data "$DIR/data" --scratch "$DIR/scratch" "oci:$L:v1" -- sh -c "$CMD" 2>&1 >/dev/null | grep -A9 timings
 rm -rf "$DIR"

@@ -360,6 +360,70 @@ mod tests {
         assert_eq!(per.iter().map(|c| c.files).collect::<Vec<_>>(), inv.per_layer.iter().map(|c| c.files).collect::<Vec<_>>());
     }
 
+    /// Every path of a depth-3 tree over two names, parents first.
+    fn universe() -> Vec<String> {
+        let mut out = Vec::new();
+        for a in ["a", "b"] {
+            out.push(format!("/{a}"));
+            for b in ["a", "b"] {
+                out.push(format!("/{a}/{b}"));
+                for c in ["a", "b"] {
+                    out.push(format!("/{a}/{b}/{c}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn kind(k: u8) -> Option<Entry> {
+        match k {
+            0 => None,
+            1 => Some(Entry::Dir { opaque: false }),
+            2 => Some(Entry::Dir { opaque: true }),
+            3 => Some(Entry::File { size: 3 }),
+            4 => Some(Entry::Whiteout),
+            _ => Some(Entry::Other),
+        }
+    }
+
+    proptest::proptest! {
+        /// The merged walk and the per-path lookup are two implementations of overlayfs' rules:
+        /// on random stacks (whiteouts, opaque directories, files over directories) they agree
+        /// on which layer provides every file.
+        #[test]
+        fn walk_and_lookup_agree_on_random_stacks(kinds in proptest::collection::vec(proptest::collection::vec(0u8..6, 14), 1..4)) {
+            let mut fs = FakeFs::default();
+            let paths = universe();
+            for (l, ks) in kinds.iter().enumerate() {
+                let root = PathBuf::from(format!("/L{l}"));
+                fs.entries.insert(root.clone(), Entry::Dir { opaque: false });
+                for (p, k) in paths.iter().zip(ks) {
+                    let Some(e) = kind(*k) else { continue };
+                    let full = root.join(&p[1..]);
+                    // only entries whose ancestors in this layer are (or can become) directories
+                    let blocked = full.ancestors().skip(1).take_while(|a| *a != root).any(|a| matches!(fs.entries.get(a), Some(x) if !matches!(x, Entry::Dir { .. })));
+                    let has_children = fs.entries.keys().any(|k| k.parent() == Some(full.as_path()));
+                    if blocked || (has_children && !matches!(e, Entry::Dir { .. })) {
+                        continue;
+                    }
+                    fs.add(full.to_str().unwrap(), e);
+                }
+            }
+            let layers = (0..kinds.len()).map(|l| LayerDir { id: format!("L{l}"), dir: PathBuf::from(format!("/L{l}")) }).collect();
+            let set = LayerSet::from_base_first(layers);
+            let inv = set.inventory(&fs).unwrap();
+            let mut per = vec![0u64; set.layers.len()];
+            for p in &paths {
+                if let Provider::Layer(i) = set.locate(&fs, Path::new(p)).unwrap() {
+                    if matches!(fs.entry(&set.layers[i].dir.join(&p[1..])).unwrap(), Entry::File { .. }) {
+                        per[i] += 1;
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(per, inv.per_layer.iter().map(|c| c.files).collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn real_fs_reads_plain_directories() {
         let d = tempfile::tempdir().unwrap();
