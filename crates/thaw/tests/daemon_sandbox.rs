@@ -425,3 +425,47 @@ fn python_functions_run_forked_from_their_template() {
     let o = e.func("invoke").args(["b64", "--data", "again"]).output().unwrap();
     assert_eq!(ok(&o), "YWdhaW4=");
 }
+
+#[test]
+fn layouts_bundles_and_configured_images_through_the_daemon() {
+    let Some(e) = Env::new("layouts_bundles_and_configured_images_through_the_daemon") else { return };
+    // An OCI layout with the busybox root as its only layer and a command of its own.
+    let tar = Command::new("tar").arg("-C").arg(&e.rootfs).args(["-cf", "-", "."]).output().unwrap();
+    assert!(tar.status.success());
+    let layout = e.dir.path().join("layout");
+    let mut w = thaw_oci::layout::LayoutWriter::create(&layout).unwrap();
+    let layers = vec![(tar.stdout.clone(), thaw_oci::Digest::sha256_of(&tar.stdout), "application/vnd.oci.image.layer.v1.tar")];
+    let config = serde_json::json!({"config": {"Env": ["PATH=/bin", "WHO=layout"], "Cmd": ["sh", "-c", "echo $WHO"], "WorkingDir": "/etc"}});
+    w.add_image("v1", &layers, config).unwrap();
+    let image = format!("oci:{}:v1", layout.display());
+    // Configured images are pooled before the first request.
+    let d = e.daemon(Some(&format!("depth = 1\n[[sandbox.images]]\nimage = \"{image}\"\n")));
+    wait_until("the configured image is pooled", Duration::from_secs(30), || metric_value(&http_get(d.addr, "/metrics"), "thaw_sandbox_pool_ready") >= 1.0);
+    let o = e.run().arg("--timings").arg(&image).output().unwrap();
+    assert_eq!(ok(&o), "layout\n");
+    assert!(text(&o.stderr).contains("pooled parts"), "the first start was not pooled: {}", text(&o.stderr));
+    // A relative layout path is made absolute by the client.
+    let o = e.run().current_dir(e.dir.path()).args(["oci:layout:v1", "--", "pwd"]).output().unwrap();
+    assert_eq!(ok(&o), "/etc\n");
+    // The daemon holds the layer store: the cold path says what to do instead.
+    let o = e.run().arg("--cold").arg(&image).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("run without --cold"), "{}", text(&o.stderr));
+    // A bundle is read by the client and run by the daemon.
+    let bundle = e.dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::os::unix::fs::symlink(&e.rootfs, bundle.join("rootfs")).unwrap();
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "bundled",
+        "process": {"args": ["sh", "-c", "hostname; touch /x 2>/dev/null && echo writable || echo readonly"],
+                    "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"], "noNewPrivileges": true},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
+    });
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let o = e.run().arg("--timings").arg("--bundle").arg(&bundle).output().unwrap();
+    assert_eq!(ok(&o), "bundled\nreadonly\n");
+    assert!(text(&o.stderr).contains("through the daemon"), "{}", text(&o.stderr));
+}
