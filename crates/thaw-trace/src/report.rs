@@ -664,34 +664,31 @@ pub fn cumulative_bytes_svg(s: &FilesSummary) -> Result<String, ReportError> {
 /// Hot files shown in the HTML report.
 const HTML_HOT_FILES: usize = 200;
 
+/// The headline figures of a recording, as (label, value) rows for the HTML and text reports.
+fn files_figures(s: &FilesSummary) -> Vec<(&'static str, String)> {
+    vec![
+        ("image", s.image.clone()),
+        ("command", s.command.join(" ")),
+        ("runtime", s.runtime.clone()),
+        ("ready", ready_text(&s.ready)),
+        ("start to ready", human_seconds(s.duration_us as f64 / 1e6)),
+        ("files accessed / in the image", format!("{} / {} ({})", s.accessed_files, opt_num(s.image_files), pct(s.file_share))),
+        ("files read or executed", s.read_files.to_string()),
+        (
+            "bytes accessed / in the image",
+            format!("{} / {} ({})", human_bytes(s.accessed_bytes as f64), opt_bytes(s.image_bytes), pct(s.byte_share)),
+        ),
+        ("files written by the container", s.written_files.to_string()),
+        ("events (lost to overflow, without a path)", format!("{} ({}, {})", s.events, s.overflows, s.unmapped)),
+    ]
+}
+
 fn files_html(h: &mut String, s: &FilesSummary) -> Result<(), ReportError> {
-    let _ = writeln!(
-        h,
-        "<h2>File accesses: {}</h2><table><tr><th>figure</th><th>value</th></tr>\
-         <tr><td>command</td><td>{}</td></tr><tr><td>runtime</td><td>{}</td></tr><tr><td>ready</td><td>{}</td></tr>\
-         <tr><td>start to ready</td><td>{}</td></tr>\
-         <tr><td>files accessed / in the image</td><td>{} / {} ({})</td></tr>\
-         <tr><td>files read or executed</td><td>{}</td></tr>\
-         <tr><td>bytes accessed / in the image</td><td>{} / {} ({})</td></tr>\
-         <tr><td>files written by the container</td><td>{}</td></tr>\
-         <tr><td>events (lost to overflow, without a path)</td><td>{} ({}, {})</td></tr></table>",
-        esc(&s.image),
-        esc(&s.command.join(" ")),
-        esc(&s.runtime),
-        esc(&ready_text(&s.ready)),
-        human_seconds(s.duration_us as f64 / 1e6),
-        s.accessed_files,
-        opt_num(s.image_files),
-        pct(s.file_share),
-        s.read_files,
-        human_bytes(s.accessed_bytes as f64),
-        opt_bytes(s.image_bytes),
-        pct(s.byte_share),
-        s.written_files,
-        s.events,
-        s.overflows,
-        s.unmapped
-    );
+    let _ = write!(h, "<h2>File accesses: {}</h2><table><tr><th>figure</th><th>value</th></tr>", esc(&s.image));
+    for (k, v) in files_figures(s).iter().skip(1) {
+        let _ = write!(h, "<tr><td>{k}</td><td>{}</td></tr>", esc(v));
+    }
+    h.push_str("</table>\n");
     let _ = writeln!(h, "<p class=\"note\">{}</p>", esc(&s.definition));
     let _ = writeln!(
         h,
@@ -739,26 +736,11 @@ fn files_html(h: &mut String, s: &FilesSummary) -> Result<(), ReportError> {
 
 /// A file-access recording as terminal tables: totals, layers, the first `top` hot files.
 pub fn files_table(s: &FilesSummary, top: usize) -> String {
-    let mut out = format!(
-        "{} — {} ({}, {} after start)\n\
-         files accessed: {} of {} ({}), {} read or executed; bytes accessed: {} of {} ({}); written by the container: {}\n\
-         events: {} ({} lost to queue overflow, {} without a path)\n\n",
-        s.image,
-        ready_text(&s.ready),
-        s.runtime,
-        human_seconds(s.duration_us as f64 / 1e6),
-        s.accessed_files,
-        opt_num(s.image_files),
-        pct(s.file_share),
-        s.read_files,
-        human_bytes(s.accessed_bytes as f64),
-        opt_bytes(s.image_bytes),
-        pct(s.byte_share),
-        s.written_files,
-        s.events,
-        s.overflows,
-        s.unmapped
-    );
+    let mut out = String::new();
+    for (k, v) in files_figures(s) {
+        let _ = writeln!(out, "{k}: {v}");
+    }
+    out.push('\n');
     let rows: Vec<Vec<String>> = s
         .layers
         .iter()
@@ -1064,7 +1046,7 @@ mod tests {
         assert!(page.contains("sha256:bbbbbbbbbbbb"), "layer ids shortened on axes and tables");
         assert!(!page.contains("<h2>Summary</h2>"), "no analysis section without a trace");
         let t = files_table(&s, 10);
-        assert!(t.contains("/bin/busybox") && t.contains("files accessed: 2 of 302"), "{t}");
+        assert!(t.contains("/bin/busybox") && t.contains("files accessed / in the image: 2 / 302"), "{t}");
         assert!(t.find("/bin/busybox").unwrap() < t.find("/data/a.txt").unwrap(), "first access order");
     }
 

@@ -763,14 +763,7 @@ pub fn reap_stale(scratch: &Path) -> usize {
         let state = dir.join("state");
         if state.join(&name).exists() {
             for prog in [Runtime::Runc.program(), Runtime::Crun.program()] {
-                let _ = Command::new(prog)
-                    .arg("--root")
-                    .arg(&state)
-                    .args(["delete", "--force", &name])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
+                force_delete(prog, &state, &name);
             }
         }
         let dev = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.dev()).ok();
@@ -783,6 +776,18 @@ pub fn reap_stale(scratch: &Path) -> usize {
         }
     }
     removed
+}
+
+/// `runtime delete --force`: kills every process of the container, removes its cgroups and state.
+fn force_delete(prog: &str, state: &Path, id: &str) {
+    let _ = Command::new(prog)
+        .arg("--root")
+        .arg(state)
+        .args(["delete", "--force", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Removes everything a recording made, in order: the container (every process, its cgroups,
@@ -798,14 +803,7 @@ struct Teardown {
 impl Drop for Teardown {
     fn drop(&mut self) {
         if let Some((prog, state, id)) = self.container.take() {
-            let _ = Command::new(prog)
-                .arg("--root")
-                .arg(&state)
-                .args(["delete", "--force", &id])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            force_delete(prog, &state, &id);
         }
         if let Some(pid) = self.pid.take() {
             // `delete --force` SIGKILLed it; collect it so no zombie is left while we live.

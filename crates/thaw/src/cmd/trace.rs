@@ -466,7 +466,12 @@ fn run_files(a: FilesArgs) -> anyhow::Result<ExitCode> {
     if !a.command.is_empty() {
         process.args = a.command.clone();
     }
-    process.env.extend(a.env.iter().cloned());
+    for kv in &a.env {
+        // Replace the image's value: with two entries, programs would see the first.
+        let key = kv.split('=').next().unwrap_or_default();
+        process.env.retain(|e| e.split('=').next() != Some(key));
+        process.env.push(kv.clone());
+    }
     if let Some(w) = &a.workdir {
         process.cwd = w.clone();
     }
