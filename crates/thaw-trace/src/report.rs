@@ -105,6 +105,23 @@ fn plot_err<E: std::fmt::Debug>(title: &str) -> impl Fn(E) -> ReportError + '_ {
     }
 }
 
+/// Draws the legend and writes the plot out.
+fn finish<'a, 'b: 'a>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>,
+    root: &DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    legend: SeriesLabelPosition,
+    title: &str,
+) -> Result<(), ReportError> {
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err(title))?;
+    root.present().map_err(plot_err(title))
+}
+
 /// One line of a CDF plot.
 pub struct Series<'a> {
     pub name: &'a str,
@@ -174,14 +191,7 @@ pub fn cdf_svg(
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err(title))?;
-        root.present().map_err(plot_err(title))?;
+        finish(&mut chart, &root, SeriesLabelPosition::LowerRight, title)?;
     }
     Ok(svg)
 }
@@ -281,14 +291,7 @@ pub fn mrc_svg(sim: &SimReport, bytes: bool) -> Result<String, ReportError> {
                 .draw_series(pts.into_iter().map(|pt| Circle::new(pt, 3, color.filled())))
                 .map_err(plot_err(title))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err(title))?;
-        root.present().map_err(plot_err(title))?;
+        finish(&mut chart, &root, SeriesLabelPosition::UpperRight, title)?;
     }
     Ok(svg)
 }
@@ -609,14 +612,7 @@ pub fn layer_bars_svg(s: &FilesSummary) -> Result<String, ReportError> {
                 .label(name)
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(plot_err(title))?;
-        root.present().map_err(plot_err(title))?;
+        finish(&mut chart, &root, SeriesLabelPosition::UpperRight, title)?;
     }
     Ok(svg)
 }
