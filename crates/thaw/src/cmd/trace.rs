@@ -479,6 +479,8 @@ fn run_files(a: FilesArgs) -> anyhow::Result<ExitCode> {
         let shm = PathBuf::from("/dev/shm");
         if shm.is_dir() { shm } else { std::env::temp_dir() }
     });
+    // Absolute: the overlay options and the bundle's root path must not depend on a cwd.
+    let scratch = std::fs::canonicalize(&scratch).with_context(|| format!("scratch directory {}", scratch.display()))?;
     let spec = RecordSpec {
         image: a.image.clone(),
         layers,
