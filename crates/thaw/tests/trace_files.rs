@@ -226,12 +226,17 @@ fn crun_records_the_same_reads() {
 fn ready_by_log_line_stops_a_running_container() {
     let Some(e) = Env::new("ready_by_log_line_stops_a_running_container", "runc") else { return };
     let t = Instant::now();
-    let o = e.run(&["--ready-log", "^server (up|ready)$", "--timeout", "20s", &e.image, "--", "sh", "-c", "cat /data/a.txt >/dev/null; echo server up; exec sleep 30"]);
+    let o = e.run(&["--ready-log", "^server (up|ready)$", "--timeout", "20s", &e.image, "--", "sh", "-c", "cat /data/a.txt >/dev/null; echo made >/tmp/made; cat /tmp/made >/dev/null; echo server up; exec sleep 30"]);
     let s = summary(&o);
     assert!(t.elapsed() < Duration::from_secs(15), "did not stop at the log line");
     assert_eq!(s["ready"]["by"], "log");
     assert_eq!(s["ready"]["line"], "server up");
     assert!(file(&s, "/data/a.txt").is_some());
+    // A file the container made is its own, not a layer's, and stays out of the image's shares.
+    let made = file(&s, "/tmp/made").expect("the container's file recorded");
+    assert!(made["layer"].is_null(), "{made}");
+    assert_eq!(s["written_files"], 1);
+    assert_eq!(s["accessed_files"].as_u64().unwrap() + 1, s["files"].as_array().unwrap().len() as u64);
     assert!(file(&s, "/data/b.txt").is_none());
 }
 
