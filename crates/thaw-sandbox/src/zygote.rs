@@ -174,6 +174,8 @@ struct Instance {
 
 impl Instance {
     /// SIGKILLs every process in the instance's cgroup (a timeout, or a broken instance).
+    /// Only called after the move into it; by pids read from the cgroup, never by a pid kept
+    /// from earlier, which may have been reused by then.
     fn kill(&self) {
         if let Some(c) = &self.cgroup {
             for (_, d) in &c.dirs {
@@ -182,8 +184,6 @@ impl Instance {
                 }
             }
         }
-        // Before the cgroup move only the outer process exists (its child is not born yet).
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 
@@ -654,6 +654,10 @@ fn make_instance(s: &Shared) -> Result<Instance> {
         None => return Err(Error::Helper("forking an instance: the template closed the instance socket".into())),
     }
     inst.stages.push(("fork_unshare_overlay".into(), t.elapsed()));
+    // The pid is the kernel's word, not the template's: a process may name another pid in
+    // SCM_CREDENTIALS only with CAP_SYS_ADMIN over its PID namespace, which the template has —
+    // but then only a pid of its own PID namespace, all of whose processes live in the
+    // template's user namespace. No host process can be moved (or later killed) this way.
     let t = Instant::now();
     let cgroup = CgroupPlan::new(&rt.layout, &rt.names.cgroup_parent, &rt.new_id("z"), s.cfg.profile.limits.clone());
     inst.cgroup = Some(cgroup.clone());
