@@ -9,28 +9,18 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use thaw_sandbox::cgroup::{self, CgroupLayout};
 use thaw_sandbox::{testsupport, InstanceNames};
-use thaw_testkit::{http_get, metric_value, ThawDaemon};
+use thaw_testkit::{http_get, metric_value, ChildGuard as Guard, ThawDaemon};
 
 const THAW: &str = env!("CARGO_BIN_EXE_thaw");
 
 struct Env {
     dir: tempfile::TempDir,
     rootfs: PathBuf,
-}
-
-/// Kills a child process on drop (also when the test panics).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 impl Env {

@@ -427,9 +427,8 @@ fn check_owner(socket: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Client side: one request with a whole body, the whole answer back as (status, body).
-/// `Ok(None)` when no daemon listens there.
-pub async fn call(socket: &Path, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Option<(u16, Vec<u8>)>> {
+/// Sends one request over the daemon's socket; `Ok(None)` when no daemon listens there.
+async fn send(socket: &Path, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Option<hyper::Response<hyper::body::Incoming>>> {
     check_owner(socket)?;
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(s) => s,
@@ -445,7 +444,13 @@ pub async fn call(socket: &Path, method: &str, path: &str, content_type: &str, b
         .header("host", "thaw")
         .header("content-type", content_type)
         .body(http_body_util::Full::new(Bytes::from(body)))?;
-    let resp = sender.send_request(req).await.context("the daemon closed the API connection")?;
+    Ok(Some(sender.send_request(req).await.context("the daemon closed the API connection")?))
+}
+
+/// Client side: one request with a whole body, the whole answer back as (status, body).
+/// `Ok(None)` when no daemon listens there.
+pub async fn call(socket: &Path, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Option<(u16, Vec<u8>)>> {
+    let Some(resp) = send(socket, method, path, content_type, body).await? else { return Ok(None) };
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.context("reading the daemon's answer")?.to_bytes();
     Ok(Some((status, bytes.to_vec())))
@@ -459,20 +464,7 @@ pub async fn call_streaming(
     body: serde_json::Value,
     mut on_event: impl FnMut(ApiEvent),
 ) -> anyhow::Result<Option<()>> {
-    check_owner(socket)?;
-    let stream = match tokio::net::UnixStream::connect(socket).await {
-        Ok(s) => s,
-        Err(_) => return Ok(None),
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = hyper::Request::post(path)
-        .header("host", "thaw")
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(&body)?)))?;
-    let resp = sender.send_request(req).await.context("the daemon closed the API connection")?;
+    let Some(resp) = send(socket, "POST", path, "application/json", serde_json::to_vec(&body)?).await? else { return Ok(None) };
     if !resp.status().is_success() {
         let status = resp.status();
         let text = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();

@@ -64,15 +64,8 @@ pub struct DeployArgs {
     /// Interpreter: its absolute path inside the image.
     #[arg(long, requires = "runtime", default_value = "/usr/bin/python3")]
     pub interpreter: String,
-    /// Memory limit (bytes, or with a k, m or g suffix).
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// Maximum number of processes.
-    #[arg(long)]
-    pub pids: Option<i64>,
-    /// CPU limit in CPUs (e.g. 0.5).
-    #[arg(long)]
-    pub cpus: Option<f64>,
+    #[command(flatten)]
+    pub limits: super::run::LimitArgs,
     /// Ready sandboxes kept for this function.
     #[arg(long)]
     pub depth: Option<usize>,
@@ -202,19 +195,15 @@ fn definition(a: &DeployArgs) -> anyhow::Result<FunctionDef> {
         Some(other) => bail!("unknown runtime {other}; thaw knows python"),
         None => None,
     };
-    let cpu_millis = match a.cpus {
-        Some(c) if !(c > 0.0 && c.is_finite()) => bail!("--cpus must be a positive number of CPUs"),
-        Some(c) => Some((c * 1000.0).round().max(1.0) as u64),
-        None => None,
-    };
+    let (memory_bytes, pids_max, cpu_millis) = a.limits.resolve()?;
     Ok(FunctionDef {
         name: a.name.clone(),
         image: absolute_image(&a.image)?,
         command: a.command.clone(),
         python,
         env: a.env.clone(),
-        memory_bytes: a.memory.as_deref().map(super::run::parse_bytes).transpose()?,
-        pids_max: a.pids,
+        memory_bytes,
+        pids_max,
         cpu_millis,
         depth: a.depth,
         timeout_ms: a.timeout.map(|t| t.as_millis() as u64),

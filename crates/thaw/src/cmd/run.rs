@@ -47,15 +47,8 @@ pub struct RunArgs {
     /// A profile of the daemon's `[sandbox.profiles]` (limits and pool depth); needs the daemon.
     #[arg(long, conflicts_with = "cold")]
     pub profile: Option<String>,
-    /// Memory limit (bytes, or with a k, m or g suffix).
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// Maximum number of processes.
-    #[arg(long)]
-    pub pids: Option<i64>,
-    /// CPU limit in CPUs (e.g. 0.5).
-    #[arg(long)]
-    pub cpus: Option<f64>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Hostname inside the sandbox.
     #[arg(long)]
     pub hostname: Option<String>,
@@ -74,6 +67,32 @@ pub struct RunArgs {
     /// Command and arguments (after `--`); the image's or bundle's own when omitted.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// Cgroup limits, as `thaw run` and `thaw fn deploy` take them.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LimitArgs {
+    /// Memory limit (bytes, or with a k, m or g suffix).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Maximum number of processes.
+    #[arg(long)]
+    pub pids: Option<i64>,
+    /// CPU limit in CPUs (e.g. 0.5).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+}
+
+impl LimitArgs {
+    /// (memory bytes, pids, thousandths of a CPU), checked.
+    pub fn resolve(&self) -> anyhow::Result<(Option<i64>, Option<i64>, Option<u64>)> {
+        let cpu_millis = match self.cpus {
+            Some(c) if !(c > 0.0 && c.is_finite()) => bail!("--cpus must be a positive number of CPUs"),
+            Some(c) => Some((c * 1000.0).round().max(1.0) as u64),
+            None => None,
+        };
+        Ok((self.memory.as_deref().map(parse_bytes).transpose()?, self.pids, cpu_millis))
+    }
 }
 
 /// Signals relayed to the workload.
@@ -228,19 +247,15 @@ impl Drop for InstanceDir {
 
 /// The flags that change the image's configuration, in the form both paths apply.
 fn overrides(args: &RunArgs) -> anyhow::Result<Overrides> {
-    let cpu_millis = match args.cpus {
-        Some(c) if !(c > 0.0 && c.is_finite()) => bail!("--cpus must be a positive number of CPUs"),
-        Some(c) => Some((c * 1000.0).round().max(1.0) as u64),
-        None => None,
-    };
+    let (memory_bytes, pids_max, cpu_millis) = args.limits.resolve()?;
     Ok(Overrides {
         args: args.command.clone(),
         env: args.env.clone(),
         cwd: args.workdir.clone(),
         user: args.user.as_deref().map(parse_user).transpose()?,
         hostname: args.hostname.clone(),
-        memory_bytes: args.memory.as_deref().map(parse_bytes).transpose()?,
-        pids_max: args.pids,
+        memory_bytes,
+        pids_max,
         cpu_millis,
         profile: args.profile.clone(),
     })
@@ -303,7 +318,7 @@ fn parse_user(u: &str) -> anyhow::Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
-pub fn parse_bytes(s: &str) -> anyhow::Result<i64> {
+fn parse_bytes(s: &str) -> anyhow::Result<i64> {
     let s = s.trim().to_ascii_lowercase();
     let (num, mul) = match s.chars().last() {
         Some('k') => (&s[..s.len() - 1], 1i64 << 10),
