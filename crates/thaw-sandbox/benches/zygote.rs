@@ -30,7 +30,7 @@ def handler(payload):
             "payload": json.loads(payload or b"null")}
 "#;
 const FRESH: &str = "import sys; sys.path.insert(0, '/app'); import fn, json; sys.stdout.write(json.dumps(fn.handler(b'7')))";
-const PYTHON: &str = "/usr/bin/python3.11";
+const PYTHON: &str = "/usr/bin/python3";
 
 fn stats(name: &str, mut v: Vec<Duration>) -> f64 {
     v.sort();
@@ -236,7 +236,7 @@ fn main() {
     drop(template);
 
     // 3. Pooled sandbox, fresh interpreter.
-    let spec = SandboxSpec::for_rootfs(&root, ["/usr/bin/python3.11", "-B", "-s", "-c", FRESH].map(String::from).to_vec());
+    let spec = SandboxSpec::for_rootfs(&root, [PYTHON, "-B", "-s", "-c", FRESH].map(String::from).to_vec());
     let pool = rt.pool(PoolConfig { profile: spec.profile.clone(), rootfs: Some(spec.rootfs.clone()), depth: 4 });
     assert!(pool.wait_ready(4, Duration::from_secs(60)));
     let mut pooled = Vec::new();

@@ -239,29 +239,44 @@ pub fn parse_probe(out: &str) -> Vec<(String, i64, i32)> {
         .collect()
 }
 
-/// Debian's python3 (package `python3.11`; `python3-minimal` alone lacks the full standard
-/// library), from which [`python_rootfs`] builds a root filesystem.
-pub const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
-/// Its standard library.
-pub const DEBIAN_PYTHON_LIB: &str = "/usr/lib/python3.11";
+/// Debian's python3: `/usr/bin/python3` names the versioned interpreter (`python3.11` on
+/// Debian 12, package `python3`, which brings the full standard library that
+/// `python3-minimal` lacks).
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3";
 
-/// Builds a Python root filesystem in `dir` from the host's Debian python3: the interpreter
-/// (also as `python3`), its standard library without `test/`, `site-packages/` and
-/// `dist-packages/`, and every shared library `ldd` lists for the interpreter and its extension
-/// modules, each at the path `ldd` printed (real directories, no merged-/usr symlinks, so the
-/// tree stacks over a busybox root without hiding its `/bin`).
+/// The host's Debian interpreter and its standard library (`/usr/bin/python3.X`,
+/// `/usr/lib/python3.X`), or `None` when they are not installed.
+pub fn debian_python() -> Option<(PathBuf, PathBuf)> {
+    let target = fs::read_link(DEBIAN_PYTHON).ok()?;
+    let name = target.file_name()?.to_str()?.to_string();
+    if !name.starts_with("python3.") {
+        return None;
+    }
+    let bin = Path::new("/usr/bin").join(&name);
+    let lib = Path::new("/usr/lib").join(&name);
+    (bin.is_file() && lib.join("json").is_dir()).then_some((bin, lib))
+}
+
+/// Builds a Python root filesystem in `dir` from the host's Debian python3 (see
+/// [`debian_python`]): the interpreter (also as `/usr/bin/python3`), its standard library
+/// without `test/`, `site-packages/` and `dist-packages/`, and every shared library `ldd` lists
+/// for the interpreter and its extension modules, each at the path `ldd` printed (real
+/// directories, no merged-/usr symlinks, so the tree stacks over a busybox root without hiding
+/// its `/bin`).
 pub fn python_rootfs(dir: &Path) -> io::Result<()> {
+    let (bin, lib) = debian_python().ok_or_else(|| io::Error::other(format!("no Debian python3 behind {DEBIAN_PYTHON}")))?;
+    let name = bin.file_name().expect("a file name").to_owned();
     for d in ["usr/bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
         fs::create_dir_all(dir.join(d))?;
     }
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;
-    fs::copy(DEBIAN_PYTHON, dir.join("usr/bin/python3.11"))?;
-    symlink("python3.11", dir.join("usr/bin/python3"))?;
-    let lib = Path::new(DEBIAN_PYTHON_LIB);
+    fs::copy(&bin, dir.join("usr/bin").join(&name))?;
+    symlink(&name, dir.join("usr/bin/python3"))?;
+    let lib = lib.as_path();
     copy_tree(lib, &dir.join(lib.strip_prefix("/").expect("absolute")), &|rel| {
         matches!(rel.to_str(), Some("test" | "site-packages" | "dist-packages"))
     })?;
-    let mut objects = vec![PathBuf::from(DEBIAN_PYTHON)];
+    let mut objects = vec![bin.clone()];
     for e in fs::read_dir(lib.join("lib-dynload"))? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "so") {
@@ -287,7 +302,7 @@ pub fn python_rootfs(dir: &Path) -> io::Result<()> {
     libs.sort_unstable();
     libs.dedup();
     if !libs.iter().any(|l| l.contains("libc.so")) {
-        return Err(io::Error::other(format!("ldd listed no libc for {DEBIAN_PYTHON}: {text}")));
+        return Err(io::Error::other(format!("ldd listed no libc for {}: {text}", bin.display())));
     }
     for l in libs {
         let to = dir.join(l.trim_start_matches('/'));
@@ -341,8 +356,8 @@ extern "C" fn remove_python_rootfs() {
 pub fn cached_python_rootfs(test: &str) -> Option<PathBuf> {
     static ROOT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let r = ROOT.get_or_init(|| {
-        if !Path::new(DEBIAN_PYTHON).exists() || !Path::new(DEBIAN_PYTHON_LIB).join("json").is_dir() {
-            return Err(format!("no Debian python3 at {DEBIAN_PYTHON} (install the apt package python3.11)"));
+        if debian_python().is_none() {
+            return Err(format!("no Debian python3 behind {DEBIAN_PYTHON} (install the apt package python3)"));
         }
         for e in fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -66,7 +66,7 @@ fn template(f: &Fixture, spec: &SandboxSpec) -> std::sync::Arc<thaw_sandbox::Tem
             profile: spec.profile.clone(),
             rootfs,
             runtime: thaw_sandbox::TemplateRuntime::Python {
-                interpreter: "/usr/bin/python3.11".into(),
+                interpreter: "/usr/bin/python3".into(),
                 preload: vec!["json".into()],
                 handler: "thaw_exec:run".into(),
             },

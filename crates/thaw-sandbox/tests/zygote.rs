@@ -72,7 +72,7 @@ impl Zfx {
             profile: Default::default(),
             rootfs: RootfsConfig::with_defaults(self.layers.clone()),
             runtime: TemplateRuntime::Python {
-                interpreter: "/usr/bin/python3.11".into(),
+                interpreter: "/usr/bin/python3".into(),
                 preload: preload.iter().map(|s| s.to_string()).collect(),
                 handler: handler.into(),
             },
