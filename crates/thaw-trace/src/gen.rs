@@ -853,6 +853,12 @@ impl<'a> Gen<'a> {
         Ok(self.summary.requests >= limit)
     }
 
+    /// Buffers one request of image `img` in category `c`, at `ts_us`, for the object `key`.
+    fn request(&mut self, ts_us: u64, c: usize, img: &Image, key: u64, r: Req) {
+        let rec = self.record(ts_us, c, img, r);
+        self.emit(Out { key, rec });
+    }
+
     fn record(&self, ts_us: u64, c: usize, img: &Image, r: Req) -> RequestRecord {
         let Req {
             kind,
@@ -929,10 +935,11 @@ impl<'a> Gen<'a> {
         let img = self.cats[c].slots[slot].clone();
         let layers = Self::manifest_layers(&img);
         let (mkey, mdigest) = digest_of(img.manifest);
-        let rec = self.record(
+        self.request(
             t,
             c,
             &img,
+            mkey,
             Req {
                 kind: ObjectKind::Manifest,
                 method: "GET",
@@ -943,7 +950,6 @@ impl<'a> Gen<'a> {
                 layers,
             },
         );
-        self.emit(Out { key: mkey, rec });
         let blobs_from = t + self.transfer_us(img.manifest_size) + self.p.request_gap_us;
         let mut wanted = Vec::with_capacity(img.layers.len() + 1);
         wanted.push(img.config);
@@ -962,10 +968,11 @@ impl<'a> Gen<'a> {
         self.cats[c].put_credit += gets as f64 * self.cats[c].params.put_get_ratio;
         for ((uid, size), at) in wanted.into_iter().zip(starts) {
             let (key, d) = digest_of(uid);
-            let rec = self.record(
+            self.request(
                 at,
                 c,
                 &img,
+                key,
                 Req {
                     kind: ObjectKind::Blob,
                     method: "GET",
@@ -976,7 +983,6 @@ impl<'a> Gen<'a> {
                     layers: Vec::new(),
                 },
             );
-            self.emit(Out { key, rec });
         }
         self.summary.pulls += 1;
         if let Some((other, generation)) = img.assoc {
@@ -1010,10 +1016,11 @@ impl<'a> Gen<'a> {
         self.cats[c].put_credit -= (blobs.len() + 1) as f64;
         for (uid, size) in blobs {
             let (key, d) = digest_of(uid);
-            let rec = self.record(
+            self.request(
                 at,
                 c,
                 &img,
+                key,
                 Req {
                     kind: ObjectKind::Upload,
                     method: "POST",
@@ -1024,12 +1031,12 @@ impl<'a> Gen<'a> {
                     layers: Vec::new(),
                 },
             );
-            self.emit(Out { key, rec });
             at += self.transfer_us(0) + gap;
-            let rec = self.record(
+            self.request(
                 at,
                 c,
                 &img,
+                key,
                 Req {
                     kind: ObjectKind::Upload,
                     method: "PUT",
@@ -1040,16 +1047,16 @@ impl<'a> Gen<'a> {
                     layers: Vec::new(),
                 },
             );
-            self.emit(Out { key, rec });
             at += self.transfer_us(size) + gap;
         }
         let layers = Self::manifest_layers(&img);
         let msize = img.manifest_size;
         let (mkey, md) = digest_of(img.manifest);
-        let rec = self.record(
+        self.request(
             at,
             c,
             &img,
+            mkey,
             Req {
                 kind: ObjectKind::Manifest,
                 method: "PUT",
@@ -1060,7 +1067,6 @@ impl<'a> Gen<'a> {
                 layers,
             },
         );
-        self.emit(Out { key: mkey, rec });
         self.summary.pushes += 1;
         let life = self.rng.exp(self.cats[c].params.lifetime_mean_s * 1e6) as u64;
         self.schedule(at + life, Ev::Death(c, slot, img.generation));
