@@ -63,9 +63,11 @@ hyperfine --warmup 3 --runs "$RUNS" -N --export-markdown "$DIR/files.md" --expor
 # inside itself, per run, and that is counted).
 unshare -m --propagation private sh -c "umount -l /sys/fs/cgroup/unified 2>/dev/null || true
   hyperfine --warmup 3 --runs $RUNS -N --export-markdown $DIR/files-crun.md \
-    -n 'crun run' 'crun --root $DIR/crun run --bundle $DIR/bundle bench-files' \
+    --export-json $DIR/files-crun.json -n 'crun run' 'crun --root $DIR/crun run --bundle $DIR/bundle bench-files' \
     -n 'thaw trace files --runtime crun (2-layer oci)' \
        \"$THAW trace files --runtime crun --data $DIR/data --scratch $DIR/scratch oci:$L:v1 -- sh -c '$CMD'\""
 cat "$DIR/files.md" "$DIR/files-crun.md"
+# Medians resist the noise of a shared 2-core machine better than means.
+jq -r '.results[] | "median \(.median*1000 | floor) ms  \(.command)"' "$DIR/files.json" "$DIR/files-crun.json"
 "$THAW" trace files --timings --data "$DIR/data" --scratch "$DIR/scratch" "oci:$L:v1" -- sh -c "$CMD" 2>&1 >/dev/null | grep -A9 timings
 rm -rf "$DIR"

@@ -858,6 +858,26 @@ mod tests {
     }
 
     #[test]
+    fn stale_work_directories_of_dead_recorders_are_removed() {
+        let scratch = tempfile::tempdir().unwrap();
+        // A pid that existed and is gone now.
+        let mut c = Command::new("true").spawn().unwrap();
+        let dead = c.id();
+        c.wait().unwrap();
+        let stale = scratch.path().join(format!("thaw-trace-{dead}-7"));
+        let live = scratch.path().join(format!("thaw-trace-{}-7", std::process::id()));
+        let other = scratch.path().join("thaw-trace-notapid-1");
+        for d in [&stale, &live, &other] {
+            std::fs::create_dir_all(d.join("rootfs")).unwrap();
+            std::fs::create_dir_all(d.join("upper/etc")).unwrap();
+        }
+        assert_eq!(reap_stale(scratch.path()), 1);
+        assert!(!stale.exists(), "a dead recorder's directory is removed");
+        assert!(live.exists(), "a live recorder's directory is left alone");
+        assert!(other.exists(), "names thaw did not make are left alone");
+    }
+
+    #[test]
     fn runtime_config_carries_the_process() {
         let p = ProcessSpec { args: vec!["cat".into(), "/a".into()], uid: 5, gid: 6, ..Default::default() };
         let c = runtime_config(&p, Path::new("/r"), "/thaw-trace-x");
