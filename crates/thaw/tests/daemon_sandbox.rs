@@ -41,13 +41,20 @@ impl Env {
     /// Starts `thaw serve` on this data directory; `sandbox` is the `[sandbox]` section's body
     /// (`None`: a mirror-only daemon).
     fn daemon(&self, sandbox: Option<&str>) -> ThawDaemon {
+        self.daemon_with(sandbox, &["--standalone"])
+    }
+
+    fn daemon_with(&self, sandbox: Option<&str>, args: &[&str]) -> ThawDaemon {
         let cfg = self.dir.path().join("thaw.toml");
         let text = match sandbox {
             Some(s) => format!("[sandbox]\n{s}\n"),
             None => String::new(),
         };
         std::fs::write(&cfg, text).unwrap();
-        ThawDaemon::start(Path::new(THAW), &["--standalone", "--config", cfg.to_str().unwrap(), "--data", self.data().to_str().unwrap()])
+        let data = self.data();
+        let mut all = args.to_vec();
+        all.extend(["--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+        ThawDaemon::start(Path::new(THAW), &all)
     }
 
     fn run(&self) -> Command {
@@ -416,18 +423,56 @@ fn python_functions_run_forked_from_their_template() {
     assert_eq!(ok(&o), "YWdhaW4=");
 }
 
-#[test]
-fn layouts_bundles_and_configured_images_through_the_daemon() {
-    let Some(e) = Env::new("layouts_bundles_and_configured_images_through_the_daemon") else { return };
-    // An OCI layout with the busybox root as its only layer and a command of its own.
+/// An OCI layout at `<dir>/layout` with the busybox root as its only layer, tagged v1, whose
+/// command prints `$WHO` (= `layout`) in /etc.
+fn busybox_layout(e: &Env) -> String {
     let tar = Command::new("tar").arg("-C").arg(&e.rootfs).args(["-cf", "-", "."]).output().unwrap();
     assert!(tar.status.success());
     let layout = e.dir.path().join("layout");
     let mut w = thaw_oci::layout::LayoutWriter::create(&layout).unwrap();
     let layers = vec![(tar.stdout.clone(), thaw_oci::Digest::sha256_of(&tar.stdout), "application/vnd.oci.image.layer.v1.tar")];
-    let config = serde_json::json!({"config": {"Env": ["PATH=/bin", "WHO=layout"], "Cmd": ["sh", "-c", "echo $WHO"], "WorkingDir": "/etc"}});
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin", "WHO=layout"], "Cmd": ["sh", "-c", "echo $WHO"], "WorkingDir": "/etc"},
+        "rootfs": {"type": "layers", "diff_ids": [thaw_oci::Digest::sha256_of(&tar.stdout).to_string()]}
+    });
     w.add_image("v1", &layers, config).unwrap();
-    let image = format!("oci:{}:v1", layout.display());
+    format!("oci:{}:v1", layout.display())
+}
+
+#[test]
+fn registry_images_are_pulled_through_the_daemons_mirror_and_run() {
+    let test = "registry_images_are_pulled_through_the_daemons_mirror_and_run";
+    if !thaw_testkit::have("docker-registry", test) || !thaw_testkit::have("skopeo", test) {
+        return;
+    }
+    let Some(e) = Env::new(test) else { return };
+    let up = thaw_testkit::DockerRegistry::start();
+    thaw_testkit::skopeo_copy(&busybox_layout(&e), &format!("docker://{}/library/bb:v1", up.addr));
+    let upstream = format!("docker.io={}", up.url());
+    let d = e.daemon_with(Some("depth = 1"), &["--upstream", &upstream]);
+    let o = e.run().args(["docker://docker.io/library/bb:v1"]).output().unwrap();
+    assert_eq!(ok(&o), "layout\n");
+    let m = http_get(d.addr, "/metrics");
+    assert!(metric_value(&m, "thaw_upstream_bytes_total") > 0.0, "the image came through the mirror: {m}");
+    let o = e.run().args(["docker://docker.io/library/bb:v1", "--", "pwd"]).output().unwrap();
+    assert_eq!(ok(&o), "/etc\n");
+    let o = e.func("deploy").args(["reg", "--image", "docker://docker.io/library/bb:v1", "--", "cat"]).output().unwrap();
+    ok(&o);
+    let o = e.func("invoke").args(["reg", "--data", "through the mirror"]).output().unwrap();
+    assert_eq!(ok(&o), "through the mirror");
+    // Without a daemon, the cold path says where such images can run.
+    drop(d);
+    let o = e.run().args(["docker://docker.io/library/bb:v1"]).output().unwrap();
+    assert!(!o.status.success() && text(&o.stderr).contains("[sandbox]"), "{}", text(&o.stderr));
+    let o = e.run().args(["docker://Not A Reference"]).output().unwrap();
+    assert!(!o.status.success() && text(&o.stderr).contains("not an image reference"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn layouts_bundles_and_configured_images_through_the_daemon() {
+    let Some(e) = Env::new("layouts_bundles_and_configured_images_through_the_daemon") else { return };
+    let image = busybox_layout(&e);
     // Configured images are pooled before the first request.
     let d = e.daemon(Some(&format!("depth = 1\n[[sandbox.images]]\nimage = \"{image}\"\n")));
     wait_until("the configured image is pooled", Duration::from_secs(30), || metric_value(&http_get(d.addr, "/metrics"), "thaw_sandbox_pool_ready") >= 1.0);

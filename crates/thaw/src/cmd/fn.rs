@@ -47,7 +47,8 @@ pub struct DeployArgs {
     pub daemon: DaemonArgs,
     /// Function name (letters, digits, '.', '_', '-').
     pub name: String,
-    /// A root filesystem directory or an OCI layout image `oci:PATH[:TAG]`.
+    /// A root filesystem directory, an OCI layout image `oci:PATH[:TAG]`, or `docker://REF`
+    /// (pulled through the daemon's mirror).
     #[arg(long)]
     pub image: String,
     /// Language runtime; `python` runs --handler.
@@ -174,6 +175,9 @@ pub fn run(cmd: FnCommand) -> anyhow::Result<ExitCode> {
 
 /// The image as the daemon must see it: an absolute path.
 fn absolute_image(image: &str) -> anyhow::Result<String> {
+    if image.starts_with("docker://") {
+        return Ok(image.to_string());
+    }
     if image.starts_with("oci:") {
         let r = thaw_oci::layout::LayoutRef::parse(image)?;
         let path = std::fs::canonicalize(&r.path).with_context(|| format!("{image}: no OCI layout at {}", r.path.display()))?;

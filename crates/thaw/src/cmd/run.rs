@@ -35,7 +35,8 @@ pub struct RunArgs {
     /// Run an OCI runtime bundle: a directory with `config.json` and the root it names.
     #[arg(long, value_name = "DIR", conflicts_with = "image")]
     pub bundle: Option<PathBuf>,
-    /// A root filesystem directory, or an image in an OCI layout as `oci:PATH[:TAG]`.
+    /// A root filesystem directory, an image in an OCI layout as `oci:PATH[:TAG]`, or (through a
+    /// daemon with sandboxes) an image of a registry it mirrors as `docker://REF`.
     #[arg(value_name = "ROOTFS|IMAGE", required_unless_present_any = ["bundle", "sandbox_helper"])]
     pub image: Option<String>,
     /// Print the time of each stage to stderr.
@@ -171,8 +172,9 @@ fn target(args: &RunArgs) -> anyhow::Result<Target> {
             None => format!("oci:{}", path.display()),
         }));
     }
-    if image.starts_with("docker://") {
-        bail!("docker:// images are not run yet; pull into an OCI layout first (skopeo copy docker://... oci:DIR:TAG) and run oci:DIR:TAG");
+    if let Some(r) = image.strip_prefix("docker://") {
+        r.parse::<thaw_oci::Reference>().with_context(|| format!("{image} is not an image reference"))?;
+        return Ok(Target::Image(image.to_string()));
     }
     let dir = PathBuf::from(image);
     if !dir.is_dir() {
@@ -270,6 +272,10 @@ fn base_spec(args: &RunArgs, data: &Path) -> anyhow::Result<(SandboxSpec, Vec<th
                 .context("opening the layer store (if a thaw daemon holds it, run without --cold or use another --data)")?;
             spec_from_layout(&store, &image)
         }
+        Target::Image(image) if image.starts_with("docker://") => bail!(
+            "{image}: registry images are pulled and run by a daemon with sandboxes (`thaw serve` with a [sandbox] section) on {}; start one, or copy the image into an OCI layout (skopeo copy {image} oci:DIR:TAG) and run oci:DIR:TAG",
+            data.display()
+        ),
         Target::Image(dir) => Ok((SandboxSpec::for_rootfs(Path::new(&dir), vec![]), Vec::new())),
     }
 }
@@ -282,10 +288,16 @@ pub fn spec_from_layout(
     let pins = store.ensure_layout_image(image).with_context(|| format!("unpacking {image}"))?;
     let r = thaw_oci::layout::LayoutRef::parse(image)?;
     let img = thaw_oci::layout::Layout::open(&r.path)?.image(r.tag.as_deref())?;
+    Ok((spec_from_config(&pins, &img.config)?, pins))
+}
+
+/// A spec over unpacked layers (base first) with the image config's command, environment,
+/// working directory and user.
+pub fn spec_from_config(pins: &[thaw_store::layers::LayerPin], config: &[u8]) -> anyhow::Result<SandboxSpec> {
     let lowers: Vec<PathBuf> = pins.iter().rev().map(|p| p.path().to_path_buf()).collect();
     let mut spec = SandboxSpec::for_rootfs(Path::new("/"), vec![]);
     spec.rootfs.lowers = lowers;
-    let cfg: serde_json::Value = serde_json::from_slice(&img.config).context("parsing the image config")?;
+    let cfg: serde_json::Value = serde_json::from_slice(config).context("parsing the image config")?;
     let c = &cfg["config"];
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
@@ -305,7 +317,7 @@ pub fn spec_from_layout(
         spec.process.uid = uid;
         spec.process.gid = gid;
     }
-    Ok((spec, pins))
+    Ok(spec)
 }
 
 fn parse_user(u: &str) -> anyhow::Result<(u32, u32)> {

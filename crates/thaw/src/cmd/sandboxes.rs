@@ -21,9 +21,11 @@
 //! profile = "small"
 //! ```
 //!
-//! Images are absolute root directories or OCI layouts (`oci:PATH[:TAG]`, unpacked into the
-//! layer store once and pinned while the daemon runs). Pools for an image are created on its
-//! first use and kept at depth. Functions persist as one JSON file each under
+//! Images are absolute root directories, OCI layouts (`oci:PATH[:TAG]`) or registry images
+//! (`docker://REF`, pulled through this daemon's own mirror into its store, the name resolved
+//! again after [`DOCKER_REF_TTL`] so a moved tag is followed). Layers are unpacked into the layer
+//! store once and pinned while the daemon runs. Pools for an image are created on its first use
+//! and kept at depth. Functions persist as one JSON file each under
 //! `<data>/functions/` and are deployed again when the daemon starts.
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +49,11 @@ pub const DEFAULT_MAX_POOLS: usize = 16;
 pub const MAX_PAYLOAD: usize = 6 << 20;
 /// Most bytes of a function's stdout (and, separately, stderr) kept.
 pub const MAX_OUTPUT: usize = 16 << 20;
+/// How long a `docker://` name's resolution (manifest, config, unpacked layers) is reused before
+/// the mirror is asked again (which answers from its store while the tag is fresh).
+pub const DOCKER_REF_TTL: Duration = Duration::from_secs(60);
+/// Largest manifest or image config read from the store.
+const MAX_JSON_BLOB: u64 = 4 << 20;
 /// How long a function invocation may run unless its deployment says otherwise.
 pub const DEFAULT_FN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -130,14 +137,19 @@ fn apply_profile(p: &ProfileSection, to: &mut thaw_sandbox::Profile) {
     }
 }
 
-/// The directory an image name points at: the root directory itself, or the OCI layout. The
-/// daemon does not share the client's working directory, so both must be absolute.
-fn image_path(image: &str) -> anyhow::Result<PathBuf> {
+/// The directory an image name points at: the root directory itself, or the OCI layout (`None`
+/// for a `docker://` reference, which names no directory). The daemon does not share the
+/// client's working directory, so paths must be absolute.
+fn image_path(image: &str) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(r) = image.strip_prefix("docker://") {
+        r.parse::<thaw_oci::Reference>().with_context(|| format!("{image} is not an image reference"))?;
+        return Ok(None);
+    }
     let p = if image.starts_with("oci:") { thaw_oci::layout::LayoutRef::parse(image)?.path } else { PathBuf::from(image) };
     if !p.is_absolute() {
         bail!("the daemon needs an absolute path; write {image:?} with an absolute path (or oci:/ABSOLUTE/PATH[:TAG])");
     }
-    Ok(p)
+    Ok(Some(p))
 }
 
 /// A short stable name of a configuration (FNV-1a of its JSON), to tell pools apart in metrics.
@@ -156,6 +168,8 @@ struct Resolved {
     /// `index.json`'s modification time and size for a layout: a re-tagged image is resolved
     /// again.
     stamp: Option<(SystemTime, u64)>,
+    /// For a `docker://` name: when to ask the mirror again.
+    expires: Option<Instant>,
     _pins: Vec<thaw_store::layers::LayerPin>,
 }
 
@@ -362,6 +376,10 @@ pub struct Invocation {
 /// Everything a daemon with sandboxes holds.
 pub struct Host {
     rt: Runtime,
+    /// The daemon's mirror, for `docker://` images.
+    registry: thaw_registry::Registry,
+    /// The daemon's async runtime: pulls run there while a service thread waits.
+    tokio: tokio::runtime::Handle,
     pools: PoolSet,
     layers: thaw_store::layers::LayerStore,
     cfg: SandboxSection,
@@ -374,7 +392,7 @@ impl Host {
     /// Opens the runtime (which kills and removes whatever a previous daemon of this data
     /// directory left behind), the layer store, restores deployed functions and starts the
     /// configured pools. Blocking.
-    pub fn open(data: &Path, cfg: SandboxSection) -> anyhow::Result<Host> {
+    pub fn open(data: &Path, cfg: SandboxSection, registry: thaw_registry::Registry, tokio: tokio::runtime::Handle) -> anyhow::Result<Host> {
         let exe = std::env::current_exe().context("locating the thaw executable for the sandbox helper")?;
         let rt = Runtime::new(RuntimeConfig {
             data_dir: data.to_path_buf(),
@@ -386,6 +404,8 @@ impl Host {
         let pools = PoolSet::with_limit(&rt, cfg.depth(), cfg.max_pools.unwrap_or(DEFAULT_MAX_POOLS));
         let host = Host {
             rt,
+            registry,
+            tokio,
             pools,
             layers,
             cfg,
@@ -415,7 +435,7 @@ impl Host {
     }
 
     fn image(&self, name: &str) -> anyhow::Result<Arc<Resolved>> {
-        let path = image_path(name)?;
+        let Some(path) = image_path(name)? else { return self.registry_image(name) };
         let stamp = if name.starts_with("oci:") {
             let md = std::fs::metadata(path.join("index.json")).with_context(|| format!("{name}: no OCI layout (index.json) at {}", path.display()))?;
             Some((md.modified()?, md.len()))
@@ -435,7 +455,45 @@ impl Host {
         } else {
             (SandboxSpec::for_rootfs(&path, vec![]), Vec::new())
         };
-        let r = Arc::new(Resolved { spec, stamp, _pins: pins });
+        let r = Arc::new(Resolved { spec, stamp, expires: None, _pins: pins });
+        self.images.lock().insert(name.to_string(), r.clone());
+        Ok(r)
+    }
+
+    /// A `docker://REF` image: pulled through the daemon's mirror (a no-op for what the store
+    /// has), then its layers unpacked from the store. Blocking; never call on an async worker.
+    fn registry_image(&self, name: &str) -> anyhow::Result<Arc<Resolved>> {
+        if let Some(r) = self.images.lock().get(name).filter(|r| r.expires.is_some_and(|t| Instant::now() < t)) {
+            return Ok(r.clone());
+        }
+        let rest = name.strip_prefix("docker://").unwrap_or(name);
+        let reference: thaw_oci::Reference = rest.parse().with_context(|| format!("{name} is not an image reference"))?;
+        let summary = self
+            .tokio
+            .block_on(self.registry.pull(&reference, None, |_| {}))
+            .map_err(|e| anyhow::anyhow!("pulling {rest} through this daemon's mirror: {}", e.message))?;
+        let store = self.registry.store();
+        let digest: thaw_oci::Digest = summary.digest.parse()?;
+        let manifest = thaw_oci::Manifest::parse(&read_blob(store, &digest)?, None).with_context(|| format!("the manifest of {rest}"))?;
+        let config_digest = manifest.config.as_ref().map(|c| c.digest.clone()).with_context(|| format!("{rest}: the manifest names no config"))?;
+        let config = read_blob(store, &config_digest)?;
+        let cfg: serde_json::Value = serde_json::from_slice(&config).with_context(|| format!("the image config of {rest}"))?;
+        let diff_ids: Vec<thaw_oci::Digest> = cfg["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d.as_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        if diff_ids.len() != manifest.layers.len() {
+            bail!("{rest}: the config lists {} diff_ids for {} layers", diff_ids.len(), manifest.layers.len());
+        }
+        let pins = manifest
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .map(|(l, d)| self.layers.ensure(d, &thaw_store::layers::BlobSource { store, digest: l.digest.clone() }))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("unpacking the layers of {rest}"))?;
+        let spec = super::run::spec_from_config(&pins, &config)?;
+        let r = Arc::new(Resolved { spec, stamp: None, expires: Some(Instant::now() + DOCKER_REF_TTL), _pins: pins });
         self.images.lock().insert(name.to_string(), r.clone());
         Ok(r)
     }
@@ -651,6 +709,18 @@ impl Host {
 
 /// A metric family: its type and its samples (labels, value).
 type Family = (&'static str, Vec<(String, u64)>);
+
+/// A manifest or config from the blob store, bounded.
+fn read_blob(store: &thaw_store::BlobStore, digest: &thaw_oci::Digest) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let h = store.get(digest)?.with_context(|| format!("{digest} is not in the store"))?;
+    let mut v = Vec::new();
+    h.try_clone_file()?.take(MAX_JSON_BLOB + 1).read_to_end(&mut v)?;
+    if v.len() as u64 > MAX_JSON_BLOB {
+        bail!("{digest} is larger than {MAX_JSON_BLOB} bytes; not a manifest or config thaw reads");
+    }
+    Ok(v)
+}
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

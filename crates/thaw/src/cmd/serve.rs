@@ -256,7 +256,7 @@ async fn serve(settings: Settings, print_address: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}; is another registry using that port? choose another with --listen", settings.listen))?;
     let addr = listener.local_addr()?;
     let api_listener = api::bind(&settings.socket)?;
-    let sandboxes = start_sandboxes(&settings).await?;
+    let sandboxes = start_sandboxes(&settings, &registry).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let upstreams: Vec<String> = settings.registry.upstreams.iter().map(|u| format!("{}={}{}", u.name, u.url, if u.default { " (default)" } else { "" })).collect();
     tracing::info!(
@@ -314,11 +314,12 @@ type Sandboxes = (Arc<super::sandboxes::Host>, thaw_sandbox::service::Server);
 
 /// With a `[sandbox]` section: opens the runtime and pools (cleaning what a previous daemon of
 /// this data directory left), and serves the sandbox socket from its own threads.
-async fn start_sandboxes(settings: &Settings) -> anyhow::Result<Option<Sandboxes>> {
+async fn start_sandboxes(settings: &Settings, registry: &thaw_registry::Registry) -> anyhow::Result<Option<Sandboxes>> {
     let Some(cfg) = settings.sandbox.clone() else { return Ok(None) };
     let data = settings.data.clone();
     let threads = cfg.threads.unwrap_or(2);
-    let host = tokio::task::spawn_blocking(move || super::sandboxes::Host::open(&data, cfg)).await??;
+    let (registry, handle) = (registry.clone(), tokio::runtime::Handle::current());
+    let host = tokio::task::spawn_blocking(move || super::sandboxes::Host::open(&data, cfg, registry, handle)).await??;
     let host = Arc::new(host);
     let sock = default_sandbox_socket(&settings.data);
     let listener = api::bind_with(&sock, thaw_sandbox::service::is_served, |p| Ok(thaw_sandbox::service::listen(p)?))?;
