@@ -12,7 +12,7 @@
 //! the category's shared base stacks are skipped with some probability (the client already has
 //! them, \[S16\]). A share of the images has an associated image, pulled by the same client within
 //! the association window after a pull of the leader with a high probability: the pairs that
-//! association mining should find (\[R21\]). Pushes are monolithic uploads (POST then PUT per new
+//! association mining should find (\[T21\]). Pushes are monolithic uploads (POST then PUT per new
 //! blob, then PUT of the manifest, \[OCI-DS\]). Manifest sizes are the exact length of the OCI
 //! manifest listing the image's config and layers, and config sizes grow by one `diff_ids` entry
 //! and one history entry per layer (\[OCI-IS\]).
@@ -36,10 +36,10 @@
 //! - **\[A18\]** Anwar et al., "Improving Docker Registry Design based on Production Workload
 //!   Analysis", FAST'18: 75 days of traces from five IBM data centres, public (22 GB unzipped,
 //!   per the trace replayer's README), readable by `thaw trace analyze --format ibm`.
-//! - **\[R21\]** L. Rupprecht, "A Study of Container Image Storage and How To Improve It", ICSA
-//!   colloquium, University of Edinburgh, 2021-02-18 (the talk's abstract, summarising the IBM
-//!   trace study): image accesses are heavily skewed, and some accesses can be predicted
-//!   accurately from previous requests.
+//! - **\[T21\]** "A Study of Container Image Storage and How To Improve It", ICSA colloquium
+//!   talk, University of Edinburgh, 2021-02-18 (its abstract on the ICSA events page, summarising
+//!   an analysis of IBM production registry traces): image accesses are heavily skewed, and some
+//!   accesses can be predicted accurately from previous requests.
 //! - **\[S16\]** Harter et al., "Slacker: Fast Distribution with Lazy Docker Containers", FAST'16
 //!   (and its summary in The Morning Paper, 2016-05-02): a pull transfers only the layers the
 //!   host does not already have.
@@ -75,13 +75,13 @@
 //! | `put_get_ratio` | web 1/15, ml 1/50, iot 1/100 | assumed (registries are read-heavy) | `c.put_get_ratio` |
 //! | `layers_median`, `layers_sigma` | web 8, 0.5; ml 12, 0.4; iot 4, 0.5 | assumed; at most 125 \[MOBY\] | layers per manifest (the `layers` of manifest records) |
 //! | `layer_size_median`, `layer_size_sigma` | web 4 MB, 1.6; ml 40 MB, 1.8; iot 1.5 MB, 1.2 | assumed | `c.layer_size` p50; sigma = ln(p90/p50) / 1.2816 |
-//! | `popularity_alpha` | web 1.1, ml 1.3, iot 0.9 | shape \[R21\], value assumed | tail of `c.pulls_per_image` |
+//! | `popularity_alpha` | web 1.1, ml 1.3, iot 0.9 | shape \[T21\], value assumed | tail of `c.pulls_per_image` |
 //! | `lifetime_mean_s` | web 1 d, ml 3 d, iot 7 d | assumed | `c.active_duration_s` mean |
 //! | `shared_base_prob` | web 0.8, ml 0.9, iot 0.6 | mechanism \[S16\]\[Z19\], value assumed | layers shared between images' manifests |
 //! | `base_stacks`, `base_layers` | 3, 3 | assumed | distinct base layers across manifests |
 //! | `base_layer_size_median`, `_sigma` | 30 MB, 0.8 | assumed | size of the most shared layers |
 //! | `base_cached_prob` | 0.5 | mechanism \[S16\], value assumed | share of a manifest's layers a pull fetches |
-//! | `assoc_prob`, `assoc_follow` | web 0.3, 0.8; ml 0.4, 0.7; iot 0.2, 0.6 | mechanism \[R21\], values assumed | `associations` (count per image, `share`) |
+//! | `assoc_prob`, `assoc_follow` | web 0.3, 0.8; ml 0.4, 0.7; iot 0.2, 0.6 | mechanism \[T21\], values assumed | `associations` (count per image, `share`) |
 //! | `assoc_delay_max_s` | 50 s | under the 60 s window \[I3\] | the gap between a pair's pulls |
 //! | `clients` | web 2000, ml 300, iot 10000 | assumed | `c.clients_per_image`, `clients` |
 //! | `new_tag_prob` | web 0.7, ml 0.8, iot 0.8 | assumed | `repositories` against images |
@@ -217,13 +217,13 @@ impl Default for GenParams {
                     // assumed: application layers a few MB compressed, with a long tail
                     layer_size_median: 4.0e6,
                     layer_size_sigma: 1.6,
-                    // shape [R21] (accesses heavily skewed); value assumed
+                    // shape [T21] (accesses heavily skewed); value assumed
                     popularity_alpha: 1.1,
                     // assumed: a web release is replaced within about a day
                     lifetime_mean_s: 86_400.0,
                     // mechanism [S16][Z19] (content shared between images); value assumed
                     shared_base_prob: 0.8,
-                    // mechanism [R21] (accesses predictable from earlier ones); values assumed
+                    // mechanism [T21] (accesses predictable from earlier ones); values assumed
                     // (front end and back end deployed together)
                     assoc_prob: 0.3,
                     assoc_follow: 0.8,
@@ -1294,6 +1294,16 @@ mod tests {
         ));
         let p = small(1, 10);
         assert!(generate(&p, TraceFormat::Ibm, &mut Vec::new()).is_err());
+        for bad in [
+            GenParams { pull_concurrency: 0, ..small(1, 10) },
+            GenParams { transfer_bytes_per_s: 0.0, ..small(1, 10) },
+            GenParams { config_base_median: f64::NAN, ..small(1, 10) },
+        ] {
+            assert!(matches!(
+                generate(&bad, TraceFormat::Thaw, &mut Vec::new()),
+                Err(GenError::Params(_))
+            ));
+        }
     }
 
     /// Generates `p` and analyses it, also counting image pulls (manifest GETs) per image.
@@ -1383,7 +1393,7 @@ mod tests {
                 c.name
             );
         }
-        // [R21]: accesses are heavily skewed. The top 1% of images get at least ten times their
+        // [T21]: accesses are heavily skewed. The top 1% of images get at least ten times their
         // proportional share of the pulls.
         let top = pulls.len().div_ceil(100);
         let total: u64 = pulls.iter().sum();
