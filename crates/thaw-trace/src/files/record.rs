@@ -249,7 +249,10 @@ pub fn record(
     };
 
     stages.mark("runtime_create");
-    // 4. mark, before the command runs
+    // 4. mark, before the command runs. No FAN_MODIFY / FAN_CLOSE_WRITE: writes land in the
+    // upper directory and never cost a layer read; a file the container creates or rewrites is
+    // still seen through its FAN_OPEN and reported as the container's (or as its layer's, when
+    // a layer provided the original that was copied up).
     let fan = Fanotify::init(
         InitFlags::FAN_CLASS_NOTIF | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK | InitFlags::FAN_UNLIMITED_QUEUE,
         EventFFlags::O_RDONLY | EventFFlags::O_LARGEFILE | EventFFlags::O_CLOEXEC,
