@@ -481,9 +481,7 @@ const OCI_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip"
 /// The generator writes its length as the manifest's size, so manifest sizes grow with the layer
 /// count exactly as real ones do.
 fn oci_manifest_json(config: (&str, u64), layers: &[(String, u64)]) -> String {
-    let descriptor = |media_type: &str, digest: &str, size: u64| {
-        serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size })
-    };
+    let descriptor = |media_type: &str, digest: &str, size: u64| serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size });
     serde_json::json!({
         "schemaVersion": 2,
         "mediaType": thaw_oci::MediaType::OciManifest.as_str(),
@@ -502,11 +500,7 @@ fn oci_manifest_json(config: (&str, u64), layers: &[(String, u64)]) -> String {
 /// is applied per pull, not per client: a client pulling two images at once (an image and its
 /// associate) gets up to twice the slots, which keeps a busy client's backlog from growing
 /// without bound under the generator's skewed choice of clients.
-fn download_starts(
-    from: u64,
-    durations: impl Iterator<Item = u64>,
-    concurrency: u32,
-) -> Vec<u64> {
+fn download_starts(from: u64, durations: impl Iterator<Item = u64>, concurrency: u32) -> Vec<u64> {
     let mut free_at = vec![from; concurrency.max(1) as usize];
     durations
         .map(|d| {
@@ -1295,9 +1289,18 @@ mod tests {
         let p = small(1, 10);
         assert!(generate(&p, TraceFormat::Ibm, &mut Vec::new()).is_err());
         for bad in [
-            GenParams { pull_concurrency: 0, ..small(1, 10) },
-            GenParams { transfer_bytes_per_s: 0.0, ..small(1, 10) },
-            GenParams { config_base_median: f64::NAN, ..small(1, 10) },
+            GenParams {
+                pull_concurrency: 0,
+                ..small(1, 10)
+            },
+            GenParams {
+                transfer_bytes_per_s: 0.0,
+                ..small(1, 10)
+            },
+            GenParams {
+                config_base_median: f64::NAN,
+                ..small(1, 10)
+            },
         ] {
             assert!(matches!(
                 generate(&bad, TraceFormat::Thaw, &mut Vec::new()),
@@ -1311,7 +1314,8 @@ mod tests {
         let (bytes, _) = gen_bytes(p, TraceFormat::Thaw);
         let mut pulls: HashMap<String, u64> = HashMap::new();
         for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            if let Record::Request(r) = Record::from_line(std::str::from_utf8(line).unwrap()).unwrap()
+            if let Record::Request(r) =
+                Record::from_line(std::str::from_utf8(line).unwrap()).unwrap()
             {
                 if r.kind == ObjectKind::Manifest && r.method == "GET" {
                     *pulls.entry(r.digest.unwrap()).or_default() += 1;
@@ -1347,7 +1351,10 @@ mod tests {
                 .round()
                 .clamp(1.0, 125.0) as usize;
             for _ in 0..n {
-                sizes.push(rng.lognormal(c.layer_size_median, c.layer_size_sigma).max(100.0));
+                sizes.push(
+                    rng.lognormal(c.layer_size_median, c.layer_size_sigma)
+                        .max(100.0),
+                );
             }
         }
         // one config per image, far below any layer median
@@ -1421,8 +1428,10 @@ mod tests {
                 continue;
             }
             let config = &r.layers[0];
-            let layers: Vec<(String, u64)> =
-                r.layers[1..].iter().map(|l| (l.digest.clone(), l.size)).collect();
+            let layers: Vec<(String, u64)> = r.layers[1..]
+                .iter()
+                .map(|l| (l.digest.clone(), l.size))
+                .collect();
             let json = oci_manifest_json((&config.digest, config.size), &layers);
             assert_eq!(r.size, Some(json.len() as u64));
             let m = thaw_oci::Manifest::parse(json.as_bytes(), None).unwrap();
