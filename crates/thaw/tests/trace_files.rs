@@ -347,6 +347,14 @@ fn report_from_records_without_root() {
     assert!(j.get("analysis").is_none());
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("/etc/conf") && page.contains("where accessed files come from"));
+    // With a registry trace too, the page has both parts.
+    let trace = dir.path().join("g.jsonl");
+    let g = Command::new(THAW).args(["trace", "gen", "--requests", "3000", "--days", "1", "-o"]).arg(&trace).output().unwrap();
+    assert!(g.status.success(), "{}", text(&g.stderr));
+    let o = Command::new(THAW).args(["trace", "report", "--no-progress", "-t"]).arg(&trace).arg("--files").arg(&p).arg("--html").arg(&html).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<h2>Summary</h2>") && page.contains("<h2>File accesses"));
     // Nothing to report is an error that says what to give.
     let o = Command::new(THAW).args(["trace", "report", "--html"]).arg(&html).output().unwrap();
     assert!(!o.status.success());
