@@ -276,11 +276,14 @@ impl PoolSet {
             e.last_used = now;
             e.pool.clone()
         };
-        // Dropping a pool joins its filler thread, which may be in the middle of a build:
-        // outside the lock.
+        // Dropping a pool joins its filler thread, which may be in the middle of a build: not
+        // under the lock, and not on this request's critical path either.
         if let Some(e) = evicted {
             tracing::info!(pool = %e.label, "dropping the least recently used sandbox pool (max_pools reached)");
-            drop(e);
+            let dropper = std::thread::Builder::new().name("thaw-pool-drop".into()).spawn(move || drop(e));
+            if let Err(err) = dropper {
+                tracing::warn!(error = %err, "no thread to drop a pool in the background; dropping it here");
+            }
         }
         pool
     }
