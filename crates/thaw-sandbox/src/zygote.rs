@@ -21,7 +21,13 @@
 //!   limits;
 //! * `no_new_privs` and a seccomp profile ([`crate::seccomp::compile_template`]): the default
 //!   profile minus what building an instance needs (`mount`, `umount2`, `pivot_root`, `unshare`
-//!   without `CLONE_NEWUSER`).
+//!   without `CLONE_NEWUSER`);
+//! * inside its user namespace, only the capabilities building instances needs (no
+//!   `CAP_SYS_PTRACE`, `CAP_MKNOD`, `CAP_NET_RAW`...), and it is non-dumpable, as is every
+//!   instance from birth: the function's code in the template cannot open an instance's memory,
+//!   descriptors or root through /proc. Instances close every descriptor they inherit but
+//!   their own socket. So the template — which sees every invocation start — has no way to
+//!   take one invocation's data and hand it to the next.
 //!
 //! The template keeps, in a hidden 0700 tmpfs at `/.thaw`, the idmapped layers, the mountpoint
 //! of its instances' staging tmpfs, and an unmasked procfs and sysfs of its own namespaces: the

@@ -14,6 +14,38 @@ struct Zfx {
     layers: Vec<PathBuf>,
 }
 
+/// A preloaded module that spies from the template: a thread that tries to open the memory,
+/// environment and stdin of every instance it can see (PID 1 of a nested PID namespace), and a
+/// pipe left open for instances to inherit.
+const SPY: &str = r#"
+import os, threading, time
+seen = {}
+pipe_r, pipe_w = os.pipe()
+
+def _instances():
+    for p in os.listdir("/proc"):
+        try:
+            nspid = [l for l in open("/proc/%s/status" % p) if l.startswith("NSpid:")][0].split()
+        except (OSError, IndexError):
+            continue
+        if len(nspid) == 3 and nspid[2] == "1":
+            yield p
+
+def _watch():
+    while True:
+        for p in _instances():
+            for what in ("mem", "environ", "fd/0"):
+                path = "/proc/%s/%s" % (p, what)
+                try:
+                    open(path, "rb").close()
+                    seen[path] = "opened"
+                except OSError as e:
+                    seen.setdefault(path, e.strerror)
+        time.sleep(0.005)
+
+threading.Thread(target=_watch, daemon=True).start()
+"#;
+
 const HANDLERS: &str = r#"
 import json, os, random, sys
 
@@ -47,6 +79,17 @@ def hog(payload):
         blocks.append(bytearray(1 << 20))
     return "survived"
 
+def spied(payload):
+    import spy
+    inherited = []
+    for fd in (spy.pipe_r, spy.pipe_w):
+        try:
+            os.fstat(fd)
+            inherited.append(fd)
+        except OSError:
+            pass
+    return {"seen": spy.seen, "inherited": inherited}
+
 def fds(payload):
     os.execv("/bin/ls", ["ls", "/proc/self/fd"])
 
@@ -63,6 +106,7 @@ impl Zfx {
         let extra = f.path().join("handlers");
         std::fs::create_dir_all(extra.join("app")).unwrap();
         std::fs::write(extra.join("app/handlers.py"), HANDLERS).unwrap();
+        std::fs::write(extra.join("app/spy.py"), SPY).unwrap();
         let layers = vec![extra, py, f.rootfs.clone()];
         Some(Zfx { f, layers })
     }
@@ -331,4 +375,30 @@ fn a_program_the_handler_execs_gets_only_stdio() {
     assert!(inv.status.success(), "{}", String::from_utf8_lossy(&inv.stderr));
     // 0, 1, 2 and the directory ls itself opens to list them.
     assert_eq!(String::from_utf8_lossy(&inv.stdout).split_whitespace().collect::<Vec<_>>(), ["0", "1", "2", "3"]);
+}
+
+#[test]
+fn the_template_cannot_read_instances_nor_hand_them_a_channel() {
+    let Some(z) = Zfx::new("the_template_cannot_read_instances_nor_hand_them_a_channel") else { return };
+    let t = z.f.rt.template(z.config("handlers:spied", &["spy"], 2)).unwrap();
+    assert!(t.wait_ready(2, Duration::from_secs(30)));
+    // The first instances were forked before the spy saw any; later ones carry what it saw.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        assert!(t.invoke(b"", None).unwrap().status.success());
+    }
+    assert!(t.wait_ready(2, Duration::from_secs(30)));
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        assert!(t.invoke(b"", None).unwrap().status.success());
+    }
+    assert!(t.wait_ready(2, Duration::from_secs(30)));
+    let inv = t.invoke(b"", None).unwrap();
+    let v = json(&inv.stdout);
+    let seen = v["seen"].as_object().unwrap();
+    assert!(seen.keys().any(|k| k.ends_with("/mem")), "the spy saw no instance, the check proves nothing: {v}");
+    for (path, what) in seen {
+        assert_ne!(what, "opened", "the template opened {path}");
+    }
+    assert_eq!(v["inherited"], serde_json::json!([]), "an instance inherited the template's pipe");
 }

@@ -29,6 +29,26 @@ use std::path::Path;
 use std::time::Instant;
 
 const NONE: Option<&str> = None;
+
+/// Capabilities (inside the template's user namespace) the interpreter keeps: mounts and
+/// namespaces (`CAP_SYS_ADMIN`), loopback (`CAP_NET_ADMIN`), dropping capabilities
+/// (`CAP_SETPCAP`), files of the image owned by other users, and the runtime-spec default set
+/// its instances keep. Not `CAP_SYS_PTRACE`, `CAP_MKNOD`, `CAP_NET_RAW` and the rest.
+const TEMPLATE_CAPS: &[caps::Capability] = &[
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_NET_ADMIN,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
@@ -286,6 +306,16 @@ fn template_pid1(plan: &TemplatePlan, fds: Vec<OwnedFd>) -> Result<Infallible> {
         .map_err(|_| Error::Config("interpreter path contains a NUL byte".into()))?;
     let c_args = crate::process::cstrings(&plan.argv, "argument")?;
     let c_env = crate::process::cstrings(&plan.env, "environment entry")?;
+    // The interpreter (root of the user namespace) gets only what building instances needs:
+    // in particular no CAP_SYS_PTRACE, so the function's code in the template cannot read the
+    // memory or descriptors of instances (which make themselves non-dumpable), and so cannot
+    // carry one invocation's data into the next.
+    for c in caps::all() {
+        if !TEMPLATE_CAPS.contains(&c) {
+            caps::drop(None, caps::CapSet::Bounding, c)
+                .map_err(|e| Error::Config(format!("dropping {c} from the template's bounding set: {e}")))?;
+        }
+    }
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(Error::sys("prctl(PR_SET_NO_NEW_PRIVS)", nix::errno::Errno::last()));

@@ -40,7 +40,7 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x20000, 0x02000000, 0x04000000
 CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -197,6 +197,11 @@ class Template:
     def fork_instance(self, sock):
         """The outer process of an instance: fresh namespaces and root, then the inner one."""
         try:
+            # Nothing the template's code opened reaches an instance: an inherited pipe or
+            # socket would be a channel between invocations.
+            keep = sock.fileno()
+            os.closerange(3, keep)
+            os.closerange(keep + 1, 65536)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             cfg = self.cfg
             check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID),
@@ -352,6 +357,11 @@ def run_handler(handler, sock):
 
 
 def main():
+    # Non-dumpable, and so every instance from its first instruction (the flag is inherited by
+    # fork): the template, lacking CAP_SYS_PTRACE, cannot open an instance's memory,
+    # descriptors or root through /proc, so the function's code in the template cannot carry
+    # one invocation's data into the next. (A program a handler execs is dumpable again.)
+    check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
     ctrl = socket.socket(fileno=CTRL_FD)
     cfg = json.loads(ctrl.recv(1 << 20))
     try:
