@@ -507,6 +507,12 @@ fn run_files(a: FilesArgs) -> anyhow::Result<ExitCode> {
     if let Some(w) = out.as_mut() {
         w.flush().context("writing the records")?;
     }
+    if let files::ReadyBy::Exit { code, signal } = &summary.ready {
+        if *code != Some(0) {
+            let how = code.map_or_else(|| format!("was killed by signal {}", signal.unwrap_or(0)), |c| format!("exited with status {c}"));
+            eprintln!("thaw: warning: the command {how}; the recording covers what it did until then");
+        }
+    }
     if a.timings {
         eprintln!("thaw trace files timings:");
         for (name, us) in &summary.stages_us {
