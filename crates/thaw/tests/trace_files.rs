@@ -319,6 +319,48 @@ fn plain_root_directory_is_one_layer() {
     assert_eq!(s["image_files"].as_u64(), Some(4), "busybox, passwd, group, hostname");
 }
 
+/// Whiteouts and opaque directories as the layer store really unpacks them (0/0 character
+/// devices, `trusted.overlay.opaque`): a deleted file the container recreates is its own, a file
+/// under an opaque directory comes from the top layer, hidden files are not in the inventory.
+#[test]
+fn whiteouts_and_opaque_directories_from_the_layer_store() {
+    let Some(e) = Env::new("whiteouts_and_opaque_directories_from_the_layer_store", "runc") else { return };
+    let base_dir = e.dir.path().join("rootfs");
+    std::fs::create_dir_all(base_dir.join("opt/x")).unwrap();
+    std::fs::write(base_dir.join("opt/x/old.txt"), "old").unwrap();
+    std::fs::write(base_dir.join("etc/motd"), "base motd").unwrap();
+    let top_dir = e.dir.path().join("top2");
+    std::fs::create_dir_all(top_dir.join("opt/x")).unwrap();
+    std::fs::create_dir_all(top_dir.join("etc")).unwrap();
+    std::fs::write(top_dir.join("opt/x/.wh..wh..opq"), "").unwrap();
+    std::fs::write(top_dir.join("opt/x/new.txt"), "new").unwrap();
+    std::fs::write(top_dir.join("etc/.wh.motd"), "").unwrap();
+    let tar_of = |d: &Path| -> Vec<u8> {
+        let o = Command::new("tar").arg("-C").arg(d).args(["-cf", "-", "."]).output().unwrap();
+        assert!(o.status.success());
+        o.stdout
+    };
+    let (base, top) = (tar_of(&base_dir), tar_of(&top_dir));
+    let (bd, td) = (thaw_oci::Digest::sha256_of(&base), thaw_oci::Digest::sha256_of(&top));
+    let layout = e.dir.path().join("layout2");
+    let mut w = thaw_oci::layout::LayoutWriter::create(&layout).unwrap();
+    let media = "application/vnd.oci.image.layer.v1.tar";
+    w.add_image("v1", &[(base, bd.clone(), media), (top, td.clone(), media)], serde_json::json!({"config": {"Env": ["PATH=/bin"]}}))
+        .unwrap();
+    let image = format!("oci:{}:v1", layout.display());
+    let s = summary(&e.run(&[&image, "--", "sh", "-c", "cat /opt/x/new.txt; ls /opt/x; echo mine >/etc/motd; cat /etc/motd"]));
+    assert_eq!(file(&s, "/opt/x/new.txt").unwrap()["layer"], td.to_string());
+    assert!(file(&s, "/etc/motd").unwrap()["layer"].is_null(), "whited out below, so the container's own file");
+    assert!(file(&s, "/opt/x/old.txt").is_none());
+    let layers = s["layers"].as_array().unwrap();
+    // base: busybox, passwd, group, hostname (old.txt under the opaque dir, motd whited out);
+    // top: new.txt.
+    assert_eq!(layers[0]["files"].as_u64(), Some(4), "{}", layers[0]);
+    assert_eq!(layers[1]["files"].as_u64(), Some(1), "{}", layers[1]);
+    assert_eq!(s["image_files"].as_u64(), Some(5));
+    assert_eq!(s["written_files"].as_u64(), Some(1));
+}
+
 /// No root needed: a records file written by hand goes through the report.
 #[test]
 fn report_from_records_without_root() {
