@@ -581,7 +581,11 @@ impl LaCache {
 
 impl CachePolicy for LaCache {
     fn name(&self) -> String {
-        "lacache".into()
+        // as `PolicySpec` prints it, so runs with different gates are told apart
+        crate::PolicySpec::LaCache {
+            fast_max_object: self.cfg.fast_max_object,
+        }
+        .to_string()
     }
 
     fn lookup(&mut self, req: &Request, effects: &mut Vec<Effect>) -> Option<Tier> {
@@ -679,6 +683,20 @@ mod tests {
         assert_eq!(p.peek(1), Some(Tier::Fast));
         // the victim was expired, so no fill adaptation happened
         assert_eq!(p.lifetime_us(Some(1)), 10 * S);
+    }
+
+    #[test]
+    fn the_name_carries_the_gate() {
+        let named = |g| {
+            let c = LaCacheConfig {
+                fast_max_object: g,
+                ..cfg()
+            };
+            LaCache::new(Capacity { fast: 1, slow: 1 }, c).name()
+        };
+        assert_eq!(named(LACACHE_DEFAULT_FAST_MAX_OBJECT), "lacache");
+        assert_eq!(named(u64::MAX), "lacache:any");
+        assert_eq!(named(64 << 20), "lacache:64MiB");
     }
 
     #[test]
