@@ -202,6 +202,11 @@ pub struct AssocPair {
     pub followed: u64,
     /// followed / a_pulls.
     pub share: f64,
+    /// `share` over the share B would reach by chance: the probability that a window of that
+    /// length at a random time holds a pull of B, were B's pulls spread evenly over the trace
+    /// (`1 - exp(-pulls_B * window / span)`). Near 1, B merely is popular; a pair worth
+    /// prefetching is well above it.
+    pub lift: f64,
 }
 
 /// Everything the analysis found.
@@ -548,7 +553,7 @@ impl Analyzer {
 
     /// Counts, for every A pulled more than `min_pulls` times, the pulls of A followed within the
     /// window by a pull of each B, and returns the pairs above the share (see the module docs).
-    fn mine(&self) -> Vec<(u32, u32, u64, u64)> {
+    fn mine(&self) -> Vec<(u32, u32, u64, u64, u64)> {
         let a = self.cfg.assoc;
         let log = &self.pull_log;
         let n = self.image_ids.len();
@@ -609,7 +614,7 @@ impl Analyzer {
             for &b in &touched {
                 let c = u64::from(count[b as usize]);
                 if c as f64 > a.share * total as f64 {
-                    out.push((img_a as u32, b, total, c));
+                    out.push((img_a as u32, b, total, c, pulls[b as usize]));
                 }
                 count[b as usize] = 0;
                 stamp[b as usize] = u32::MAX;
@@ -713,15 +718,23 @@ impl Analyzer {
                 .cloned()
                 .unwrap_or_else(|| format!("{id:016x}"))
         };
+        let span_us = match (self.pull_log.first(), self.pull_log.last()) {
+            (Some(f), Some(l)) => l.time_us.saturating_sub(f.time_us).max(1),
+            _ => 1,
+        };
         let mut pairs: Vec<AssocPair> = self
             .mine()
             .into_iter()
-            .map(|(ia, ib, total, c)| AssocPair {
-                a: name(ia),
-                b: name(ib),
-                a_pulls: total,
-                followed: c,
-                share: c as f64 / total as f64,
+            .map(|(ia, ib, total, c, pulls_b)| {
+                let share = c as f64 / total as f64;
+                AssocPair {
+                    a: name(ia),
+                    b: name(ib),
+                    a_pulls: total,
+                    followed: c,
+                    share,
+                    lift: share / chance_share(pulls_b, a.window_us, span_us),
+                }
             })
             .collect();
         pairs.sort_by(|x, y| {
@@ -753,11 +766,21 @@ impl Analyzer {
     }
 }
 
+/// The share of A's pulls a B pulled `pulls_b` times over `span_us` would follow within
+/// `window_us` by chance alone, if its pulls were a Poisson process (never 0, so lifts stay
+/// finite).
+pub fn chance_share(pulls_b: u64, window_us: u64, span_us: u64) -> f64 {
+    let rate = pulls_b as f64 / span_us.max(1) as f64;
+    (1.0 - (-rate * window_us as f64).exp()).max(f64::MIN_POSITIVE)
+}
+
 /// Reads the associated pairs of a `thaw trace analyze --json` result (or of the summary
 /// `thaw trace report --json` writes) as (image A, image B, probability) for the simulator's
-/// prefetching policies. Image names `repo:tag` map to the simulator's image ids; `repo:?` (pulls
-/// whose manifest was not seen) maps to the repository's unknown-tag image.
-pub fn associations_from_json(text: &str) -> Result<Vec<(u64, u64, f64)>, String> {
+/// prefetching policies, keeping only pairs whose lift is at least `min_lift` (0 keeps all; files
+/// written before lifts were reported have none and are refused when `min_lift` is above 0).
+/// Image names `repo:tag` map to the simulator's image ids; `repo:?` (pulls whose manifest was
+/// not seen) maps to the repository's unknown-tag image.
+pub fn associations_from_json(text: &str, min_lift: f64) -> Result<Vec<(u64, u64, f64)>, String> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not json: {e}"))?;
     let list = v
         .get("associations")
@@ -786,6 +809,14 @@ pub fn associations_from_json(text: &str) -> Result<Vec<(u64, u64, f64)>, String
             .as_f64()
             .filter(|s| (0.0..=1.0).contains(s))
             .ok_or_else(|| format!("association {i}: \"share\" is not in [0, 1]"))?;
+        if min_lift > 0.0 {
+            let lift = p.get("lift").and_then(|l| l.as_f64()).ok_or_else(|| {
+                format!("association {i} has no \"lift\": re-run `thaw trace analyze --json` with this thaw, or drop --min-lift")
+            })?;
+            if lift < min_lift {
+                continue;
+            }
+        }
         out.push((id(a)?, id(b)?, share));
     }
     Ok(out)
@@ -1026,6 +1057,46 @@ mod tests {
         }
     }
 
+    /// A follower that only ever comes after A has a high lift; an image pulled all the time
+    /// also "follows" most of A's pulls, but only as often as chance would have it (lift near
+    /// 1), and `min_lift` drops it.
+    #[test]
+    fn lift_tells_a_real_follower_from_a_popular_image() {
+        const S: u64 = 1; // the test events' times are in seconds
+        let mut a = Analyzer::new(assoc_cfg(false), CategoryMap::by_namespace());
+        // C: pulled every 20 s for 2 hours (360 pulls), by other clients; A every 10 minutes,
+        // B 5 s after each A (pushed in time order, as a trace is)
+        let mut pulls: Vec<(u64, String, &str)> = (0..360u64).map(|i| (i * 20 * S, format!("c{}", i % 7), "web/popular")).collect();
+        for i in 0..12u64 {
+            let t = i * 600 * S + 3 * S;
+            pulls.push((t, "x".into(), "web/a"));
+            pulls.push((t + 5 * S, "x".into(), "web/b"));
+        }
+        pulls.sort();
+        for (t, client, repo) in &pulls {
+            pull(&mut a, *t, client, repo, "1", &[]);
+        }
+        let r = a.finish(ReadStats::default());
+        let lift = |b: &str| r.associations.iter().find(|p| p.a == "web/a:1" && p.b == b).map(|p| p.lift);
+        let (lb, lc) = (lift("web/b:1").unwrap(), lift("web/popular:1").unwrap());
+        // B: share 1, chance 1-exp(-12*60/7200) ~ 0.095 -> lift ~ 10.5
+        assert!((9.0..12.0).contains(&lb), "lift of B {lb}");
+        // C: share 1, chance ~ 1-exp(-360*60/7200) ~ 0.95 -> lift ~ 1.05
+        assert!((1.0..1.2).contains(&lc), "lift of C {lc}");
+        let text = serde_json::to_string(&r).unwrap();
+        let all = associations_from_json(&text, 0.0).unwrap();
+        let strong = associations_from_json(&text, 2.0).unwrap();
+        let (ia, ib, ic) = (image_id("web/a", "1"), image_id("web/b", "1"), image_id("web/popular", "1"));
+        assert!(all.iter().any(|p| (p.0, p.1) == (ia, ic)));
+        assert!(strong.iter().any(|p| (p.0, p.1) == (ia, ib)));
+        assert!(!strong.iter().any(|p| (p.0, p.1) == (ia, ic)), "{strong:?}");
+        // a file without lifts is refused only when a minimum is asked for
+        let old = r#"{"associations":[{"a":"x:1","b":"y:1","share":0.9}]}"#;
+        assert_eq!(associations_from_json(old, 0.0).unwrap().len(), 1);
+        let e = associations_from_json(old, 2.0).unwrap_err();
+        assert!(e.contains("re-run"), "{e}");
+    }
+
     #[test]
     fn associations_round_trip_to_the_simulator() {
         let mut a = Analyzer::new(assoc_cfg(false), CategoryMap::by_namespace());
@@ -1035,14 +1106,15 @@ mod tests {
         }
         let r = a.finish(ReadStats::default());
         let text = serde_json::to_string(&r).unwrap();
-        let pairs = associations_from_json(&text).unwrap();
+        let pairs = associations_from_json(&text, 0.0).unwrap();
         assert!(
             pairs.contains(&(image_id("web/a", "1"), image_id("web/b", "2"), 1.0)),
             "{pairs:?}"
         );
-        assert!(associations_from_json("{}").is_err());
+        assert!(associations_from_json("{}", 0.0).is_err());
         assert!(associations_from_json(
-            "{\"associations\":[{\"a\":\"x\",\"b\":\"y:1\",\"share\":0.5}]}"
+            "{\"associations\":[{\"a\":\"x\",\"b\":\"y:1\",\"share\":0.5}]}",
+            0.0
         )
         .is_err());
     }

@@ -46,6 +46,10 @@ pub struct SimArgs {
     /// --json` (raise its --top to pass more pairs).
     #[arg(long)]
     associations: Option<PathBuf>,
+    /// Use only associations whose lift (share over what chance alone gives, as `analyze`
+    /// reports it) is at least this; e.g. 2 drops pairs whose follower is merely popular.
+    #[arg(long, default_value_t = 0.0, requires = "associations")]
+    min_lift: f64,
     /// Ignore policies' prefetch hints.
     #[arg(long)]
     no_prefetch: bool,
@@ -109,7 +113,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let associations = match &args.associations {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-            thaw_trace::analyze::associations_from_json(&text)
+            anyhow::ensure!(args.min_lift >= 0.0 && args.min_lift.is_finite(), "--min-lift must be a number of 0 or more");
+            thaw_trace::analyze::associations_from_json(&text, args.min_lift)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
         }
         None => Vec::new(),
