@@ -1066,7 +1066,9 @@ mod tests {
         let mut a = Analyzer::new(assoc_cfg(false), CategoryMap::by_namespace());
         // C: pulled every 20 s for 2 hours (360 pulls), by other clients; A every 10 minutes,
         // B 5 s after each A (pushed in time order, as a trace is)
-        let mut pulls: Vec<(u64, String, &str)> = (0..360u64).map(|i| (i * 20 * S, format!("c{}", i % 7), "web/popular")).collect();
+        let mut pulls: Vec<(u64, String, &str)> = (0..360u64)
+            .map(|i| (i * 20 * S, format!("c{}", i % 7), "web/popular"))
+            .collect();
         for i in 0..12u64 {
             let t = i * 600 * S + 3 * S;
             pulls.push((t, "x".into(), "web/a"));
@@ -1077,7 +1079,12 @@ mod tests {
             pull(&mut a, *t, client, repo, "1", &[]);
         }
         let r = a.finish(ReadStats::default());
-        let lift = |b: &str| r.associations.iter().find(|p| p.a == "web/a:1" && p.b == b).map(|p| p.lift);
+        let lift = |b: &str| {
+            r.associations
+                .iter()
+                .find(|p| p.a == "web/a:1" && p.b == b)
+                .map(|p| p.lift)
+        };
         let (lb, lc) = (lift("web/b:1").unwrap(), lift("web/popular:1").unwrap());
         // B: share 1, chance 1-exp(-12*60/7200) ~ 0.095 -> lift ~ 10.5
         assert!((9.0..12.0).contains(&lb), "lift of B {lb}");
@@ -1086,7 +1093,11 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         let all = associations_from_json(&text, 0.0).unwrap();
         let strong = associations_from_json(&text, 2.0).unwrap();
-        let (ia, ib, ic) = (image_id("web/a", "1"), image_id("web/b", "1"), image_id("web/popular", "1"));
+        let (ia, ib, ic) = (
+            image_id("web/a", "1"),
+            image_id("web/b", "1"),
+            image_id("web/popular", "1"),
+        );
         assert!(all.iter().any(|p| (p.0, p.1) == (ia, ic)));
         assert!(strong.iter().any(|p| (p.0, p.1) == (ia, ib)));
         assert!(!strong.iter().any(|p| (p.0, p.1) == (ia, ic)), "{strong:?}");
