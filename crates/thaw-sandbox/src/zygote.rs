@@ -16,7 +16,8 @@
 //!   are shifted through the template's user namespace, so files owned by host root appear owned
 //!   by the template's root, readable and copy-up-able, while the layer directories on the host
 //!   stay untouched and owned by host root;
-//! * its own mount (overlay root, `pivot_root`), PID, network (loopback only), UTS, IPC and
+//! * its own mount (overlay root, `pivot_root`), PID, network (loopback only, whatever the
+//!   profile's network: instances get the bridge, the template never does), UTS, IPC and
 //!   cgroup namespaces, all owned by its user namespace, and its own cgroup with the profile's
 //!   limits;
 //! * `no_new_privs` and a seccomp profile ([`crate::seccomp::compile_template`]): the default
@@ -47,7 +48,9 @@
 //!    hostname and brings loopback up, and says `ready`;
 //! 2. the runtime reads the outer process's host pid from the kernel (`SCM_CREDENTIALS`),
 //!    creates the instance's cgroup with the profile's limits and writes the pid into it — the
-//!    expensive step, off the critical path — and says `go`;
+//!    expensive step, off the critical path — and, for a profile with
+//!    [`crate::net::NetworkMode::Bridge`], moves the sandbox end of a veth pair on the runtime's
+//!    bridge into its network namespace as `eth0`; then it says `go`;
 //! 3. the outer process forks the *inner* one, PID 1 of the new PID namespace, born inside the
 //!    cgroup. It unshares a cgroup namespace rooted there, mounts /proc, /dev, /sys, masks and
 //!    read-only paths and a private /tmp, switches root, applies rlimits, drops capabilities to
@@ -169,10 +172,11 @@ pub struct Invocation {
     pub timings: Timings,
 }
 
-/// A parked instance: its socket, cgroup and the host pid of its outer process.
+/// A parked instance: its socket, cgroup, bridge lease and the host pid of its outer process.
 struct Instance {
     sock: OwnedFd,
     cgroup: Option<CgroupPlan>,
+    lease: Option<crate::net::Lease>,
     pid: i32,
     stages: Vec<(String, Duration)>,
     rt: Arc<Inner>,
@@ -198,7 +202,7 @@ impl Drop for Instance {
         // The socket closes right after this (a field): that ends a parked instance, and one
         // that ran has exited already. The reaper removes the cgroup once it is empty.
         if let Some(c) = self.cgroup.take() {
-            self.rt.schedule_teardown(None, c);
+            self.rt.schedule_teardown_with(None, c, self.lease.take());
         }
     }
 }
@@ -640,7 +644,7 @@ fn make_instance(s: &Shared) -> Result<Instance> {
         Error::Helper(format!("the template process is gone ({e}); start a new template (see Template::is_alive)"))
     })?;
     drop(b);
-    let mut inst = Instance { sock: a, cgroup: None, pid: 0, stages: Vec::new(), rt: rt.clone() };
+    let mut inst = Instance { sock: a, cgroup: None, lease: None, pid: 0, stages: Vec::new(), rt: rt.clone() };
     let step = |inst: &Instance, what: &str| -> Result<Vec<u8>> {
         if !wait_readable(&inst.sock, Some(INSTANCE_TIMEOUT))? {
             inst.kill();
@@ -672,6 +676,14 @@ fn make_instance(s: &Shared) -> Result<Instance> {
         crate::cgroup::write_file(&d.join("cgroup.procs"), &inst.pid.to_string())?;
     }
     inst.stages.push(("cgroup_move".into(), t.elapsed()));
+    if s.cfg.profile.network == crate::net::NetworkMode::Bridge {
+        // The outer process already has the instance's network namespace; the inner one
+        // inherits it with eth0 in place.
+        let t = Instant::now();
+        let ns = crate::net::open_netns_of(inst.pid)?;
+        inst.lease = Some(s.rt.bridge()?.attach(ns.as_fd())?);
+        inst.stages.push(("bridge_veth".into(), t.elapsed()));
+    }
     let t = Instant::now();
     proto::send_bytes(inst.sock.as_fd(), b"go", &[])?;
     let m = step(&inst, "parking an instance")?;

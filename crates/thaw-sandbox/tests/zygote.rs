@@ -90,6 +90,13 @@ def spied(payload):
             pass
     return {"seen": spy.seen, "inherited": inherited}
 
+def net(payload):
+    import socket
+    host, port = payload.decode().split()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        got = s.recv(100).decode()
+    return {"links": sorted(os.listdir("/sys/class/net")), "got": got}
+
 def fds(payload):
     os.execv("/bin/ls", ["ls", "/proc/self/fd"])
 
@@ -401,4 +408,33 @@ fn the_template_cannot_read_instances_nor_hand_them_a_channel() {
         assert_ne!(what, "opened", "the template opened {path}");
     }
     assert_eq!(v["inherited"], serde_json::json!([]), "an instance inherited the template's pipe");
+}
+
+#[test]
+fn bridged_instances_reach_the_host_through_the_runtimes_bridge() {
+    let Some(z) = Zfx::new("bridged_instances_reach_the_host_through_the_runtimes_bridge") else { return };
+    let mut cfg = z.config("handlers:net", &[], 1);
+    cfg.profile.network = thaw_sandbox::net::NetworkMode::Bridge;
+    let t = z.f.rt.template(cfg).unwrap();
+    let gateway = z.f.rt.bridge().unwrap().config().gateway;
+    let listener = std::net::TcpListener::bind((gateway, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut c, b"hello from the host").unwrap();
+    });
+    let inv = t.invoke(format!("{gateway} {port}").as_bytes(), Some(Duration::from_secs(30))).unwrap();
+    assert!(inv.status.success(), "{}", String::from_utf8_lossy(&inv.stderr));
+    let v = json(&inv.stdout);
+    assert_eq!(v["got"], "hello from the host");
+    assert_eq!(v["links"], serde_json::json!(["eth0", "lo"]));
+    assert!(inv.timings.stages.iter().any(|(n, _)| n == "bridge_veth"));
+    server.join().unwrap();
+    // Once the used instance is torn down, only the refilled, parked one holds a lease.
+    assert!(t.wait_ready(1, Duration::from_secs(30)));
+    assert!(z.f.rt.wait_teardowns(Duration::from_secs(20)));
+    assert_eq!(z.f.rt.bridge().unwrap().leased(), 1, "the parked instance holds the only lease");
+    drop(t);
+    assert!(z.f.rt.wait_teardowns(Duration::from_secs(20)));
+    assert_eq!(z.f.rt.bridge().unwrap().leased(), 0, "a lease outlived its instance");
 }
