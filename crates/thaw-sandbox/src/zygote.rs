@@ -818,19 +818,20 @@ impl Template {
 
 impl Drop for Template {
     fn drop(&mut self) {
+        // Closing the helper's socket makes it SIGKILL the template's outer process; the
+        // interpreter (PID 1 of the template's PID namespace) follows by its parent-death
+        // signal, and with it every instance, all being inside that PID namespace. First, so a
+        // filler waiting on a template that stopped answering is released at once.
+        if let Some((child, hctrl)) = self.helper.lock().take() {
+            drop(hctrl);
+            self.shared.rt.inner.schedule_teardown(Some(child), self.cgroup.clone());
+        }
         self.shared.state.lock().stop = true;
         self.shared.cond.notify_all();
         if let Some(f) = self.filler.take() {
             let _ = f.join();
         }
         self.shared.state.lock().ready.clear();
-        // Closing the helper's socket makes it SIGKILL the template's outer process; the
-        // interpreter (PID 1 of the template's PID namespace) follows by its parent-death
-        // signal, and with it every instance, all being inside that PID namespace.
-        if let Some((child, hctrl)) = self.helper.lock().take() {
-            drop(hctrl);
-            self.shared.rt.inner.schedule_teardown(Some(child), self.cgroup.clone());
-        }
     }
 }
 
