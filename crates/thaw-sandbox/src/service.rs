@@ -22,7 +22,10 @@
 //! helper process), so sessions run on dedicated threads, never on async worker threads: an
 //! elastic set of threads all waiting in `accept`, where a thread that takes a connection starts
 //! another one when it was the last one idle (so a start never waits for a thread to be made)
-//! and leaves when more than the configured number are idle.
+//! and leaves when more than the configured number are idle. While a workload runs, its session
+//! thread waits for the exit status; signals and end-of-file from all running sessions' clients
+//! are read by one relay thread over epoll (registering a socket costs a system call, where a
+//! thread per session would cost a thread start in the middle of every sandbox start).
 //!
 //! Only this user may connect: the socket is created mode 0600, and the peer's credentials are
 //! checked again on every connection (root is also accepted).
@@ -236,6 +239,15 @@ struct Counts {
     total: usize,
 }
 
+/// A running session as the relay sees it.
+struct Watch {
+    conn: Arc<OwnedFd>,
+    sig: Signaller,
+}
+
+/// Token of the stop pipe in the relay's epoll set (session ids start at 1).
+const STOP_TOKEN: u64 = 0;
+
 struct Shared {
     listener: OwnedFd,
     stop_r: OwnedFd,
@@ -246,6 +258,10 @@ struct Shared {
     sessions: Mutex<HashMap<u64, Signaller>>,
     /// Every open connection, so stopping can cut them (a thread blocked reading one wakes up).
     conns: Mutex<HashMap<u64, Arc<OwnedFd>>>,
+    /// The relay's epoll set (running sessions' sockets, and the stop pipe).
+    epoll: OwnedFd,
+    /// Running sessions the relay watches, by epoll token.
+    watched: Mutex<HashMap<u64, Watch>>,
     next_session: AtomicU64,
     served: AtomicU64,
     failed: AtomicU64,
@@ -257,6 +273,7 @@ struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     stop_w: Option<OwnedFd>,
+    relay: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Counters of a server.
@@ -277,6 +294,14 @@ impl Server {
     pub fn start(listener: OwnedFd, backend: Arc<dyn Backend>, cfg: ServerConfig) -> Result<Server> {
         let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
         let cfg = ServerConfig { idle_threads: cfg.idle_threads.max(1), max_sessions: cfg.max_sessions.max(1) };
+        // SAFETY: epoll_create1 takes a flag and returns a new descriptor or -1.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(Error::sys("epoll_create1", nix::errno::Errno::last()).into());
+        }
+        // SAFETY: the kernel just returned this new descriptor to us.
+        let epoll = unsafe { OwnedFd::from_raw_fd(ep) };
+        epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, stop_r.as_raw_fd(), STOP_TOKEN)?;
         let shared = Arc::new(Shared {
             listener,
             stop_r,
@@ -286,15 +311,23 @@ impl Server {
             threads: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            epoll,
+            watched: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
+        let s2 = shared.clone();
+        let relay = std::thread::Builder::new()
+            .name("thaw-sandbox-relay".into())
+            .spawn(move || relay(&s2))
+            .map_err(|e| Error::io("spawn thread", "thaw-sandbox-relay", e))?;
+        let server = Server { shared: shared.clone(), stop_w: Some(stop_w), relay: Some(relay) };
         for _ in 0..cfg.idle_threads {
             spawn_worker(&shared)?;
         }
-        Ok(Server { shared, stop_w: Some(stop_w) })
+        Ok(server)
     }
 
     /// Counters.
@@ -321,9 +354,8 @@ impl Server {
         for sig in self.shared.sessions.lock().values() {
             let _ = sig.signal(libc::SIGKILL);
         }
-        // Reading ends: a thread waiting for a request wakes up, a relay thread sees the end
-        // (and kills its sandbox); answers can still go out, so a client learns how its
-        // workload ended.
+        // Reading ends: a thread waiting for a request wakes up; answers can still go out, so a
+        // client learns how its workload ended (killed just above).
         for c in self.shared.conns.lock().values() {
             let _ = socket::shutdown(c.as_raw_fd(), socket::Shutdown::Read);
         }
@@ -335,6 +367,9 @@ impl Server {
             for t in batch {
                 let _ = t.join();
             }
+        }
+        if let Some(r) = self.relay.take() {
+            let _ = r.join();
         }
         drop(w);
     }
@@ -442,6 +477,57 @@ fn worker(s: &Arc<Shared>) {
     c.total -= 1;
 }
 
+fn epoll_ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, token: u64) -> Result<()> {
+    // Level-triggered: a message left unread is reported again.
+    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, u64: token };
+    // SAFETY: epoll_ctl reads the event struct we pass (ignored for EPOLL_CTL_DEL) and touches
+    // no other memory; both descriptors are open for the duration of the call.
+    if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut ev) } != 0 {
+        return Err(Error::sys("epoll_ctl", nix::errno::Errno::last()).into());
+    }
+    Ok(())
+}
+
+/// Reads what the clients of running sessions send: signals to deliver, or end-of-file, on
+/// which the client's sandbox is killed (a sandbox never outlives its client).
+fn relay(s: &Shared) {
+    // SAFETY: epoll_event is plain old data; all-zero is a valid value.
+    let mut events: [libc::epoll_event; 32] = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: epoll_wait writes at most `len` events into the array we own.
+        let n = unsafe { libc::epoll_wait(s.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as libc::c_int, -1) };
+        if n < 0 {
+            if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+                continue;
+            }
+            tracing::error!(errno = %nix::errno::Errno::last(), "the sandbox service relay stopped");
+            return;
+        }
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            if token == STOP_TOKEN {
+                return;
+            }
+            let Some((conn, sig)) = s.watched.lock().get(&token).map(|w| (w.conn.clone(), w.sig.clone())) else { continue };
+            // Readable: a message or end-of-file is there, so this does not block.
+            match proto::recv::<ClientMsg>(conn.as_fd()) {
+                Ok(Some((ClientMsg::Signal(n), _))) => {
+                    let _ = sig.signal(n);
+                }
+                Ok(Some((ClientMsg::Run(_), _))) => {}
+                Ok(None) | Err(_) => {
+                    // Still watched means the workload still runs (the session stops watching
+                    // before it answers): the client is gone, and so goes its sandbox.
+                    if s.watched.lock().remove(&token).is_some() {
+                        let _ = epoll_ctl(&s.epoll, libc::EPOLL_CTL_DEL, conn.as_raw_fd(), token);
+                        let _ = sig.signal(libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn peer_allowed(conn: &OwnedFd) -> bool {
     match socket::getsockopt(conn, socket::sockopt::PeerCredentials) {
         Ok(cred) => cred.uid() == euid() || cred.uid() == 0,
@@ -504,42 +590,24 @@ fn session(s: &Shared, id: u64, conn: Arc<OwnedFd>) {
     if s.stopping.load(Ordering::SeqCst) {
         let _ = sig.signal(libc::SIGKILL);
     }
-    let done = Arc::new(AtomicBool::new(false));
     // Signals and the client's death arrive on the session socket while this thread waits for
-    // the workload; a second thread reads them.
-    let relay = {
-        let (conn, done, sig) = (conn.clone(), done.clone(), sig.clone());
-        std::thread::Builder::new().name("thaw-sandbox-relay".into()).spawn(move || loop {
-            match proto::recv::<ClientMsg>(conn.as_fd()) {
-                Ok(Some((ClientMsg::Signal(n), _))) => {
-                    let _ = sig.signal(n);
-                }
-                Ok(Some((ClientMsg::Run(_), _))) => {}
-                Ok(None) | Err(_) => {
-                    if !done.load(Ordering::SeqCst) {
-                        let _ = sig.signal(libc::SIGKILL);
-                    }
-                    return;
-                }
-            }
-        })
-    };
-    if relay.is_err() {
-        // Without a relay nobody would notice the client dying; refuse rather than leak.
+    // the workload; the relay thread reads them.
+    s.watched.lock().insert(id, Watch { conn: conn.clone(), sig: sig.clone() });
+    if let Err(e) = epoll_ctl(&s.epoll, libc::EPOLL_CTL_ADD, conn.as_raw_fd(), id) {
+        // Without the relay nobody would notice the client dying: refuse rather than leak.
+        tracing::warn!(error = %e, "cannot watch a sandbox client; killing its sandbox");
         let _ = sig.signal(libc::SIGKILL);
     }
     let status = sb.wait();
-    done.store(true, Ordering::SeqCst);
+    // Stop watching before answering: the client closing after the answer is not a death.
+    if s.watched.lock().remove(&id).is_some() {
+        let _ = epoll_ctl(&s.epoll, libc::EPOLL_CTL_DEL, conn.as_raw_fd(), id);
+    }
     let msg = match status {
         Ok(st) => ServerMsg::Exited(st),
         Err(e) => ServerMsg::Failed(e.to_string()),
     };
     let _ = proto::send(conn.as_fd(), &msg, &[]);
-    // Ends the relay thread's read.
-    let _ = socket::shutdown(conn.as_raw_fd(), socket::Shutdown::Both);
-    if let Ok(r) = relay {
-        let _ = r.join();
-    }
     s.sessions.lock().remove(&id);
 }
 
