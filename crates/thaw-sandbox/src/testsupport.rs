@@ -333,6 +333,11 @@ fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) -> io::Result
                 symlink(fs::read_link(&src)?, &dst)?;
             } else if t.is_file() {
                 fs::copy(&src, &dst)?;
+                // Python trusts a cached .pyc only while its source keeps the mtime recorded in
+                // it: without this every import would compile again (and a benchmark of a fresh
+                // interpreter would measure the compiler).
+                let mtime = e.metadata()?.modified()?;
+                fs::File::open(&dst)?.set_times(fs::FileTimes::new().set_modified(mtime))?;
             }
         }
         Ok(())
