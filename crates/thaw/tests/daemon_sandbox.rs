@@ -6,9 +6,12 @@
 //!
 //! These need root, cgroups, overlayfs and busybox-static (see `require_privileges`).
 
+mod common;
+
+use common::{text, Env, THAW};
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,28 +19,7 @@ use thaw_sandbox::cgroup::{self, CgroupLayout};
 use thaw_sandbox::{testsupport, InstanceNames};
 use thaw_testkit::{http_get, metric_value, ChildGuard as Guard, ThawDaemon};
 
-const THAW: &str = env!("CARGO_BIN_EXE_thaw");
-
-struct Env {
-    dir: tempfile::TempDir,
-    rootfs: PathBuf,
-}
-
 impl Env {
-    fn new(test: &str) -> Option<Env> {
-        if !testsupport::require_privileges(test) {
-            return None;
-        }
-        let dir = testsupport::tmpfs_dir("thaw-daemon-sbx-").unwrap();
-        let rootfs = dir.path().join("rootfs");
-        testsupport::busybox_rootfs(&rootfs).unwrap();
-        Some(Env { dir, rootfs })
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     /// Starts `thaw serve` on this data directory; `sandbox` is the `[sandbox]` section's body
     /// (`None`: a mirror-only daemon).
     fn daemon(&self, sandbox: Option<&str>) -> ThawDaemon {
@@ -55,12 +37,6 @@ impl Env {
         let mut all = args.to_vec();
         all.extend(["--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()]);
         ThawDaemon::start(Path::new(THAW), &all)
-    }
-
-    fn run(&self) -> Command {
-        let mut c = Command::new(THAW);
-        c.arg("run").arg("--data").arg(self.data()).env_remove("THAW_DATA");
-        c
     }
 
     fn func(&self, sub: &str) -> Command {
@@ -99,10 +75,6 @@ fn status(e: &Env) -> serde_json::Value {
     s.read_to_string(&mut out).unwrap();
     let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|err| panic!("{err}: {out}"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn ok(o: &Output) -> String {

@@ -3,53 +3,13 @@
 //!
 //! These need root, cgroups, overlayfs and busybox-static (see `require_privileges`).
 
+mod common;
+
+use common::{text, Env};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use thaw_sandbox::testsupport;
-
-const THAW: &str = env!("CARGO_BIN_EXE_thaw");
-
-struct Env {
-    dir: tempfile::TempDir,
-    rootfs: PathBuf,
-}
-
-impl Env {
-    fn new(test: &str) -> Option<Env> {
-        if !testsupport::require_privileges(test) {
-            return None;
-        }
-        let dir = testsupport::tmpfs_dir("thaw-run-cli-").unwrap();
-        let rootfs = dir.path().join("rootfs");
-        testsupport::busybox_rootfs(&rootfs).unwrap();
-        Some(Env { dir, rootfs })
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn thaw(&self) -> Command {
-        let mut c = Command::new(THAW);
-        c.arg("run").arg("--data").arg(self.data()).env_remove("THAW_DATA");
-        c
-    }
-}
-
-/// Kills a child process on drop (also when the test panics).
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use thaw_testkit::ChildGuard as Guard;
 
 fn check(o: &Output) -> String {
     text(&o.stdout)
@@ -58,7 +18,7 @@ fn check(o: &Output) -> String {
 #[test]
 fn rootfs_dir_echo_exit_code_and_timings() {
     let Some(e) = Env::new("rootfs_dir_echo_exit_code_and_timings") else { return };
-    let o = e.thaw().arg("--cold").arg("--timings").arg(&e.rootfs).args(["--", "sh", "-c", "echo hi; exit 3"]).output().unwrap();
+    let o = e.run().arg("--cold").arg("--timings").arg(&e.rootfs).args(["--", "sh", "-c", "echo hi; exit 3"]).output().unwrap();
     assert_eq!(check(&o), "hi\n", "stderr: {}", text(&o.stderr));
     assert_eq!(o.status.code(), Some(3));
     let err = text(&o.stderr);
@@ -73,7 +33,7 @@ fn rootfs_dir_echo_exit_code_and_timings() {
 fn flags_set_limits_user_env_and_cwd() {
     let Some(e) = Env::new("flags_set_limits_user_env_and_cwd") else { return };
     let o = e
-        .thaw()
+        .run()
         .args(["--pids", "33", "--memory", "64m", "--hostname", "box", "-u", "1000:1000", "-e", "GREETING=hello", "-w", "/tmp"])
         .arg(&e.rootfs)
         .args(["--", "sh", "-c", "id -u; id -g; hostname; echo $GREETING; pwd; cat /sys/fs/cgroup/pids.max 2>/dev/null || true"])
@@ -104,7 +64,7 @@ fn runs_an_oci_bundle() {
                   "resources": {"pids": {"limit": 16}}}
     });
     std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
-    let o = e.thaw().arg("--bundle").arg(&bundle).output().unwrap();
+    let o = e.run().arg("--bundle").arg(&bundle).output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(check(&o), "bundled\nreadonly\n");
 }
@@ -134,14 +94,14 @@ fn runs_an_oci_layout_image_with_whiteouts() {
     let config = serde_json::json!({"config": {"Env": ["PATH=/bin", "WHO=image"], "Cmd": ["sh", "-c", "cat /etc/motd; ls /bin/vi 2>&1; echo $WHO"], "WorkingDir": "/etc"}});
     w.add_image("v1", &layers, config).unwrap();
     let image = format!("oci:{}:v1", layout.display());
-    let o = e.thaw().arg(&image).output().unwrap();
+    let o = e.run().arg(&image).output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = check(&o);
     assert!(out.starts_with("from the top layer\n"), "{out}");
     assert!(out.contains("No such file"), "whiteout not applied: {out}");
     assert!(out.ends_with("image\n"), "{out}");
     // A command after `--` replaces the image's.
-    let o = e.thaw().arg(&image).args(["--", "pwd"]).output().unwrap();
+    let o = e.run().arg(&image).args(["--", "pwd"]).output().unwrap();
     assert_eq!(check(&o), "/etc\n");
 }
 
@@ -149,7 +109,7 @@ fn runs_an_oci_layout_image_with_whiteouts() {
 fn relays_signals_to_the_workload() {
     let Some(e) = Env::new("relays_signals_to_the_workload") else { return };
     let child = e
-        .thaw()
+        .run()
         .arg(&e.rootfs)
         .args(["--", "sh", "-c", "trap 'echo got-term; exit 5' TERM; echo ready; while true; do sleep 0.05; done"])
         .stdout(Stdio::piped())
@@ -173,7 +133,7 @@ fn relays_signals_to_the_workload() {
 #[test]
 fn next_run_cleans_up_after_a_killed_run() {
     let Some(e) = Env::new("next_run_cleans_up_after_a_killed_run") else { return };
-    let child = e.thaw().arg(&e.rootfs).args(["--", "sh", "-c", "echo ready; sleep 100"]).stdout(Stdio::piped()).spawn().unwrap();
+    let child = e.run().arg(&e.rootfs).args(["--", "sh", "-c", "echo ready; sleep 100"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut g = Guard(child);
     let mut buf = [0u8; 6];
     std::io::Read::read_exact(g.0.stdout.as_mut().unwrap(), &mut buf).unwrap();
@@ -185,7 +145,7 @@ fn next_run_cleans_up_after_a_killed_run() {
     // A crash: SIGKILL gives thaw no chance to clean up.
     g.0.kill().unwrap();
     g.0.wait().unwrap();
-    let o = e.thaw().arg(&e.rootfs).args(["--", "true"]).output().unwrap();
+    let o = e.run().arg(&e.rootfs).args(["--", "true"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let deadline = Instant::now() + Duration::from_secs(10);
     while cg.exists() || instances[0].exists() {
@@ -197,9 +157,9 @@ fn next_run_cleans_up_after_a_killed_run() {
 #[test]
 fn helpful_errors() {
     let Some(e) = Env::new("helpful_errors") else { return };
-    let o = e.thaw().arg(e.dir.path().join("missing")).args(["--", "true"]).output().unwrap();
+    let o = e.run().arg(e.dir.path().join("missing")).args(["--", "true"]).output().unwrap();
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("neither a directory nor an image"), "{}", text(&o.stderr));
-    let o = e.thaw().arg(&e.rootfs).args(["--", "no-such-program"]).output().unwrap();
+    let o = e.run().arg(&e.rootfs).args(["--", "no-such-program"]).output().unwrap();
     assert!(text(&o.stderr).contains("not found in the sandbox's PATH"), "{}", text(&o.stderr));
 }
