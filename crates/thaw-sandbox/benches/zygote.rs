@@ -176,6 +176,7 @@ fn main() {
     assert!(template.wait_ready(4, Duration::from_secs(60)));
     let cpu0 = (self_cpu_us(), unified.as_deref().map(cgroup_cpu_us).unwrap_or(0));
     let (mut e2e, mut critical) = (Vec::new(), Vec::new());
+    let mut prepared: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
     let mut misses = 0;
     for i in 0..runs {
         // Let the refill keep up, so each invocation measures the pooled path; the sustained
@@ -187,11 +188,17 @@ fn main() {
         check(&inv.stdout);
         misses += usize::from(!inv.timings.pooled);
         critical.push(inv.timings.stages[inv.timings.critical_from..].iter().map(|(_, d)| *d).sum());
+        for (name, d) in &inv.timings.stages[..inv.timings.critical_from] {
+            prepared.entry(name.clone()).or_default().push(*d);
+        }
     }
     rt.wait_teardowns(Duration::from_secs(30));
     let cpu1 = (self_cpu_us(), unified.as_deref().map(cgroup_cpu_us).unwrap_or(0));
     let fork_med = stats("thaw template fork (invoke, end to end)", e2e);
     stats("  of which take+send+run+collect", critical);
+    for (name, v) in prepared {
+        stats(&format!("  ahead of time: {name}"), v);
+    }
     println!(
         "  misses {misses}; CPU per invocation, refill included: {:.3} ms (this process {:.3} ms, sandbox processes {:.3} ms{})",
         ((cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1)) as f64 / runs as f64 / 1e3,
