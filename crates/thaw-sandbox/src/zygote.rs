@@ -612,7 +612,7 @@ fn fill(s: &Shared) {
             }
         }
         let t = Instant::now();
-        match make_instance(s) {
+        match make_instance(s, true) {
             Ok(inst) => {
                 s.stats.built.fetch_add(1, Ordering::Relaxed);
                 s.stats.build_wall_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -634,13 +634,16 @@ fn fill(s: &Shared) {
     }
 }
 
-/// Forks one instance and parks it in its own cgroup.
-fn make_instance(s: &Shared) -> Result<Instance> {
+/// Forks one instance and parks it in its own cgroup. `background`: a pool refill, built at
+/// `SCHED_IDLE` so it yields the CPU to invocations being served (as pooled parts do); the
+/// parked processes are put back to the normal policy before anyone runs in them.
+fn make_instance(s: &Shared, background: bool) -> Result<Instance> {
     let rt = &s.rt.inner;
     let t = Instant::now();
     let (a, b) = proto::seqpacket_pair()?;
     set_passcred(&a)?;
-    proto::send_bytes(s.ctrl.as_fd(), b"fork", &[b.as_raw_fd()]).map_err(|e| {
+    let request: &[u8] = if background { b"fork-idle" } else { b"fork" };
+    proto::send_bytes(s.ctrl.as_fd(), request, &[b.as_raw_fd()]).map_err(|e| {
         Error::Helper(format!("the template process is gone ({e}); start a new template (see Template::is_alive)"))
     })?;
     drop(b);
@@ -690,6 +693,18 @@ fn make_instance(s: &Shared) -> Result<Instance> {
     if m != b"parked" {
         return Err(template_error("parking an instance", &m));
     }
+    if background {
+        // Unprivileged processes cannot leave SCHED_IDLE by themselves; the runtime can.
+        let normal = libc::sched_param { sched_priority: 0 };
+        for pid in crate::cgroup::procs(&cgroup.dirs[0].1) {
+            // SAFETY: sched_setscheduler reads the parameter struct we pass.
+            if unsafe { libc::sched_setscheduler(pid, libc::SCHED_OTHER, &normal) } != 0
+                && nix::errno::Errno::last() != nix::errno::Errno::ESRCH
+            {
+                return Err(Error::sys(format!("restoring the scheduling policy of instance process {pid}"), nix::errno::Errno::last()));
+            }
+        }
+    }
     inst.stages.push(("pid_ns_root_seccomp".into(), t.elapsed()));
     Ok(inst)
 }
@@ -714,7 +729,7 @@ impl Template {
             }
             None => {
                 s.stats.misses.fetch_add(1, Ordering::Relaxed);
-                make_instance(s)?
+                make_instance(s, false)?
             }
         };
         let mut timings = Timings { pooled: hit, ..Timings::default() };

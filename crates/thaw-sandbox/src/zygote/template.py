@@ -7,7 +7,9 @@
 #   control socket (descriptor 3), from the runtime:
 #     1. the configuration; answered with {"ok": pid} once preload and handler are imported, or
 #        {"error": traceback} before exiting;
-#     2. b"fork" with one descriptor, an instance socket: fork an instance on it.
+#     2. b"fork" with one descriptor, an instance socket: fork an instance on it; b"fork-idle"
+#        the same at SCHED_IDLE (a pool refill: it yields the CPU to invocations being served,
+#        and the runtime puts the parked instance back to the normal policy).
 #   instance socket, per instance:
 #     outer process -> runtime  b"ready"      (the runtime reads its host pid from the kernel's
 #                                              credentials and moves it into its cgroup)
@@ -194,9 +196,11 @@ class Template:
             __import__(m)
         self.handler = load_handler(cfg["handler"])
 
-    def fork_instance(self, sock):
+    def fork_instance(self, sock, idle):
         """The outer process of an instance: fresh namespaces and root, then the inner one."""
         try:
+            if idle:
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
             # Nothing the template's code opened reaches an instance: an inherited pipe or
             # socket would be a channel between invocations.
             keep = sock.fileno()
@@ -283,7 +287,7 @@ class Template:
             msg, fds, _, _ = socket.recv_fds(ctrl, 64, 1)
             if not msg:
                 os._exit(0)
-            if msg != b"fork" or len(fds) != 1:
+            if msg not in (b"fork", b"fork-idle") or len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
                 continue
@@ -293,7 +297,7 @@ class Template:
                 # Received descriptors are inheritable; a program the handler execs must not
                 # get the instance socket.
                 os.set_inheritable(fds[0], False)
-                self.fork_instance(socket.socket(fileno=fds[0]))
+                self.fork_instance(socket.socket(fileno=fds[0]), msg == b"fork-idle")
             os.close(fds[0])
 
 
