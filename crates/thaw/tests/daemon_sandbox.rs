@@ -292,6 +292,13 @@ fn functions_deploy_invoke_list_rm_and_survive_a_restart() {
     assert!(m.contains("thaw_function_invocations_total{function=\"upper\",outcome=\"ok\"} 2"), "{m}");
     assert!(m.contains("thaw_function_invocations_total{function=\"fails\",outcome=\"failed\"} 1"), "{m}");
     assert!(m.contains("pool=\"fn:upper\""), "{m}");
+    // An invocation past the deployment's timeout is killed: the shell's 128 + SIGKILL.
+    ok(&e.func("deploy").args(["slow", "--image", root, "--timeout", "300ms", "--", "sleep", "30"]).output().unwrap());
+    let t = Instant::now();
+    let o = e.func("invoke").args(["slow", "--data", ""]).output().unwrap();
+    assert_eq!(o.status.code(), Some(128 + 9), "{}", text(&o.stderr));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    ok(&e.func("rm").arg("slow").output().unwrap());
     // Bad definitions are refused with the reason.
     let o = e.func("deploy").args(["../evil", "--image", root, "--", "true"]).output().unwrap();
     assert!(!o.status.success() && text(&o.stderr).contains("function name"), "{}", text(&o.stderr));
