@@ -172,8 +172,8 @@ fn instances_are_distinct_and_confined() {
     let t = z.template("handlers:facts", 2);
     // Both alive at once: namespace ids are inode numbers the kernel reuses once freed.
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| facts(&t, "0.5"));
-        let b = s.spawn(|| facts(&t, "0.5"));
+        let a = s.spawn(|| facts(&t, "1.5"));
+        let b = s.spawn(|| facts(&t, "1.5"));
         (a.join().unwrap(), b.join().unwrap())
     });
     for n in ["net", "uts", "ipc", "mnt", "pid", "cgroup"] {
@@ -390,12 +390,12 @@ fn the_template_cannot_read_instances_nor_hand_them_a_channel() {
     let t = z.f.rt.template(z.config("handlers:spied", &["spy"], 2)).unwrap();
     assert!(t.wait_ready(2, Duration::from_secs(30)));
     // The first instances were forked before the spy saw any; later ones carry what it saw.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
     for _ in 0..2 {
         assert!(t.invoke(b"", None).unwrap().status.success());
     }
     assert!(t.wait_ready(2, Duration::from_secs(30)));
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
     for _ in 0..2 {
         assert!(t.invoke(b"", None).unwrap().status.success());
     }
