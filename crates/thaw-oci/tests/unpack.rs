@@ -359,6 +359,8 @@ fn overlay_mode_whiteouts() {
     assert_eq!(md.rdev(), 0);
     assert!(fs::symlink_metadata(s.root().join("e/deep")).unwrap().file_type().is_char_device());
     assert_eq!(getxattr(&s.root().join("d"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    // the mark an overlay inside a user namespace (a template runtime's, mounted with userxattr) reads
+    assert_eq!(getxattr(&s.root().join("d"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
     assert_eq!(fs::read(s.root().join("d/keep")).unwrap(), b"k");
     assert!(!s.root().join(".wh.gone").exists());
 }

@@ -79,10 +79,12 @@
 //! function's template, but **all instances of one template share it** (hash-flooding
 //! resistance across instances of one function is that of a single long-lived process).
 //!
-//! Multi-layer images: opaque directories are marked with `trusted.overlay.opaque`, which an
-//! overlay mounted inside a user namespace cannot read; in a template, a directory made opaque
-//! by an upper layer also shows the lower layers' entries. [`Runtime::template`] looks for such
-//! directories and logs a warning naming them (whiteouts, 0/0 character devices, work).
+//! Multi-layer images: an overlay mounted inside a user namespace cannot read
+//! `trusted.overlay.opaque`, so the template's overlays are mounted with `userxattr` and honour
+//! `user.overlay.opaque`, which thaw's unpacker writes beside the trusted mark. Layers without it
+//! (unpacked by other tools, or on a filesystem without user xattrs) would show the lower layers'
+//! entries in opaque directories; [`Runtime::template`] looks for such directories and logs a
+//! warning naming them. Whiteouts (0/0 character devices) work either way.
 
 mod setup;
 
@@ -297,17 +299,22 @@ fn template_rootfs(r: &RootfsConfig) -> RootfsConfig {
 /// Most directories [`opaque_dirs_hiding_entries`] reports.
 const OPAQUE_REPORT_LIMIT: usize = 8;
 
-/// Directories of `lowers` (topmost first) marked opaque with `trusted.overlay.opaque` above
-/// another layer: an overlay mounted in a user namespace cannot read that mark, so the entries
-/// below show through in templates. At most [`OPAQUE_REPORT_LIMIT`].
+/// Directories of `lowers` (topmost first) marked opaque with `trusted.overlay.opaque` but not
+/// with `user.overlay.opaque`, above another layer: an overlay mounted in a user namespace reads
+/// only the user mark, so the entries below show through in templates. thaw's unpacker writes
+/// both; layers unpacked by other tools, or on filesystems without user xattrs, may lack it.
+/// At most [`OPAQUE_REPORT_LIMIT`].
 fn opaque_dirs_hiding_entries(lowers: &[PathBuf]) -> Vec<PathBuf> {
-    fn opaque(p: &Path) -> bool {
+    fn marked(p: &Path, name: &std::ffi::CStr) -> bool {
         let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
         let mut b = [0u8; 4];
         // SAFETY: lgetxattr reads the NUL-terminated path and name and writes at most the
         // length we pass into the buffer we own.
-        let n = unsafe { libc::lgetxattr(c.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b.as_mut_ptr().cast(), b.len()) };
+        let n = unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), b.as_mut_ptr().cast(), b.len()) };
         n == 1 && b[0] == b'y'
+    }
+    fn opaque(p: &Path) -> bool {
+        marked(p, c"trusted.overlay.opaque") && !marked(p, c"user.overlay.opaque")
     }
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -454,7 +461,7 @@ impl Runtime {
             tracing::warn!(
                 handler = %handler,
                 dirs = ?opaque,
-                "opaque directories of the image cannot be honoured in a template (overlayfs in a user namespace ignores trusted.overlay.opaque): entries of lower layers show through in them; flatten those layers to avoid it"
+                "opaque directories of the image lack user.overlay.opaque, which an overlay in a user namespace needs (it ignores trusted.overlay.opaque): entries of lower layers show through in them; unpack the layers with thaw (which writes both marks) or flatten them"
             );
         }
         let (id_base, slot) = lock_id_slot()?;
@@ -909,6 +916,13 @@ mod tests {
         mark(&top.join("a/opaque"));
         mark(&bottom.join("b/opaque-at-the-bottom"));
         assert_eq!(opaque_dirs_hiding_entries(&[top.clone(), bottom.clone()]), vec![top.join("a/opaque")]);
+        // with the user mark too (as thaw's unpacker writes it), the overlay honours it
+        let c = std::ffi::CString::new(top.join("a/opaque").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: lsetxattr reads the NUL-terminated path, name and the one-byte value.
+        let r = unsafe { libc::lsetxattr(c.as_ptr(), c"user.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        if r == 0 {
+            assert!(opaque_dirs_hiding_entries(&[top.clone(), bottom.clone()]).is_empty());
+        }
         assert!(opaque_dirs_hiding_entries(&[top]).is_empty(), "a single layer hides nothing");
     }
 

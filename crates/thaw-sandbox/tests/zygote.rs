@@ -438,3 +438,41 @@ fn bridged_instances_reach_the_host_through_the_runtimes_bridge() {
     assert!(z.f.rt.wait_teardowns(Duration::from_secs(20)));
     assert_eq!(z.f.rt.bridge().unwrap().leased(), 0, "a lease outlived its instance");
 }
+
+/// A directory made opaque by an upper layer hides the lower layer's entries inside a template
+/// too: the layers carry `user.overlay.opaque` (as thaw's unpacker writes it) and the template's
+/// overlays are mounted with `userxattr`. A whiteout hides a lower file as well.
+#[test]
+fn opaque_directories_and_whiteouts_of_upper_layers_hold_in_templates() {
+    let Some(z) = Zfx::new("opaque_directories_and_whiteouts_of_upper_layers_hold_in_templates") else { return };
+    let (top, bottom) = (z.f.path().join("l-top"), z.f.path().join("l-bottom"));
+    std::fs::create_dir_all(top.join("data")).unwrap();
+    std::fs::create_dir_all(bottom.join("data")).unwrap();
+    std::fs::write(bottom.join("data/old"), "from the bottom layer").unwrap();
+    std::fs::write(bottom.join("gone"), "deleted by the top layer").unwrap();
+    std::fs::write(top.join("data/new"), "from the top layer").unwrap();
+    for (name, value) in [(c"trusted.overlay.opaque", b"y"), (c"user.overlay.opaque", b"y")] {
+        let c = std::ffi::CString::new(top.join("data").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: lsetxattr reads the NUL-terminated path, name and the one-byte value.
+        let r = unsafe { libc::lsetxattr(c.as_ptr(), name.as_ptr(), value.as_ptr().cast(), 1, 0) };
+        assert_eq!(r, 0, "set {name:?}: {}", std::io::Error::last_os_error());
+    }
+    nix::sys::stat::mknod(&top.join("gone"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).unwrap();
+    std::fs::create_dir_all(z.f.path().join("handlers/app2")).unwrap();
+    std::fs::write(
+        z.f.path().join("handlers/app2/layered.py"),
+        "import os\ndef ls(payload):\n    return {'data': sorted(os.listdir('/data')), 'gone': os.path.exists('/gone')}\n",
+    )
+    .unwrap();
+    let mut layers = vec![z.f.path().join("handlers"), top, bottom];
+    layers.extend(z.layers.iter().skip(1).cloned());
+    let mut cfg = z.config("layered:ls", &["json"], 1);
+    cfg.rootfs = RootfsConfig::with_defaults(layers);
+    cfg.env = vec!["PYTHONPATH=/app2".into()];
+    let t = z.f.rt.template(cfg).unwrap();
+    let inv = t.invoke(b"", Some(Duration::from_secs(20))).unwrap();
+    assert!(inv.status.success(), "{}", String::from_utf8_lossy(&inv.stderr));
+    let v = json(&inv.stdout);
+    assert_eq!(v["data"], serde_json::json!(["new"]), "the opaque directory let the lower entries through");
+    assert_eq!(v["gone"], false, "the whiteout did not hide the lower file");
+}

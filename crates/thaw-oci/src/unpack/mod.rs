@@ -1174,7 +1174,15 @@ fn set_opaque(dir: BorrowedFd<'_>, entry: &[u8]) -> Result<(), UnpackError> {
         } else {
             io_err(entry, "set trusted.overlay.opaque")(e)
         }
-    })
+    })?;
+    // The same mark in the user namespace of xattrs: an overlay mounted inside a user namespace
+    // (a template runtime's) cannot read trusted.* and honours user.overlay.opaque instead, when
+    // mounted with `userxattr`. A filesystem without user xattrs keeps only the trusted mark;
+    // the template runtime warns about such directories.
+    match sys::fsetxattr(dir, c"user.overlay.opaque", b"y") {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EPERM)) => Ok(()),
+        r => r.map_err(io_err(entry, "set user.overlay.opaque")),
+    }
 }
 
 fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {

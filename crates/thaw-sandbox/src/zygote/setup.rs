@@ -269,7 +269,9 @@ fn template_pid1(plan: &TemplatePlan, fds: Vec<OwnedFd>) -> Result<Infallible> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
     let lowers: Vec<String> = (0..plan.rootfs.lowers.len()).map(|i| format!("lower/{i}")).collect();
-    let opts = format!("lowerdir={},upperdir=upper,workdir=work", lowers.join(":"));
+    // userxattr: inside a user namespace overlayfs cannot use trusted.* xattrs; with it, it
+    // honours the user.overlay.opaque marks thaw's unpacker writes beside the trusted ones.
+    let opts = format!("lowerdir={},upperdir=upper,workdir=work,userxattr", lowers.join(":"));
     mnt(Some("overlay"), "root", Some("overlay"), MsFlags::MS_NODEV, Some(&opts))?;
     // The hidden area instances are built from: the layers (an instance mounts its own overlay
     // over them), a mountpoint for its staging tmpfs, and a procfs and sysfs without masks,

@@ -215,7 +215,7 @@ class Template:
             for d in ("upper", "work", "root"):
                 os.mkdir(os.path.join(staging, d), 0o755)
             mount("overlay", staging + "/root", "overlay", MS_NODEV,
-                  "lowerdir=%s,upperdir=%s/upper,workdir=%s/work" % (self.lowerdir, staging, staging))
+                  "lowerdir=%s,upperdir=%s/upper,workdir=%s/work,userxattr" % (self.lowerdir, staging, staging))
             socket.sethostname(cfg["hostname"])
             loopback_up()
             send(sock, b"ready")
