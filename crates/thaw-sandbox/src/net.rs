@@ -47,6 +47,7 @@ pub const MAX_INTERFACE_NAME: usize = 15;
 pub enum NetworkMode {
     /// Only `lo`: nothing outside the sandbox is reachable, and nothing reaches in.
     #[default]
+    #[serde(alias = "none")]
     Loopback,
     /// `lo` plus `eth0` on the runtime's bridge (see [`crate::RuntimeConfig`]).
     Bridge,

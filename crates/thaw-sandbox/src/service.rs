@@ -83,6 +83,9 @@ pub struct Overrides {
     pub cpu_millis: Option<u64>,
     /// A profile the daemon's configuration names; its limits apply before the ones above.
     pub profile: Option<String>,
+    /// Loopback only, or `eth0` on the daemon's bridge.
+    #[serde(default)]
+    pub network: Option<crate::net::NetworkMode>,
 }
 
 /// Length of the CPU period a `cpu_millis` limit is expressed in.
@@ -107,6 +110,9 @@ impl Overrides {
         }
         if let Some(h) = &self.hostname {
             spec.profile.hostname = h.clone();
+        }
+        if let Some(n) = self.network {
+            spec.profile.network = n;
         }
         let l = &mut spec.profile.limits;
         if let Some(m) = self.memory_bytes {
@@ -778,12 +784,14 @@ mod tests {
             pids_max: Some(5),
             cpu_millis: Some(500),
             profile: None,
+            network: Some(crate::net::NetworkMode::Bridge),
         };
         o.apply(&mut spec).unwrap();
         assert_eq!(spec.process.args, ["echo", "x"]);
         assert!(spec.process.env.iter().any(|e| e == "A=1"));
         assert_eq!((spec.process.uid, spec.process.gid, spec.process.cwd.as_str()), (7, 8, "/tmp"));
         assert_eq!(spec.profile.hostname, "h");
+        assert_eq!(spec.profile.network, crate::net::NetworkMode::Bridge);
         assert_eq!(spec.profile.limits.cpu_quota_us, Some(50_000));
         assert_eq!(spec.profile.limits.cpu_period_us, Some(CPU_PERIOD_US));
         assert_eq!(spec.profile.limits.pids_max, Some(5));

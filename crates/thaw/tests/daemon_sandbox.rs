@@ -483,3 +483,69 @@ fn layouts_bundles_and_configured_images_through_the_daemon() {
     assert_eq!(ok(&o), "bundled\nreadonly\n");
     assert!(text(&o.stderr).contains("through the daemon"), "{}", text(&o.stderr));
 }
+
+/// A one-shot HTTP server on `ip`, answering `body` to `n` requests.
+fn http_server(ip: std::net::Ipv4Addr, body: &'static str, n: usize) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, h)
+}
+
+/// `--network bridge` gives the sandbox eth0 on a bridge with a route to the host, both on the
+/// cold path (a bridge of the run's own instance, gone when it ends) and through the daemon
+/// (the `[sandbox] bridge` subnet, kept while the daemon runs, deleted when it stops); without
+/// the flag the sandbox has loopback only. A bad value is a clear error.
+#[test]
+fn bridge_networking_cold_and_through_the_daemon() {
+    let Some(e) = Env::new("bridge_networking_cold_and_through_the_daemon") else { return };
+    let fetch = |gw: std::net::Ipv4Addr, port: u16| format!("cat /proc/net/route; wget -q -O - http://{gw}:{port}/");
+    let bridges = || {
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("thawbr"))
+            .collect::<BTreeSet<_>>()
+    };
+    let at_start = bridges();
+
+    // cold: the instance's default bridge; find its gateway from inside the sandbox's route
+    let o = e.run().args(["--cold", "--network", "bridge"]).arg(&e.rootfs).args(["--", "cat", "/proc/net/route"]).output().unwrap();
+    let routes = ok(&o);
+    let gw_hex = routes.lines().find(|l| l.starts_with("eth0\t00000000\t")).unwrap_or_else(|| panic!("no default route: {routes}")).split('\t').nth(2).unwrap().to_string();
+    let gw = std::net::Ipv4Addr::from(u32::from_str_radix(&gw_hex, 16).unwrap().swap_bytes());
+    assert!(gw.octets()[0] == 10, "{gw}");
+    // the cold run's bridge (and its veth pair) went with it
+    assert!(bridges().is_subset(&at_start), "a cold run left its bridge: {:?}", bridges());
+    let o = e.run().args(["--cold"]).arg(&e.rootfs).args(["--", "cat", "/proc/net/dev"]).output().unwrap();
+    assert!(!ok(&o).contains("eth0"), "loopback only without --network");
+
+    // through the daemon, with a configured subnet
+    let octet = (std::process::id() % 200) as u8 + 20;
+    let d = e.daemon(Some(&format!("depth = 1\nbridge = \"10.233.{octet}.1/24\"")));
+    let gw = std::net::Ipv4Addr::new(10, 233, octet, 1);
+    let (port, server) = http_server(gw, "reached the host", 2);
+    for _ in 0..2 {
+        let o = e.run().args(["--network", "bridge"]).arg(&e.rootfs).args(["--", "sh", "-c", &fetch(gw, port)]).output().unwrap();
+        let out = ok(&o);
+        assert!(out.contains("reached the host"), "{out}");
+    }
+    server.join().unwrap();
+    let bridge = e.names().bridge;
+    assert!(Path::new("/sys/class/net").join(&bridge).exists(), "the daemon's bridge {bridge}");
+    let o = e.run().args(["--network", "wifi"]).arg(&e.rootfs).args(["--", "true"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("none") && text(&o.stderr).contains("bridge"), "{}", text(&o.stderr));
+    drop(d);
+    wait_until("the daemon's bridge to go", Duration::from_secs(10), || !Path::new("/sys/class/net").join(&bridge).exists());
+    assert!(bridges().is_subset(&at_start), "{:?}", bridges());
+}

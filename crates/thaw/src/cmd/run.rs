@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// Hostname inside the sandbox.
     #[arg(long)]
     pub hostname: Option<String>,
+    /// `none` (loopback only, the default) or `bridge`: eth0 on the bridge of the daemon (its
+    /// `[sandbox] bridge` subnet) or, without a daemon, of this run's instance, with an address
+    /// and a default route via the bridge. Reaching beyond the host needs forwarding and NAT
+    /// set up on the host.
+    #[arg(long, value_name = "none|bridge")]
+    pub network: Option<thaw_sandbox::net::NetworkMode>,
     /// User as `UID[:GID]`.
     #[arg(long, short = 'u')]
     pub user: Option<String>,
@@ -260,6 +266,7 @@ fn overrides(args: &RunArgs) -> anyhow::Result<Overrides> {
         pids_max,
         cpu_millis,
         profile: args.profile.clone(),
+        network: args.network,
     })
 }
 

@@ -71,6 +71,9 @@ pub struct SandboxSection {
     pub profiles: BTreeMap<String, ProfileSection>,
     /// Images pooled at start.
     pub images: Vec<ImageSection>,
+    /// The bridge subnet of sandboxes with `network = "bridge"`, as the gateway address and
+    /// prefix (`10.88.0.1/16`); a /24 derived from the data directory when unset.
+    pub bridge: Option<String>,
 }
 
 /// `[sandbox.profiles.NAME]`: limits and pool depth.
@@ -82,6 +85,8 @@ pub struct ProfileSection {
     pub cpus: Option<f64>,
     pub hostname: Option<String>,
     pub depth: Option<usize>,
+    /// `none` (loopback only) or `bridge`.
+    pub network: Option<thaw_sandbox::net::NetworkMode>,
 }
 
 /// `[[sandbox.images]]`.
@@ -96,6 +101,9 @@ pub struct ImageSection {
 impl SandboxSection {
     /// Checks what can be checked without touching the system.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(subnet) = &self.bridge {
+            thaw_sandbox::net::BridgeConfig::parse("thaw", subnet).context("[sandbox] bridge")?;
+        }
         for (name, p) in &self.profiles {
             if p.cpus.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
                 bail!("[sandbox.profiles.{name}] cpus must be a positive number of CPUs, e.g. 0.5");
@@ -134,6 +142,9 @@ fn apply_profile(p: &ProfileSection, to: &mut thaw_sandbox::Profile) {
     }
     if let Some(h) = &p.hostname {
         to.hostname = h.clone();
+    }
+    if let Some(n) = p.network {
+        to.network = n;
     }
 }
 
@@ -400,6 +411,10 @@ impl Host {
             cgroup_layout: None,
         })
         .context("opening the sandbox runtime")?;
+        if let Some(subnet) = &cfg.bridge {
+            let b = thaw_sandbox::net::BridgeConfig::parse(&rt.names().bridge, subnet).context("[sandbox] bridge")?;
+            rt.set_bridge(b).context("setting up the sandbox bridge")?;
+        }
         let layers = thaw_store::layers::LayerStore::open(data).context("opening the layer store")?;
         let pools = PoolSet::with_limit(&rt, cfg.depth(), cfg.max_pools.unwrap_or(DEFAULT_MAX_POOLS));
         let host = Host {
