@@ -1,9 +1,11 @@
-//! Trace readers, analysis, association mining, reports with plots, synthetic traces and the
-//! trace-driven cache simulator (issue 3).
+//! Trace readers, analysis, association mining, reports with plots, synthetic traces, the
+//! trace-driven cache simulator, and file-level recording.
 //!
 //! Architecture invariant: this crate reads traces and writes reports; it knows nothing of HTTP
-//! servers, stores or sandboxes. The simulator drives the same `thaw_policy` objects the live
-//! store runs, through the same `lookup`/`admit` protocol.
+//! servers or stores, and builds no sandboxes of its own. The one part that runs anything,
+//! [`files`], runs an external OCI runtime (runc or crun) to record which files a container
+//! reads. The simulator drives the same `thaw_policy` objects the live store runs, through the
+//! same `lookup`/`admit` protocol.
 //!
 //! Data flow: a reader ([`read`]) turns any supported format into [`event::Event`]s; the
 //! simulator ([`sim`]) and the analysis ([`analyze`]) consume them; [`report`] renders analysis
