@@ -47,17 +47,111 @@ pub struct PoolStats {
     pub build_wall_us: AtomicU64,
 }
 
-struct State {
-    ready: VecDeque<Part>,
+/// Items kept ready at a depth by a background thread, taken one at a time: the parts of a
+/// [`Pool`] and the parked instances of a template (`zygote`). One filling loop for both.
+pub(crate) struct Stock<T> {
+    state: Mutex<StockState<T>>,
+    cond: Condvar,
+    depth: usize,
+    pub(crate) stats: PoolStats,
+}
+
+struct StockState<T> {
+    ready: VecDeque<T>,
     stop: bool,
+}
+
+impl<T> Stock<T> {
+    pub(crate) fn new(depth: usize) -> Stock<T> {
+        Stock {
+            state: Mutex::new(StockState { ready: VecDeque::new(), stop: false }),
+            cond: Condvar::new(),
+            depth,
+            stats: PoolStats::default(),
+        }
+    }
+
+    /// The filler thread's loop: keeps `depth` items ready with `build` until [`Stock::stop`],
+    /// at idle CPU priority (the thread forks and execs helpers, and yields to everything else),
+    /// backing off after failures. `what` names the item in the warning of a failed build.
+    pub(crate) fn fill(&self, what: &str, mut build: impl FnMut() -> Result<T>) {
+        crate::helper::set_idle_priority(true);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            {
+                let mut st = self.state.lock();
+                while !st.stop && st.ready.len() >= self.depth {
+                    self.cond.wait(&mut st);
+                }
+                if st.stop {
+                    return;
+                }
+            }
+            let t = Instant::now();
+            match build() {
+                Ok(item) => {
+                    self.stats.built.fetch_add(1, Ordering::Relaxed);
+                    self.stats.build_wall_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    let mut st = self.state.lock();
+                    if st.stop {
+                        return;
+                    }
+                    st.ready.push_back(item);
+                    self.cond.notify_all();
+                    backoff = Duration::from_millis(10);
+                }
+                Err(e) => {
+                    self.stats.build_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "building {what} failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest ready item (waking the filler to replace it).
+    pub(crate) fn take(&self) -> Option<T> {
+        let mut st = self.state.lock();
+        let item = st.ready.pop_front();
+        self.cond.notify_all();
+        item
+    }
+
+    pub(crate) fn ready(&self) -> usize {
+        self.state.lock().ready.len()
+    }
+
+    /// Waits until at least `n` items are ready (capped at the depth), up to `timeout`.
+    pub(crate) fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
+        let n = n.min(self.depth);
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock();
+        while st.ready.len() < n {
+            if self.cond.wait_until(&mut st, deadline).timed_out() {
+                return st.ready.len() >= n;
+            }
+        }
+        true
+    }
+
+    /// Stops the filler (it returns from [`Stock::fill`] at its next check).
+    pub(crate) fn stop(&self) {
+        self.state.lock().stop = true;
+        self.cond.notify_all();
+    }
+
+    /// Drops every ready item.
+    pub(crate) fn clear(&self) {
+        let drained: Vec<T> = self.state.lock().ready.drain(..).collect();
+        drop(drained);
+    }
 }
 
 struct Shared {
     rt: Runtime,
     cfg: PoolConfig,
-    state: Mutex<State>,
-    cond: Condvar,
-    stats: PoolStats,
+    stock: Stock<Part>,
 }
 
 /// A pool of parts for one profile (and optionally one root filesystem).
@@ -71,10 +165,8 @@ impl Runtime {
     pub fn pool(&self, cfg: PoolConfig) -> Pool {
         let shared = Arc::new(Shared {
             rt: self.clone(),
+            stock: Stock::new(cfg.depth),
             cfg,
-            state: Mutex::new(State { ready: VecDeque::new(), stop: false }),
-            cond: Condvar::new(),
-            stats: PoolStats::default(),
         });
         let s2 = shared.clone();
         let filler = std::thread::Builder::new()
@@ -86,65 +178,27 @@ impl Runtime {
 }
 
 fn fill(s: &Shared) {
-    // The filler thread itself (it forks and execs helpers) also yields to everything else.
-    crate::helper::set_idle_priority(true);
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        {
-            let mut st = s.state.lock();
-            while !st.stop && st.ready.len() >= s.cfg.depth {
-                s.cond.wait(&mut st);
-            }
-            if st.stop {
-                return;
-            }
-        }
-        let t = Instant::now();
-        match s.rt.build_part(&s.cfg.profile, s.cfg.rootfs.as_ref(), true) {
-            Ok(mut part) => {
-                part.timings.pooled = true;
-                s.stats.built.fetch_add(1, Ordering::Relaxed);
-                s.stats.build_wall_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                let mut st = s.state.lock();
-                if st.stop {
-                    return;
-                }
-                st.ready.push_back(part);
-                s.cond.notify_all();
-                backoff = Duration::from_millis(10);
-            }
-            Err(e) => {
-                s.stats.build_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "building a pooled sandbox part failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+    s.stock.fill("a pooled sandbox part", || {
+        let mut part = s.rt.build_part(&s.cfg.profile, s.cfg.rootfs.as_ref(), true)?;
+        part.timings.pooled = true;
+        Ok(part)
+    });
 }
 
 impl Pool {
     /// Parts ready now.
     pub fn ready(&self) -> usize {
-        self.shared.state.lock().ready.len()
+        self.shared.stock.ready()
     }
 
     /// Waits until at least `n` parts are ready (capped at the depth), up to `timeout`.
     pub fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
-        let n = n.min(self.shared.cfg.depth);
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.state.lock();
-        while st.ready.len() < n {
-            if self.shared.cond.wait_until(&mut st, deadline).timed_out() {
-                return st.ready.len() >= n;
-            }
-        }
-        true
+        self.shared.stock.wait_ready(n, timeout)
     }
 
     /// Counters.
     pub fn stats(&self) -> &PoolStats {
-        &self.shared.stats
+        &self.shared.stock.stats
     }
 
     /// The pool's configuration.
@@ -153,9 +207,7 @@ impl Pool {
     }
 
     fn take(&self) -> Option<Part> {
-        let mut st = self.shared.state.lock();
-        while let Some(mut p) = st.ready.pop_front() {
-            self.shared.cond.notify_all();
+        while let Some(mut p) = self.shared.stock.take() {
             if p.alive() {
                 return Some(p);
             }
@@ -179,12 +231,12 @@ impl Pool {
         let fits = |p: &Part| p.rootfs.is_none() || p.rootfs.as_ref() == Some(rootfs);
         let part = match self.take() {
             Some(p) if fits(&p) => {
-                self.shared.stats.hits.fetch_add(1, Ordering::Relaxed);
+                self.shared.stock.stats.hits.fetch_add(1, Ordering::Relaxed);
                 p
             }
             other => {
                 drop(other);
-                self.shared.stats.misses.fetch_add(1, Ordering::Relaxed);
+                self.shared.stock.stats.misses.fetch_add(1, Ordering::Relaxed);
                 let mut p = self.shared.rt.build_part(&cfg.profile, Some(rootfs), false)?;
                 p.timings.pooled = false;
                 p
@@ -201,13 +253,12 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.shared.state.lock().stop = true;
-        self.shared.cond.notify_all();
+        self.shared.stock.stop();
         if let Some(f) = self.filler.take() {
             let _ = f.join();
         }
         // Dropping the ready parts hands them to the reaper.
-        self.shared.state.lock().ready.clear();
+        self.shared.stock.clear();
     }
 }
 

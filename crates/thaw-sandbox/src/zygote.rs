@@ -92,13 +92,12 @@ pub(crate) use setup::start_template;
 
 use crate::cgroup::CgroupPlan;
 use crate::error::{Error, Result};
-use crate::pool::PoolStats;
+use crate::pool::{PoolStats, Stock};
 use crate::proto::{self, Reply, Request, TemplatePlan};
 use crate::runtime::{Inner, Runtime, Timings};
 use crate::spec::{MountEntry, ProcessConfig, Profile, RootfsConfig};
 use crate::ExitStatus;
-use parking_lot::{Condvar, Mutex};
-use std::collections::VecDeque;
+use parking_lot::Mutex;
 use std::fs;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -209,18 +208,11 @@ impl Drop for Instance {
     }
 }
 
-struct State {
-    ready: VecDeque<Instance>,
-    stop: bool,
-}
-
 struct Shared {
     rt: Runtime,
     cfg: TemplateConfig,
     ctrl: OwnedFd,
-    state: Mutex<State>,
-    cond: Condvar,
-    stats: PoolStats,
+    stock: Stock<Instance>,
 }
 
 /// A running template and its pool of parked instances. Dropping it stops the template and
@@ -519,9 +511,7 @@ impl Runtime {
                 rt: self.clone(),
                 cfg: TemplateConfig { rootfs, ..cfg.clone() },
                 ctrl: ours,
-                state: Mutex::new(State { ready: VecDeque::new(), stop: false }),
-                cond: Condvar::new(),
-                stats: PoolStats::default(),
+                stock: Stock::new(cfg.depth),
             }),
             filler: None,
             helper: Mutex::new(Some((child, hctrl))),
@@ -606,39 +596,7 @@ fn instance_rlimits() -> Result<Vec<(u32, u64, u64)>> {
 }
 
 fn fill(s: &Shared) {
-    crate::helper::set_idle_priority(true);
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        {
-            let mut st = s.state.lock();
-            while !st.stop && st.ready.len() >= s.cfg.depth {
-                s.cond.wait(&mut st);
-            }
-            if st.stop {
-                return;
-            }
-        }
-        let t = Instant::now();
-        match make_instance(s, true) {
-            Ok(inst) => {
-                s.stats.built.fetch_add(1, Ordering::Relaxed);
-                s.stats.build_wall_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                let mut st = s.state.lock();
-                if st.stop {
-                    return;
-                }
-                st.ready.push_back(inst);
-                s.cond.notify_all();
-                backoff = Duration::from_millis(10);
-            }
-            Err(e) => {
-                s.stats.build_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "forking a template instance failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+    s.stock.fill("a template instance", || make_instance(s, true));
 }
 
 /// Forks one instance and parks it in its own cgroup. `background`: a pool refill, built at
@@ -722,20 +680,15 @@ impl Template {
     pub fn invoke(&self, payload: &[u8], timeout: Option<Duration>) -> Result<Invocation> {
         let t0 = Instant::now();
         let s = &self.shared;
-        let taken = {
-            let mut st = s.state.lock();
-            let i = st.ready.pop_front();
-            s.cond.notify_all();
-            i
-        };
+        let taken = s.stock.take();
         let hit = taken.is_some();
         let inst = match taken {
             Some(i) => {
-                s.stats.hits.fetch_add(1, Ordering::Relaxed);
+                s.stock.stats.hits.fetch_add(1, Ordering::Relaxed);
                 i
             }
             None => {
-                s.stats.misses.fetch_add(1, Ordering::Relaxed);
+                s.stock.stats.misses.fetch_add(1, Ordering::Relaxed);
                 make_instance(s, false)?
             }
         };
@@ -777,25 +730,17 @@ impl Template {
 
     /// Counters of the instance pool (hits, misses, built...).
     pub fn stats(&self) -> &PoolStats {
-        &self.shared.stats
+        &self.shared.stock.stats
     }
 
     /// Instances parked now.
     pub fn ready(&self) -> usize {
-        self.shared.state.lock().ready.len()
+        self.shared.stock.ready()
     }
 
     /// Waits until at least `n` instances are parked (capped at the depth), up to `timeout`.
     pub fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
-        let n = n.min(self.shared.cfg.depth);
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.state.lock();
-        while st.ready.len() < n {
-            if self.shared.cond.wait_until(&mut st, deadline).timed_out() {
-                return st.ready.len() >= n;
-            }
-        }
-        true
+        self.shared.stock.wait_ready(n, timeout)
     }
 
     /// Whether the template still runs. A dead template (killed, or out of memory in its
@@ -848,12 +793,11 @@ impl Drop for Template {
             drop(hctrl);
             self.shared.rt.inner.schedule_teardown(Some(child), self.cgroup.clone());
         }
-        self.shared.state.lock().stop = true;
-        self.shared.cond.notify_all();
+        self.shared.stock.stop();
         if let Some(f) = self.filler.take() {
             let _ = f.join();
         }
-        self.shared.state.lock().ready.clear();
+        self.shared.stock.clear();
     }
 }
 
