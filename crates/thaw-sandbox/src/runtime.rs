@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -676,36 +676,44 @@ impl Sandbox {
     /// signals must already be blocked in every thread of the process (block them before
     /// starting threads, see [`block_signals`]).
     pub fn wait_relaying(self, signals: &[i32]) -> Result<ExitStatus> {
-        let mut set = nix::sys::signal::SigSet::empty();
-        for s in signals {
-            if let Ok(sig) = nix::sys::signal::Signal::try_from(*s) {
-                set.add(sig);
+        let ctrl = self.part.ctrl();
+        relay_signals_until_readable(ctrl.as_fd(), signals, |sig| self.signal(sig))?;
+        self.wait()
+    }
+}
+
+/// Waits until `fd` is readable, meanwhile handing each of `signals` this process receives to
+/// `relay`. The signals must already be blocked in every thread (see [`block_signals`]); they
+/// are read from a signalfd.
+pub(crate) fn relay_signals_until_readable(fd: BorrowedFd<'_>, signals: &[i32], mut relay: impl FnMut(i32) -> Result<()>) -> Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in signals {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(*s) {
+            set.add(sig);
+        }
+    }
+    let sfd = nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| Error::sys("signalfd", e))?;
+    loop {
+        let mut pfds = [
+            libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: sfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: poll reads and writes only the array we pass, whose length we give.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
+                continue;
+            }
+            return Err(Error::sys("poll", nix::errno::Errno::last()));
+        }
+        if pfds[1].revents != 0 {
+            if let Ok(Some(info)) = sfd.read_signal() {
+                relay(info.ssi_signo as i32)?;
             }
         }
-        let sfd = nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| Error::sys("signalfd", e))?;
-        let ctrl = self.part.ctrl();
-        loop {
-            let mut pfds = [
-                libc::pollfd { fd: ctrl.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: sfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            ];
-            // SAFETY: poll reads and writes only the array we pass, whose length we give.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
-            if n < 0 {
-                if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
-                    continue;
-                }
-                return Err(Error::sys("poll", nix::errno::Errno::last()));
-            }
-            if pfds[1].revents != 0 {
-                if let Ok(Some(info)) = sfd.read_signal() {
-                    self.signal(info.ssi_signo as i32)?;
-                }
-            }
-            if pfds[0].revents != 0 {
-                return self.wait();
-            }
+        if pfds[0].revents != 0 {
+            return Ok(());
         }
     }
 }

@@ -723,36 +723,10 @@ impl Session {
     /// Waits while relaying the given signals received by this process, which must already be
     /// blocked in every thread ([`crate::block_signals`]).
     pub fn wait_relaying(self, signals: &[i32]) -> Result<ExitStatus> {
-        let mut set = nix::sys::signal::SigSet::empty();
-        for s in signals {
-            if let Ok(sig) = nix::sys::signal::Signal::try_from(*s) {
-                set.add(sig);
-            }
-        }
-        let sfd = nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| Error::sys("signalfd", e))?;
-        loop {
-            let mut pfds = [
-                libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: sfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            ];
-            // SAFETY: poll reads and writes only the array we pass, whose length we give.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
-            if n < 0 {
-                if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
-                    continue;
-                }
-                return Err(Error::sys("poll", nix::errno::Errno::last()).into());
-            }
-            if pfds[1].revents != 0 {
-                if let Ok(Some(info)) = sfd.read_signal() {
-                    self.signal(info.ssi_signo as i32)?;
-                }
-            }
-            if pfds[0].revents != 0 {
-                return read_exit(self.sock.as_fd());
-            }
-        }
+        crate::runtime::relay_signals_until_readable(self.sock.as_fd(), signals, |sig| {
+            proto::send(self.sock.as_fd(), &ClientMsg::Signal(sig), &[])
+        })?;
+        read_exit(self.sock.as_fd())
     }
 }
 
