@@ -140,6 +140,54 @@ impl<'a> MountInfoLine<'a> {
     }
 }
 
+/// Moving a process into a cgroup takes the kernel's global threadgroup lock for writing, and by
+/// default that write waits for an RCU grace period (milliseconds) whenever the lock has been
+/// quiet for a while. Every pooled part and template instance pays it off the critical path, but
+/// while it is held, forks, execs and exits everywhere on the host wait too — including the
+/// starts being served. The cgroup2 mount option `favordynmods` (Linux 6.1+) keeps the lock in
+/// the mode where writers do not wait, at a small cost to every fork and exit on the host. It is
+/// host-wide, so thaw sets it only when told to (`[sandbox] favor_dynmods`); see BENCHMARKS.md.
+///
+/// Whether the first cgroup2 hierarchy mounted in this mount namespace has `favordynmods`
+/// (`None`: no cgroup2 mount).
+pub fn dynmods_favored() -> Result<Option<bool>> {
+    Ok(cgroup2_mount()?.map(|(_, opts)| opts.split(',').any(|o| o == "favordynmods")))
+}
+
+/// Turns `favordynmods` on or off on the cgroup2 mount (the other options are kept) and returns
+/// whether anything changed. Fails with a clear message when there is no cgroup2 mount or the
+/// kernel does not know the option.
+pub fn set_favor_dynmods(on: bool) -> Result<bool> {
+    let (mount_point, opts) = cgroup2_mount()?.ok_or_else(|| {
+        Error::Cgroup("favordynmods needs a cgroup2 mount (pure v2, or the hybrid layout's unified mount); none is mounted".into())
+    })?;
+    let was = opts.split(',').any(|o| o == "favordynmods");
+    if was == on {
+        return Ok(false);
+    }
+    let known = fs::read_to_string("/sys/kernel/cgroup/features").unwrap_or_default();
+    if on && !known.split_whitespace().any(|f| f == "favordynmods") {
+        return Err(Error::Cgroup("this kernel has no favordynmods option (it came with Linux 6.1)".into()));
+    }
+    // The remount's data replaces the hierarchy's flags, so pass every flag it has now.
+    let mut keep: Vec<&str> = opts.split(',').filter(|o| !matches!(*o, "rw" | "ro" | "favordynmods") && !o.is_empty()).collect();
+    if on {
+        keep.push("favordynmods");
+    }
+    let data = keep.join(",");
+    nix::mount::mount(None::<&str>, mount_point.as_path(), None::<&str>, nix::mount::MsFlags::MS_REMOUNT, Some(data.as_str()))
+        .map_err(|e| Error::sys(format!("remount {} with {data:?}", mount_point.display()), e))?;
+    Ok(true)
+}
+
+/// The first cgroup2 hierarchy root mounted here: its mount point and super options.
+fn cgroup2_mount() -> Result<Option<(PathBuf, String)>> {
+    let text = fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    Ok(text.lines().filter_map(MountInfoLine::parse).find(|m| m.fstype == "cgroup2" && m.root == "/").map(|m| {
+        (PathBuf::from(unescape_mountinfo(m.mount_point)), m.super_options.to_string())
+    }))
+}
+
 /// Undoes the octal escapes (`\040` for a space) the kernel uses in mountinfo paths.
 pub fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();

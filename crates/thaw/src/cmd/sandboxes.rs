@@ -9,6 +9,8 @@
 //! depth = 2          # ready parts per pool unless a profile says otherwise
 //! max_pools = 16     # pools for distinct (image, limits) pairs; least recently used dropped
 //! threads = 2        # service threads kept waiting for `thaw run` clients
+//! bridge = "10.88.0.1/24"   # subnet of bridged sandboxes (gateway/prefix); derived if unset
+//! favor_dynmods = false      # remount cgroup2 with favordynmods (host-wide): see cgroup.rs
 //!
 //! [sandbox.profiles.small]
 //! memory = "64MiB"
@@ -74,6 +76,11 @@ pub struct SandboxSection {
     /// The bridge subnet of sandboxes with `network = "bridge"`, as the gateway address and
     /// prefix (`10.88.0.1/16`); a /24 derived from the data directory when unset.
     pub bridge: Option<String>,
+    /// Remount the cgroup2 hierarchy with `favordynmods` at start, so that moving a process into
+    /// a cgroup (every pool refill does) no longer waits for an RCU grace period while blocking
+    /// forks, execs and exits host-wide. A host-wide setting, hence opt-in; see
+    /// `thaw_sandbox::cgroup::dynmods_favored`.
+    pub favor_dynmods: bool,
 }
 
 /// `[sandbox.profiles.NAME]`: limits and pool depth.
@@ -414,6 +421,15 @@ impl Host {
         if let Some(subnet) = &cfg.bridge {
             let b = thaw_sandbox::net::BridgeConfig::parse(&rt.names().bridge, subnet).context("[sandbox] bridge")?;
             rt.set_bridge(b).context("setting up the sandbox bridge")?;
+        }
+        if cfg.favor_dynmods {
+            match thaw_sandbox::cgroup::set_favor_dynmods(true) {
+                Ok(true) => tracing::info!("remounted cgroup2 with favordynmods ([sandbox] favor_dynmods)"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "[sandbox] favor_dynmods could not be applied; cgroup moves keep waiting for RCU grace periods"),
+            }
+        } else if thaw_sandbox::cgroup::dynmods_favored().ok().flatten() == Some(false) {
+            tracing::info!("cgroup moves wait for RCU grace periods and block forks meanwhile; `favor_dynmods = true` in [sandbox] remounts cgroup2 with favordynmods (host-wide) to avoid it");
         }
         let layers = thaw_store::layers::LayerStore::open(data).context("opening the layer store")?;
         let pools = PoolSet::with_limit(&rt, cfg.depth(), cfg.max_pools.unwrap_or(DEFAULT_MAX_POOLS));
