@@ -466,19 +466,7 @@ fn layouts_bundles_and_configured_images_through_the_daemon() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("run without --cold"), "{}", text(&o.stderr));
     // A bundle is read by the client and run by the daemon.
-    let bundle = e.dir.path().join("bundle");
-    std::fs::create_dir(&bundle).unwrap();
-    std::os::unix::fs::symlink(&e.rootfs, bundle.join("rootfs")).unwrap();
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "root": {"path": "rootfs", "readonly": true},
-        "hostname": "bundled",
-        "process": {"args": ["sh", "-c", "hostname; touch /x 2>/dev/null && echo writable || echo readonly"],
-                    "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"], "noNewPrivileges": true},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}]}
-    });
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let bundle = e.bundle();
     let o = e.run().arg("--timings").arg("--bundle").arg(&bundle).output().unwrap();
     assert_eq!(ok(&o), "bundled\nreadonly\n");
     assert!(text(&o.stderr).contains("through the daemon"), "{}", text(&o.stderr));

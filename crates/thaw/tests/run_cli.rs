@@ -48,22 +48,7 @@ fn flags_set_limits_user_env_and_cwd() {
 #[test]
 fn runs_an_oci_bundle() {
     let Some(e) = Env::new("runs_an_oci_bundle") else { return };
-    let bundle = e.dir.path().join("bundle");
-    std::fs::create_dir(&bundle).unwrap();
-    std::os::unix::fs::symlink(&e.rootfs, bundle.join("rootfs")).unwrap();
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "root": {"path": "rootfs", "readonly": true},
-        "hostname": "bundled",
-        "process": {"args": ["sh", "-c", "hostname; touch /x 2>/dev/null && echo writable || echo readonly"],
-                    "cwd": "/", "user": {"uid": 0, "gid": 0},
-                    "env": ["PATH=/bin"], "noNewPrivileges": true},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
-                   {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}],
-        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}],
-                  "resources": {"pids": {"limit": 16}}}
-    });
-    std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+    let bundle = e.bundle();
     let o = e.run().arg("--bundle").arg(&bundle).output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(check(&o), "bundled\nreadonly\n");

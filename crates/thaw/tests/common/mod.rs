@@ -38,6 +38,31 @@ impl Env {
     }
 }
 
+impl Env {
+    /// An OCI runtime bundle around the busybox root: hostname `bundled`, a read-only root, a
+    /// command that prints the hostname and whether `/` is writable, /proc and a /tmp tmpfs,
+    /// pid, mount and network namespaces, a pids limit.
+    pub fn bundle(&self) -> PathBuf {
+        let bundle = self.dir.path().join("bundle");
+        std::fs::create_dir(&bundle).unwrap();
+        std::os::unix::fs::symlink(&self.rootfs, bundle.join("rootfs")).unwrap();
+        let config = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": "bundled",
+            "process": {"args": ["sh", "-c", "hostname; touch /x 2>/dev/null && echo writable || echo readonly"],
+                        "cwd": "/", "user": {"uid": 0, "gid": 0},
+                        "env": ["PATH=/bin"], "noNewPrivileges": true},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                       {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m"]}],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "network"}],
+                      "resources": {"pids": {"limit": 16}}}
+        });
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        bundle
+    }
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
