@@ -528,6 +528,13 @@ fn bridge_networking_cold_and_through_the_daemon() {
         assert!(out.contains("reached the host"), "{out}");
     }
     server.join().unwrap();
+    // a function deployed with --network bridge gets eth0 on the same bridge
+    let root = e.rootfs.to_str().unwrap();
+    let o = e.func("deploy").args(["netfn", "--image", root, "--network", "bridge", "--", "cat", "/proc/net/route"]).output().unwrap();
+    ok(&o);
+    let o = e.func("invoke").args(["netfn", "--data", ""]).output().unwrap();
+    let gw_hex = format!("{:08X}", u32::from(gw).swap_bytes());
+    assert!(ok(&o).lines().any(|l| l.starts_with("eth0\t00000000\t") && l.contains(&gw_hex)), "{}", text(&o.stdout));
     let bridge = e.names().bridge;
     assert!(Path::new("/sys/class/net").join(&bridge).exists(), "the daemon's bridge {bridge}");
     let o = e.run().args(["--network", "wifi"]).arg(&e.rootfs).args(["--", "true"]).output().unwrap();

@@ -76,6 +76,9 @@ pub struct DeployArgs {
     /// Environment variables `KEY=VALUE`.
     #[arg(long, short = 'e')]
     pub env: Vec<String>,
+    /// `none` (loopback only, the default) or `bridge` (eth0 on the daemon's bridge).
+    #[arg(long, value_name = "none|bridge")]
+    pub network: Option<thaw_sandbox::net::NetworkMode>,
     /// The command of a command function (after `--`): run per invocation, payload on stdin.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -211,6 +214,7 @@ fn definition(a: &DeployArgs) -> anyhow::Result<FunctionDef> {
         cpu_millis,
         depth: a.depth,
         timeout_ms: a.timeout.map(|t| t.as_millis() as u64),
+        network: a.network,
     })
 }
 

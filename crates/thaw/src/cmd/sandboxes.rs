@@ -217,6 +217,9 @@ pub struct FunctionDef {
     /// Longest run of one invocation in milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Loopback only (the default) or `eth0` on the daemon's bridge.
+    #[serde(default)]
+    pub network: Option<thaw_sandbox::net::NetworkMode>,
 }
 
 /// A Python handler.
@@ -312,6 +315,7 @@ impl FunctionDef {
             memory_bytes: self.memory_bytes,
             pids_max: self.pids_max,
             cpu_millis: self.cpu_millis,
+            network: self.network,
             ..Default::default()
         }
     }
@@ -804,6 +808,7 @@ mod tests {
             cpu_millis: None,
             depth: None,
             timeout_ms: None,
+            network: None,
         }
     }
 
