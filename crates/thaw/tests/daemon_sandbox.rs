@@ -397,9 +397,27 @@ fn python_functions_run_forked_from_their_template() {
     assert_eq!(list[0]["kind"], "python");
     // Templates come back after a restart.
     d.stop();
-    let _d = e.daemon(Some("depth = 1"));
+    let d = e.daemon(Some("depth = 1"));
     let o = e.func("invoke").args(["b64", "--data", "again"]).output().unwrap();
     assert_eq!(ok(&o), "YWdhaW4=");
+    // A template that dies (killed here; out of memory in real life) is started again by the
+    // next invocation, which then succeeds.
+    let o = e.func("list").arg("--json").output().unwrap();
+    let list: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let templates: Vec<i32> = list.as_array().unwrap().iter().map(|f| f["template_pid"].as_i64().unwrap() as i32).collect();
+    assert_eq!(templates.len(), 2, "{list}");
+    assert!(templates.iter().all(|p| alive(*p) && cmdline(*p).contains("python")), "{templates:?}");
+    for pid in &templates {
+        assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    }
+    wait_until("the templates to die", Duration::from_secs(10), || templates.iter().all(|p| !alive(*p)));
+    let o = e.func("invoke").args(["b64", "--data", "third"]).output().unwrap();
+    assert_eq!(ok(&o), "dGhpcmQ=");
+    let m = http_get(d.addr, "/metrics");
+    assert_eq!(metric_value(&m, "thaw_function_template_restarts_total"), 1.0, "{m}");
+    let o = e.func("invoke").args(["parse", "--data", "[1]"]).output().unwrap();
+    assert_eq!(ok(&o), "[1]");
+    assert_eq!(metric_value(&http_get(d.addr, "/metrics"), "thaw_function_template_restarts_total"), 2.0);
 }
 
 /// An OCI layout at `<dir>/layout` with the busybox root as its only layer, tagged v1, whose

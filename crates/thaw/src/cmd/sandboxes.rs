@@ -364,6 +364,15 @@ impl Engine {
         }
     }
 
+    /// False once a template has died (killed, or out of memory in its cgroup): every
+    /// invocation would fail until it is started again.
+    fn alive(&self) -> bool {
+        match self {
+            Engine::Command { .. } => true,
+            Engine::Template(t) => t.is_alive(),
+        }
+    }
+
     fn invoke(&self, payload: &[u8], timeout: Duration) -> thaw_sandbox::Result<Output> {
         match self {
             Engine::Command { pool, process } => {
@@ -387,6 +396,9 @@ pub struct FunctionInfo {
     pub ready: usize,
     pub invocations: u64,
     pub failures: u64,
+    /// Host pid of a Python function's template interpreter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_pid: Option<i32>,
 }
 
 /// One invocation's result.
@@ -407,6 +419,10 @@ pub struct Host {
     cfg: SandboxSection,
     images: Mutex<HashMap<String, Arc<Resolved>>>,
     functions: Mutex<BTreeMap<String, Arc<Function>>>,
+    /// Held while a dead template is replaced, so concurrent invocations start one, not many.
+    restart: Mutex<()>,
+    /// Templates started again after they died.
+    template_restarts: AtomicU64,
     fn_dir: PathBuf,
 }
 
@@ -446,6 +462,8 @@ impl Host {
             cfg,
             images: Mutex::new(HashMap::new()),
             functions: Mutex::new(BTreeMap::new()),
+            restart: Mutex::new(()),
+            template_restarts: AtomicU64::new(0),
             fn_dir: data.join("functions"),
         };
         host.restore_functions();
@@ -648,6 +666,10 @@ impl Host {
                 ready: f.engine.ready(),
                 invocations: f.ok.load(Ordering::Relaxed),
                 failures: f.failed.load(Ordering::Relaxed),
+                template_pid: match &f.engine {
+                    Engine::Template(t) => Some(t.pid()),
+                    Engine::Command { .. } => None,
+                },
             })
             .collect()
     }
@@ -679,7 +701,7 @@ impl Host {
     /// Runs one invocation with `payload` on stdin. Blocking.
     pub fn invoke(&self, name: &str, payload: &[u8]) -> Result<Invocation, FnError> {
         let t = Instant::now();
-        let f = self.functions.lock().get(name).cloned().ok_or_else(|| FnError::NotFound(name.to_string()))?;
+        let f = self.live_function(name)?;
         let timeout = f.def.timeout_ms.map(Duration::from_millis).unwrap_or(DEFAULT_FN_TIMEOUT);
         match f.engine.invoke(payload, timeout) {
             Ok(output) => {
@@ -692,6 +714,29 @@ impl Host {
                 Err(FnError::Failed(anyhow::Error::new(e).context(format!("invoking {name}"))))
             }
         }
+    }
+
+    /// The function called `name`, its template started again first if it died. Invocations
+    /// that arrive while that happens wait for the one restart rather than starting their own.
+    fn live_function(&self, name: &str) -> Result<Arc<Function>, FnError> {
+        let get = || self.functions.lock().get(name).cloned().ok_or_else(|| FnError::NotFound(name.to_string()));
+        let f = get()?;
+        if f.engine.alive() {
+            return Ok(f);
+        }
+        let _one = self.restart.lock();
+        let current = get()?;
+        if !Arc::ptr_eq(&current, &f) {
+            return Ok(current); // replaced meanwhile: by a restart, or a new deployment
+        }
+        tracing::warn!(function = %name, "the function's template died; starting it again");
+        self.install(f.def.clone())?;
+        self.template_restarts.fetch_add(1, Ordering::Relaxed);
+        let fresh = get()?;
+        // the function's counters go on where they were (they are Prometheus counters)
+        fresh.ok.fetch_add(f.ok.load(Ordering::Relaxed), Ordering::Relaxed);
+        fresh.failed.fetch_add(f.failed.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(fresh)
     }
 
     /// Prometheus text (OpenMetrics) for the pools and functions, without the `# EOF` line.
@@ -722,6 +767,7 @@ impl Host {
             add("thaw_function_invocations", "counter", format!("function=\"{n}\",outcome=\"ok\""), f.ok.load(Ordering::Relaxed));
             add("thaw_function_invocations", "counter", format!("function=\"{n}\",outcome=\"failed\""), f.failed.load(Ordering::Relaxed));
         }
+        add("thaw_function_template_restarts", "counter", String::new(), self.template_restarts.load(Ordering::Relaxed));
         let c = self.rt.counters();
         add("thaw_sandbox_parts_built", "counter", String::new(), c.parts_built.load(Ordering::Relaxed));
         add("thaw_sandbox_pending_teardowns", "gauge", String::new(), c.pending_teardowns.load(Ordering::Relaxed) as u64);
