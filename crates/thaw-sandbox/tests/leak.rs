@@ -43,7 +43,13 @@ fn owned(rt: &Runtime, created_netns: &HashSet<u64>) -> Owned {
                 live_netns += 1;
             }
         }
-        if std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy() == helper).unwrap_or(false) {
+        // Only this test's helpers (our children): other test binaries run their own at the
+        // same time from the same executable.
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse::<u32>().ok()))
+            == Some(std::process::id());
+        if ours && std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy() == helper).unwrap_or(false) {
             helpers += 1;
         }
     }
