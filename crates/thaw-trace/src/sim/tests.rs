@@ -634,24 +634,23 @@ fn distribution_logs_replay_with_pulls_and_categories() {
     assert_eq!(r.latency.as_ref().unwrap().pulls, 3);
 }
 
-/// Two LRUs; a hit in the slow one promotes the object and reports the fast tier, as the
-/// protocol says (the tier after promotion).
-struct Promoting {
-    fast: Lru,
-    slow: Lru,
-}
+/// Two LRUs; everything is admitted to the slow one (a [`SizeSplit`] whose threshold no size
+/// is under), and a hit there promotes the object and reports the fast tier, as the protocol
+/// says (the tier after promotion).
+struct Promoting(SizeSplit);
 
 impl CachePolicy for Promoting {
     fn name(&self) -> String {
         "test-promote".into()
     }
     fn lookup(&mut self, req: &Request, fx: &mut Vec<Effect>) -> Option<Tier> {
-        if self.fast.lookup(req, fx).is_some() {
+        let t = &mut self.0;
+        if t.fast.lookup(req, fx).is_some() {
             return Some(Tier::Fast);
         }
-        if self.slow.remove(req.key) {
+        if t.slow.remove(req.key) {
             let mut inner = Vec::new();
-            self.fast.admit(req, &|_| false, &mut inner);
+            t.fast.admit(req, &|_| false, &mut inner);
             fx.push(Effect::Promoted {
                 key: req.key,
                 size: req.size,
@@ -661,37 +660,22 @@ impl CachePolicy for Promoting {
         None
     }
     fn admit(&mut self, req: &Request, pinned: &dyn Fn(Key) -> bool, fx: &mut Vec<Effect>) -> bool {
-        let start = fx.len();
-        let ok = self.slow.admit(req, pinned, fx);
-        for e in &mut fx[start..] {
-            if let Effect::Inserted { tier, .. } | Effect::Evicted { tier, .. } = e {
-                *tier = Tier::Slow;
-            }
-        }
-        ok
+        self.0.admit(req, pinned, fx)
     }
     fn remove(&mut self, key: Key) -> bool {
-        self.fast.remove(key) || self.slow.remove(key)
+        self.0.remove(key)
     }
     fn peek(&self, key: Key) -> Option<Tier> {
-        self.fast
-            .peek(key)
-            .or(self.slow.peek(key).map(|_| Tier::Slow))
+        self.0.peek(key)
     }
     fn used(&self, tier: Tier) -> u64 {
-        match tier {
-            Tier::Fast => self.fast.used(Tier::Fast),
-            Tier::Slow => self.slow.used(Tier::Fast),
-        }
+        self.0.used(tier)
     }
     fn capacity(&self) -> Capacity {
-        Capacity {
-            fast: self.fast.capacity().fast,
-            slow: self.slow.capacity().fast,
-        }
+        self.0.capacity()
     }
     fn len(&self) -> usize {
-        self.fast.len() + self.slow.len()
+        self.0.len()
     }
 }
 
@@ -708,10 +692,11 @@ fn promoted_hits_count_as_slow_tier_reads() {
     };
     let rep = run_oracle(
         &p,
-        vec![Box::new(Promoting {
+        vec![Box::new(Promoting(SizeSplit {
             fast: Lru::new(1000),
             slow: Lru::new(1000),
-        })],
+            threshold: 0,
+        }))],
         Some(m),
     );
     let s = &rep.runs[0].stats;
