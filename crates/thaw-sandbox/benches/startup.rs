@@ -6,21 +6,12 @@
 //! against crun and runc is `bench/sandbox/run.sh`. Root filesystem and data directory are on
 //! tmpfs (/dev/shm). Pools refill on the same cores while starts run.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thaw_sandbox::{testsupport, HelperCommand, PoolConfig, Runtime, RuntimeConfig, SandboxSpec, StdioFds};
 
-fn stats(name: &str, mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let med = ms(v[v.len() / 2]);
-    let p99 = ms(v[(v.len() * 99 / 100).min(v.len() - 1)]);
-    println!("{name:<34} n={:<5} median {med:>8.3} ms   p99 {p99:>8.3} ms   min {:>8.3} ms", v.len(), ms(v[0]));
-    med
-}
 
 fn cpu_seconds() -> f64 {
     let get = |who| {
@@ -55,21 +46,10 @@ fn main() {
     let mut floor = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let r = rootfs.clone();
-        let mut c = Command::new("/bin/echo");
-        c.arg("hi").stdout(Stdio::null());
-        // SAFETY: chroot and chdir between fork and exec are async-signal-safe system calls.
-        unsafe {
-            c.pre_exec(move || {
-                nix::unistd::chroot(&r)?;
-                nix::unistd::chdir("/")?;
-                Ok(())
-            });
-        }
-        c.status().unwrap();
+        testsupport::chrooted(&rootfs, "/bin/echo", &["hi"]).stdout(Stdio::null()).status().unwrap();
         floor.push(t.elapsed());
     }
-    let floor_med = stats("chroot floor", floor);
+    let floor_med = testsupport::print_latencies("chroot floor", floor);
 
     let run_one = |f: &dyn Fn(StdioFds) -> thaw_sandbox::Result<thaw_sandbox::Sandbox>| {
         let t = Instant::now();
@@ -96,8 +76,8 @@ fn main() {
     }
     rt.wait_teardowns(Duration::from_secs(30));
     let pooled_cpu = (cpu_seconds() - cpu0) / runs as f64;
-    let pooled_med = stats("thaw pooled start-to-exit", e2e);
-    stats("thaw pooled request-to-exec", to_exec);
+    let pooled_med = testsupport::print_latencies("thaw pooled start-to-exit", e2e);
+    testsupport::print_latencies("thaw pooled request-to-exec", to_exec);
     println!("  pooled misses {misses}; CPU (all processes, incl. refill) per sandbox {:.3} ms", pooled_cpu * 1e3);
 
     let cpu0 = cpu_seconds();
@@ -108,7 +88,7 @@ fn main() {
     }
     rt.wait_teardowns(Duration::from_secs(30));
     let cold_cpu = (cpu_seconds() - cpu0) / runs.min(100) as f64;
-    let cold_med = stats("thaw cold start-to-exit", cold);
+    let cold_med = testsupport::print_latencies("thaw cold start-to-exit", cold);
     println!("  cold CPU per sandbox {:.3} ms", cold_cpu * 1e3);
 
     // Sustained throughput: back to back, no pause for refill; then 8 threads at once.
@@ -136,7 +116,7 @@ fn main() {
         let all: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
         let wall = t.elapsed();
         let n = all.len();
-        stats(&format!("sustained, {threads} at a time, latency"), all);
+        testsupport::print_latencies(&format!("sustained, {threads} at a time, latency"), all);
         println!(
             "  {:.0} sandboxes/s; pool hits {} misses {}",
             n as f64 / wall.as_secs_f64(),

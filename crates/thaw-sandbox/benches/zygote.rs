@@ -13,7 +13,6 @@
 //! Prints medians and p99 over RUNS (default 100) starts each, the ratios, and the CPU time all
 //! of thaw's processes spent per template invocation, refills included.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,14 +31,6 @@ def handler(payload):
 const FRESH: &str = "import sys; sys.path.insert(0, '/app'); import fn, json; sys.stdout.write(json.dumps(fn.handler(b'7')))";
 const PYTHON: &str = "/usr/bin/python3";
 
-fn stats(name: &str, mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let med = ms(v[v.len() / 2]);
-    let p99 = ms(v[(v.len() * 99 / 100).min(v.len() - 1)]);
-    println!("{name:<40} n={:<5} median {med:>9.3} ms   p99 {p99:>9.3} ms   min {:>9.3} ms", v.len(), ms(v[0]));
-    med
-}
 
 /// Microseconds of CPU the processes in cgroup2 directory `dir` (and below, removed ones
 /// included) have used.
@@ -102,7 +93,7 @@ fn crun(root: &Path, work: &Path, runs: usize) -> Option<f64> {
     let mut times: Vec<Duration> =
         v["results"][0]["times"].as_array().unwrap().iter().map(|t| Duration::from_secs_f64(t.as_f64().unwrap())).collect();
     times.sort();
-    Some(stats("crun run (python3 -c, fresh interpreter)", times))
+    Some(testsupport::print_latencies("crun run (python3 -c, fresh interpreter)", times))
 }
 
 fn main() {
@@ -124,22 +115,11 @@ fn main() {
     let mut floor = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let r = root.clone();
-        let mut c = Command::new(PYTHON);
-        c.args(["-B", "-s", "-c", FRESH]).stdout(Stdio::piped());
-        // SAFETY: chroot and chdir between fork and exec are async-signal-safe system calls.
-        unsafe {
-            c.pre_exec(move || {
-                nix::unistd::chroot(&r)?;
-                nix::unistd::chdir("/")?;
-                Ok(())
-            });
-        }
-        let out = c.output().unwrap();
+        let out = testsupport::chrooted(&root, PYTHON, &["-B", "-s", "-c", FRESH]).stdout(Stdio::piped()).output().unwrap();
         check(&out.stdout);
         floor.push(t.elapsed());
     }
-    let floor_med = stats("floor: python3 in a chroot", floor);
+    let floor_med = testsupport::print_latencies("floor: python3 in a chroot", floor);
 
     let rt = Runtime::new(RuntimeConfig {
         data_dir: work.path().join("data"),
@@ -194,10 +174,10 @@ fn main() {
     }
     rt.wait_teardowns(Duration::from_secs(30));
     let cpu1 = (self_cpu_us(), unified.as_deref().map(cgroup_cpu_us).unwrap_or(0));
-    let fork_med = stats("thaw template fork (invoke, end to end)", e2e);
-    stats("  of which take+send+run+collect", critical);
+    let fork_med = testsupport::print_latencies("thaw template fork (invoke, end to end)", e2e);
+    testsupport::print_latencies("  of which take+send+run+collect", critical);
     for (name, v) in prepared {
-        stats(&format!("  ahead of time: {name}"), v);
+        testsupport::print_latencies(&format!("  ahead of time: {name}"), v);
     }
     println!(
         "  misses {misses}; CPU per invocation, refill included: {:.3} ms (this process {:.3} ms, sandbox processes {:.3} ms{})",
@@ -215,7 +195,7 @@ fn main() {
         sustained.push(t.elapsed());
     }
     let wall = t.elapsed();
-    stats("thaw template fork, back to back", sustained);
+    testsupport::print_latencies("thaw template fork, back to back", sustained);
     println!("  {:.0} invocations/s sustained, one at a time (pool depth 4, refill on the same 2 cores)", runs as f64 / wall.as_secs_f64());
     let template = std::sync::Arc::new(template);
     let per = (runs / 8).max(10);
@@ -238,7 +218,7 @@ fn main() {
     let all: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
     let wall = t.elapsed();
     let n = all.len();
-    stats("thaw template fork, 8 at a time", all);
+    testsupport::print_latencies("thaw template fork, 8 at a time", all);
     println!("  {:.0} invocations/s sustained, 8 at a time", n as f64 / wall.as_secs_f64());
     drop(template);
 
@@ -254,7 +234,7 @@ fn main() {
         pooled.push(t.elapsed());
         check(&out.stdout);
     }
-    let pooled_med = stats("thaw pooled, fresh interpreter", pooled);
+    let pooled_med = testsupport::print_latencies("thaw pooled, fresh interpreter", pooled);
     drop(pool);
     rt.wait_teardowns(Duration::from_secs(30));
 

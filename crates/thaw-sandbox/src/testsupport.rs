@@ -396,3 +396,37 @@ pub fn cached_python_rootfs(test: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// `program args` to run chrooted into `root` (cwd `/`): the floor the sandbox benchmarks
+/// compare with — the same command in an already-made root, without any isolation.
+pub fn chrooted(root: &Path, program: &str, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    // Made before the fork: between fork and exec only async-signal-safe calls may run, so no
+    // allocation there.
+    let root = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+    let mut c = Command::new(program);
+    c.args(args);
+    // SAFETY: the closure only calls chroot and chdir, which are async-signal-safe, on C strings
+    // made before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
+/// Prints the median, p99 and minimum of `v` as one benchmark line and returns the median in
+/// milliseconds.
+pub fn print_latencies(name: &str, mut v: Vec<std::time::Duration>) -> f64 {
+    assert!(!v.is_empty(), "no samples for {name}");
+    v.sort();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let med = ms(v[v.len() / 2]);
+    let p99 = ms(v[(v.len() * 99 / 100).min(v.len() - 1)]);
+    println!("{name:<40} n={:<5} median {med:>9.3} ms   p99 {p99:>9.3} ms   min {:>9.3} ms", v.len(), ms(v[0]));
+    med
+}

@@ -8,7 +8,6 @@
 //! `cargo bench -p thaw --bench daemon -- [RUNS]` (root; busybox-static). Root filesystem and
 //! data directory on tmpfs (/dev/shm). `bench/sandbox/run.sh` runs it after the CLI comparison.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,14 +18,6 @@ use thaw_testkit::{http_get, metric_value, ThawDaemon};
 
 const DEPTH: usize = 8;
 
-fn stats(name: &str, mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let med = ms(v[v.len() / 2]);
-    let p99 = ms(v[(v.len() * 99 / 100).min(v.len() - 1)]);
-    println!("{name:<40} n={:<5} median {med:>8.3} ms   p99 {p99:>8.3} ms   min {:>8.3} ms", v.len(), ms(v[0]));
-    med
-}
 
 /// CPU seconds of `pid` and of its reaped descendants (helpers, and through them the workloads).
 fn cpu_of(pid: u32) -> f64 {
@@ -105,22 +96,10 @@ fn main() {
     let mut floor = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let r = rootfs.clone();
-        let mut c = Command::new("/bin/echo");
-        c.arg("hi").stdout(Stdio::null());
-        // SAFETY: chroot and chdir between fork and exec are async-signal-safe system calls.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::chroot(std::ffi::CString::new(r.as_os_str().as_encoded_bytes()).unwrap().as_ptr()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                std::env::set_current_dir("/")
-            });
-        }
-        c.status().unwrap();
+        testsupport::chrooted(&rootfs, "/bin/echo", &["hi"]).stdout(Stdio::null()).status().unwrap();
         floor.push(t.elapsed());
     }
-    let floor_med = stats("chroot floor", floor);
+    let floor_med = testsupport::print_latencies("chroot floor", floor);
 
     // Pooled, paced: wait for a ready part before each start (the unpaced rate is below).
     b.one(None);
@@ -133,8 +112,8 @@ fn main() {
         e2e.push(t);
         daemon.push(x);
     }
-    let pooled_med = stats("daemon API pooled start-to-exit", e2e);
-    stats("  daemon's request-to-exec", daemon);
+    let pooled_med = testsupport::print_latencies("daemon API pooled start-to-exit", e2e);
+    testsupport::print_latencies("  daemon's request-to-exec", daemon);
     println!("  misses {misses}");
 
     let mut cold = Vec::new();
@@ -143,7 +122,7 @@ fn main() {
         assert!(!pooled);
         cold.push(t);
     }
-    let cold_med = stats("daemon API built on demand (cold)", cold);
+    let cold_med = testsupport::print_latencies("daemon API built on demand (cold)", cold);
 
     for threads in [1usize, 8] {
         let per = (runs / threads).max(10);
@@ -166,7 +145,7 @@ fn main() {
         }
         let n = results.len();
         let hits = results.iter().filter(|r| r.2).count();
-        stats(&format!("sustained, {threads} at a time"), results.into_iter().map(|r| r.0).collect());
+        testsupport::print_latencies(&format!("sustained, {threads} at a time"), results.into_iter().map(|r| r.0).collect());
         println!(
             "  {:.0} sandboxes/s; pooled {hits}/{n}; CPU per sandbox: daemon+helpers+workloads {:.3} ms (incl. refill), client {:.3} ms; parts built so far {}",
             n as f64 / wall.as_secs_f64(),
