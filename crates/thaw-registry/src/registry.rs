@@ -502,7 +502,6 @@ impl Registry {
         up.challenge(repo).await
     }
 
-    /// Runs a store call on the blocking pool.
     /// Whether `d` belongs to (`upstream`, `repo`), and its size when it is stored: one trip to the
     /// blocking pool for both, as every blob and manifest-by-digest request asks them together.
     async fn membership(&self, upstream: &str, repo: &str, d: &Digest) -> Result<(bool, Option<u64>), ApiError> {
@@ -516,6 +515,7 @@ impl Registry {
         tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal)
     }
 
+    /// Runs a store call on the blocking pool.
     pub(crate) async fn blocking_store<A: Send + 'static, R: Send + 'static>(
         &self,
         f: impl FnOnce(&BlobStore, A) -> Result<R, thaw_store::StoreError> + Send + 'static,
@@ -1040,11 +1040,9 @@ impl Registry {
         Ok(resp)
     }
 
-    /// Whether a blob of `size` bytes cannot enter the store now: with a capacity, everything
-    /// unpinned can be evicted for it, so it fits unless pinned bytes leave less than `size`.
+    /// Whether a blob of `size` bytes cannot enter the store now (see [`BlobStore::has_room_for`]).
     fn cannot_cache(&self, size: u64) -> bool {
-        let s = self.inner.store.stats();
-        s.capacity.is_some_and(|c| size > c.saturating_sub(s.pinned_bytes))
+        !self.inner.store.has_room_for(size)
     }
 
     /// Returns the flight for `d`, starting it when there is none. `true` when this call started it.
@@ -1185,14 +1183,22 @@ impl Registry {
             // Streamed into an upload (never buffered whole), then verified and committed like the
             // last PUT of a chunked upload.
             let id = self.blocking_store(|s, ()| s.upload_start(), ()).await?;
-            let appended = self.append_stream(&id, 0, body).await?;
+            let cancel = || self.blocking_store(move |s, ()| s.upload_cancel(&id), ());
+            // The client's body breaking off ends the request too: its upload goes either way.
+            let appended = match self.append_stream(&id, 0, body).await {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = cancel().await;
+                    return Err(e);
+                }
+            };
             let (id2, d2, repo) = (id, d.clone(), t.repo.clone());
             let finished = match appended {
                 Ok(_) => self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo)).await?,
                 Err(e) => Err(PushError::Store(e)),
             };
             if finished.is_err() {
-                let _ = self.blocking_store(move |s, ()| s.upload_cancel(&id), ()).await;
+                let _ = cancel().await;
             }
             finished.map_err(push_error)?;
             ctx.rec.digest = Some(d.to_string());
@@ -1209,25 +1215,20 @@ impl Registry {
         ctx.rec.repo = Some(t.repo.clone());
         let id: UploadId = id.parse().map_err(|_| ApiError::not_found(Code::BlobUploadUnknown, format!("upload {id}")))?;
         let unknown = |e: thaw_store::StoreError| push_error(PushError::Store(e));
-        let store = self.inner.store.clone();
-        let run = |f: StoreJob| {
-            let store = store.clone();
-            async move { tokio::task::spawn_blocking(move || f(&store)).await.map_err(ApiError::internal) }
-        };
         match *method {
             Method::GET => {
                 let id2 = id;
-                let size = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                let size = self.blocking_store_raw(move |s| s.upload_size(&id2)).await?.map_err(unknown)?;
                 Ok(upload_accepted(&t.repo, &id, size, StatusCode::NO_CONTENT))
             }
             Method::DELETE => {
                 let id2 = id;
-                run(Box::new(move |s| s.upload_cancel(&id2).map(|_| 0))).await?.map_err(unknown)?;
+                self.blocking_store_raw(move |s| s.upload_cancel(&id2)).await?.map_err(unknown)?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             Method::PATCH => {
                 let id2 = id;
-                let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                let current = self.blocking_store_raw(move |s| s.upload_size(&id2)).await?.map_err(unknown)?;
                 if let Some(cr) = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()) {
                     let start = cr.trim_start_matches("bytes ").split('-').next().and_then(|s| s.trim().parse::<u64>().ok());
                     if start != Some(current) {
@@ -1241,7 +1242,7 @@ impl Registry {
                 let dq = query_param(query, "digest").ok_or_else(|| ApiError::bad_request(Code::DigestInvalid, "PUT to an upload needs ?digest="))?;
                 let d: Digest = dq.parse().map_err(|e: thaw_oci::DigestError| ApiError::bad_request(Code::DigestInvalid, e.to_string()))?;
                 let id2 = id;
-                let current = run(Box::new(move |s| s.upload_size(&id2))).await?.map_err(unknown)?;
+                let current = self.blocking_store_raw(move |s| s.upload_size(&id2)).await?.map_err(unknown)?;
                 self.append_stream(&id, current, body).await?.map_err(unknown)?;
                 let (id2, d2, repo) = (id, d.clone(), t.repo.clone());
                 self.blocking_store_raw(move |s| finish_push(s, &id2, &d2, &repo)).await?.map_err(push_error)?;
@@ -1304,9 +1305,6 @@ impl Registry {
         Ok(t)
     }
 }
-
-/// A store call run on the blocking pool by the upload handlers.
-type StoreJob = Box<dyn FnOnce(&BlobStore) -> Result<u64, thaw_store::StoreError> + Send>;
 
 #[derive(Clone)]
 pub(crate) struct FetchedManifest {

@@ -171,3 +171,33 @@ fn manifest_media_types_index_and_tag_pagination() {
     assert_eq!(r.json::<serde_json::Value>().unwrap()["tags"], json!([]));
     assert_eq!(c.get(format!("{base}/v2/never/pushed/tags/list")).send().unwrap().status(), 404);
 }
+
+/// A monolithic POST whose body breaks off (the client announces more than it sends and hangs
+/// up) is refused and leaves no upload behind in the store, rather than one that lingers until
+/// the upload expiry timer.
+#[test]
+fn a_broken_monolithic_push_leaves_no_upload() {
+    use std::io::Write;
+    let thaw = Thaw::start(RegistryConfig::default());
+    let d = sha(b"never sent whole");
+    let mut s = std::net::TcpStream::connect(thaw.addr).unwrap();
+    write!(
+        s,
+        "POST /v2/team/broken/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .unwrap();
+    s.write_all(&[7u8; 1000]).unwrap();
+    s.flush().unwrap();
+    // wait until the upload exists, then break the body off
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while thaw.registry.store().uploads().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(s);
+    while !thaw.registry.store().uploads().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the broken push's upload was left behind");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(Client::new().head(format!("{}/v2/team/broken/blobs/{d}", thaw.url())).send().unwrap().status(), 404);
+}

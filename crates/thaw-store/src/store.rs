@@ -788,12 +788,7 @@ impl BlobStore {
     pub fn stats(&self) -> StoreStats {
         let c = &self.inner.counters;
         let st = self.inner.state.lock();
-        let pinned_bytes = st
-            .pins
-            .keys()
-            .filter_map(|k| st.keys.get(k))
-            .filter_map(|d| st.blobs.get(d))
-            .sum();
+        let pinned_bytes = Self::pinned_bytes_of(&st);
         StoreStats {
             blobs: st.blobs.len() as u64,
             bytes: st.blobs.values().sum(),
@@ -804,6 +799,20 @@ impl BlobStore {
             rejected_mismatch: c.rejected_mismatch.load(Ordering::Relaxed),
             not_cached: c.not_cached.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether a blob of `size` bytes could enter the store now: with a capacity, everything
+    /// unpinned can be evicted for it, so it fits unless pinned bytes leave less than `size`.
+    /// Costs a walk over the pins only (unlike [`BlobStore::stats`], which sums every blob):
+    /// the registry asks it on every miss.
+    pub fn has_room_for(&self, size: u64) -> bool {
+        let Some(cap) = self.inner.capacity else { return true };
+        let st = self.inner.state.lock();
+        size <= cap.saturating_sub(Self::pinned_bytes_of(&st))
+    }
+
+    fn pinned_bytes_of(st: &State) -> u64 {
+        st.pins.keys().filter_map(|k| st.keys.get(k)).filter_map(|d| st.blobs.get(d)).sum()
     }
 
     /// Checks the store against itself: every present blob has a row and a file of the right
