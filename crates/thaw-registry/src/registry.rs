@@ -734,7 +734,29 @@ impl Registry {
         // Concurrent requests for one manifest with one credential share one upstream GET (the
         // pulls Docker Hub counts against its rate limit), whoever of them arrived first.
         let key = (up.name().to_string(), repo.to_string(), reference.to_string(), cred.clone());
-        self.inner.manifest_fetches.run(key, || self.fetch_manifest_once(up, repo, reference, cred, want, tag)).await
+        self.inner
+            .manifest_fetches
+            .run(key, || async move {
+                // A request that found no fresh tag may reach this point just after another
+                // request's fetch of the same tag finished (and left the single-flight): the tag
+                // is fresh in the store now, so answer from there instead of pulling again.
+                if let (Some(tag), None) = (tag, want) {
+                    if let Some(m) = self.fresh_tag_manifest(up.name(), repo, tag).await? {
+                        return Ok(m);
+                    }
+                }
+                self.fetch_manifest_once(up, repo, reference, cred, want, tag).await
+            })
+            .await
+    }
+
+    /// The stored manifest of `repo:tag` when the tag was fetched less than `tag_ttl` ago.
+    async fn fresh_tag_manifest(&self, upstream: &str, repo: &str, tag: &str) -> Result<Option<FetchedManifest>, ApiError> {
+        let entry = self.blocking_store(|s, (u, r, t)| s.get_tag(&u, &r, &t), (upstream.to_string(), repo.to_string(), tag.to_string())).await?;
+        match entry {
+            Some(e) if now_secs().saturating_sub(e.fetched_at_unix) < self.inner.cfg.tag_ttl.as_secs() => self.load_manifest(&e.digest).await,
+            _ => Ok(None),
+        }
     }
 
     async fn fetch_manifest_once(
@@ -840,14 +862,19 @@ impl Registry {
     /// cached, or evicted) or is not a manifest at all (a layer digest asked for on the manifest
     /// endpoint is never read into memory or served as a manifest).
     async fn stored_manifest(&self, ctx: &mut Ctx, d: &Digest, head: bool, outcome: CacheOutcome) -> Result<Option<Response>, ApiError> {
+        match self.load_manifest(d).await? {
+            Some(m) => self.answer_manifest(ctx, m, head, outcome).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A stored manifest with its media type, if the store has both (and it is within the size
+    /// limit); `None` sends the caller to the upstream.
+    async fn load_manifest(&self, d: &Digest) -> Result<Option<FetchedManifest>, ApiError> {
         let loaded = self
             .blocking_store(
                 |s, d| {
                     let Some(media_type) = s.manifest_type(&d)? else { return Ok(None) };
-                    let media_type = Some(media_type);
-                    if s.stat(&d)?.is_none_or(|size| size > MAX_MANIFEST_BYTES as u64) {
-                        return Ok(None);
-                    }
                     let Some(handle) = s.get(&d)? else { return Ok(None) };
                     if handle.size > MAX_MANIFEST_BYTES as u64 {
                         return Ok(None);
@@ -863,12 +890,10 @@ impl Registry {
         let Some((body, media_type)) = loaded else {
             return Ok(None);
         };
-        let parsed = Manifest::parse(&body, media_type.as_deref()).ok();
-        let media_type = media_type
-            .or_else(|| parsed.as_ref().map(|m| m.media_type.as_str().to_string()))
-            .unwrap_or_else(|| MediaType::OciManifest.as_str().to_string());
-        let layers = parsed.map(|m| m.blobs().map(|d| LayerRef { digest: d.digest.to_string(), size: d.size }).collect()).unwrap_or_default();
-        self.answer_manifest(ctx, FetchedManifest { body: Bytes::from(body), digest: d.clone(), media_type, layers }, head, outcome).map(Some)
+        let layers = Manifest::parse(&body, Some(&media_type))
+            .map(|m| m.blobs().map(|d| LayerRef { digest: d.digest.to_string(), size: d.size }).collect())
+            .unwrap_or_default();
+        Ok(Some(FetchedManifest { body: Bytes::from(body), digest: d.clone(), media_type, layers }))
     }
 
     async fn put_manifest(&self, ctx: &mut Ctx, t: &Target, headers: &HeaderMap, reference: &str, digest: Option<Digest>, body: Body) -> Result<Response, ApiError> {
