@@ -750,15 +750,7 @@ pub fn simulate_policies(
                 replay(&mut groups, &chunk, &pre.images);
                 progress(accesses);
             }
-            let s = r.stats();
-            total.records += s.records;
-            total.events += s.events;
-            total.malformed += s.malformed;
-            total.samples.extend(
-                s.samples
-                    .into_iter()
-                    .take(read::MALFORMED_SAMPLES.saturating_sub(total.samples.len())),
-            );
+            total.merge(&r.stats());
         }
         pre.events = total.events;
         pre.accesses = accesses;

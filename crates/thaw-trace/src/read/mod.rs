@@ -136,7 +136,8 @@ pub struct ReadStats {
 }
 
 impl ReadStats {
-    fn merge(&mut self, o: &ReadStats) {
+    /// Adds `o`'s counts to these, keeping at most [`MALFORMED_SAMPLES`] samples.
+    pub(crate) fn merge(&mut self, o: &ReadStats) {
         self.records += o.records;
         self.events += o.events;
         self.skipped += o.skipped;
