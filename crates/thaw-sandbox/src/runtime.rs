@@ -16,7 +16,6 @@ use crate::ExitStatus;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -730,24 +729,8 @@ pub fn block_signals(signals: &[i32]) -> Result<()> {
     set.thread_block().map_err(|e| Error::sys("sigprocmask", e))
 }
 
-/// Runs `start` with stdout and stderr captured through pipes, and stdin at /dev/null.
+/// Runs `start` with stdout and stderr captured through pipes and an empty stdin.
 pub fn capture(start: impl FnOnce(StdioFds) -> Result<Sandbox>) -> Result<Output> {
-    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
-    let stdin: OwnedFd = fs::File::open("/dev/null").map_err(|e| Error::io("open", "/dev/null", e))?.into();
-    let reader = |fd: OwnedFd| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = fs::File::from(fd).read_to_end(&mut v);
-            v
-        })
-    };
-    let ro = reader(out_r);
-    let re = reader(err_r);
-    let sb = start(StdioFds { stdin, stdout: out_w, stderr: err_w })?;
-    let timings = sb.timings().clone();
-    let status = sb.wait()?;
-    let stdout = ro.join().unwrap_or_default();
-    let stderr = re.join().unwrap_or_default();
-    Ok(Output { status, stdout, stderr, timings })
+    // An empty stdin (end of file at once), everything kept, no time limit.
+    crate::pool::run_with_input(start, &[], None, usize::MAX)
 }
