@@ -260,7 +260,7 @@ fn overrides(args: &RunArgs) -> anyhow::Result<Overrides> {
         args: args.command.clone(),
         env: args.env.clone(),
         cwd: args.workdir.clone(),
-        user: args.user.as_deref().map(parse_user).transpose()?,
+        user: args.user.as_deref().map(thaw_trace::files::parse_user).transpose().map_err(anyhow::Error::msg)?,
         hostname: args.hostname.clone(),
         memory_bytes,
         pids_max,
@@ -304,38 +304,18 @@ pub fn spec_from_config(pins: &[thaw_store::layers::LayerPin], config: &[u8]) ->
     let lowers: Vec<PathBuf> = pins.iter().rev().map(|p| p.path().to_path_buf()).collect();
     let mut spec = SandboxSpec::for_rootfs(Path::new("/"), vec![]);
     spec.rootfs.lowers = lowers;
-    let cfg: serde_json::Value = serde_json::from_slice(config).context("parsing the image config")?;
-    let c = &cfg["config"];
-    let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
-    };
-    let env = strings(&c["Env"]);
-    if !env.is_empty() {
-        spec.process.env = env;
+    let p = thaw_trace::files::process_from_image_config(config).map_err(anyhow::Error::msg)?;
+    // The image's environment when it has one; otherwise the sandbox's default (which also sets
+    // TERM) stays.
+    if p.env != thaw_trace::files::ProcessSpec::default().env {
+        spec.process.env = p.env;
     }
-    let mut argv = strings(&c["Entrypoint"]);
-    argv.extend(strings(&c["Cmd"]));
-    spec.process.args = argv;
-    if let Some(w) = c["WorkingDir"].as_str().filter(|w| !w.is_empty()) {
-        spec.process.cwd = w.to_string();
-    }
-    if let Some(u) = c["User"].as_str().filter(|u| !u.is_empty()) {
-        let (uid, gid) = parse_user(u).context("the image's User must be numeric (UID[:GID]) or root")?;
-        spec.process.uid = uid;
-        spec.process.gid = gid;
-    }
+    spec.process.args = p.args;
+    spec.process.cwd = p.cwd;
+    (spec.process.uid, spec.process.gid) = (p.uid, p.gid);
     Ok(spec)
 }
 
-fn parse_user(u: &str) -> anyhow::Result<(u32, u32)> {
-    if u == "root" {
-        return Ok((0, 0));
-    }
-    let (a, b) = u.split_once(':').unwrap_or((u, u));
-    let uid = a.parse().with_context(|| format!("user {u:?}: expected UID[:GID]"))?;
-    let gid = b.parse().with_context(|| format!("user {u:?}: expected UID[:GID]"))?;
-    Ok((uid, gid))
-}
 
 fn parse_bytes(s: &str) -> anyhow::Result<i64> {
     let s = s.trim().to_ascii_lowercase();
@@ -360,6 +340,7 @@ mod tests {
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert!(parse_bytes("x").is_err());
         assert!(parse_bytes("-1").is_err());
+        use thaw_trace::files::parse_user;
         assert_eq!(parse_user("1000:100").unwrap(), (1000, 100));
         assert_eq!(parse_user("7").unwrap(), (7, 7));
         assert_eq!(parse_user("root").unwrap(), (0, 0));
