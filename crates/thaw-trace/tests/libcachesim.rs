@@ -22,7 +22,6 @@ fn python() -> Option<PathBuf> {
     }
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
     candidates.push(ws);
-    candidates.push("/work/main/.venv/bin/python".into());
     candidates.push("python3".into());
     candidates.into_iter().find(|p| {
         Command::new(p)
