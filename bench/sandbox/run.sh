@@ -6,9 +6,10 @@
 # sustained 1 and 8 at a time, CPU per sandbox) and through the library API
 # (crates/thaw-sandbox/benches/startup.rs).
 #
-# `thaw run` with a daemon is paced (hyperfine --prepare 'sleep 0.03', not timed) so the pool's
-# background refill keeps up and each start measures the pooled path; the unpaced, sustained
-# rate is in the daemon bench.
+# Every command is paced alike (hyperfine --prepare 'sleep 0.03', not timed): `thaw run` with a
+# daemon needs the pause so the pool's background refill keeps up and each start measures the
+# pooled path, and the peers get the same pause so no one is measured on warmer caches. The
+# unpaced, sustained rate is in the daemon bench.
 #
 # crun (and podman, which runs crun) refuse this machine's hybrid cgroup layout while
 # /sys/fs/cgroup/unified lists a controller, so their runs (and a second floor measurement)
@@ -53,12 +54,13 @@ DAEMON=$!
 for _ in $(seq 100); do grep -q listening "$W/daemon.out" 2>/dev/null && break; sleep 0.1; done
 grep -q listening "$W/daemon.out" || { echo "thaw serve did not start" >&2; exit 1; }
 
-hyperfine -N --warmup 5 --runs "$RUNS" --style basic --export-json "$W/main.json" \
+PACE="sleep 0.03"
+hyperfine -N --warmup 5 --runs "$RUNS" --style basic --export-json "$W/main.json" --prepare "$PACE" \
   -n floor-chroot "chroot $R /bin/echo hi" \
   -n thaw-cold-cli "$THAW run --cold --data $W/data $R -- echo hi" \
   -n runc "runc --root $W/runc run -b $W/bundle thaw-bench-runc" >/dev/null
 
-hyperfine -N --warmup 5 --runs "$RUNS" --style basic --export-json "$W/daemon.json" --prepare 'sleep 0.03' \
+hyperfine -N --warmup 5 --runs "$RUNS" --style basic --export-json "$W/daemon.json" --prepare "$PACE" \
   -n thaw-daemon-cli "$THAW run --data $W/ddata $R -- echo hi" >/dev/null
 
 printf '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' > "$W/containers.conf"
@@ -66,7 +68,7 @@ PODMAN="podman --storage-driver vfs --root $W/proot --runroot $W/prun"
 unshare -m --propagation private bash -c "
   umount /sys/fs/cgroup/unified
   export CONTAINERS_CONF=$W/containers.conf
-  hyperfine -N --warmup 5 --runs $RUNS --style basic --export-json $W/crun.json \
+  hyperfine -N --warmup 5 --runs $RUNS --style basic --export-json $W/crun.json --prepare '$PACE' \
     -n floor-chroot-crun-ns 'chroot $R /bin/echo hi' \
     -n crun 'crun --root $W/crun run -b $W/bundle thaw-bench-crun' \
     -n podman '$PODMAN run --rm --network none --rootfs $R /bin/echo hi' >/dev/null

@@ -18,7 +18,7 @@
 //!    switches root, then waits.
 //! 3. The helper hands PID 1's socket to the caller and supervises: it relays signals and
 //!    reports the exit status. The caller sends the process config and stdio straight to PID 1,
-//!    which drops privileges, installs seccomp and execs the workload.
+//!    which drops privileges and execs the workload (its seccomp profile went on in step 2).
 //!
 //! Steps 1 and 2 are what the pools do ahead of time; a cold start sends all three at once.
 //! A helper can instead start a template runtime (`Template`, see [`crate::zygote`]) and
@@ -187,6 +187,15 @@ fn pid1(root: &std::path::Path, root_plan: &RootPlan, sock: OwnedFd) -> ! {
     if let Err(e) = crate::rootfs::finish_and_pivot(root, &root_plan.rootfs) {
         fail(&sock, e);
     }
+    // The seccomp profile goes on now, while PID 1 still holds CAP_SYS_ADMIN (so without
+    // no_new_privs, which is set at exec only when configured): loading it is the costliest
+    // step between a request and the workload (see CompiledSeccomp::apply), and for a pooled
+    // part this is ahead of time. Everything PID 1 does afterwards (dup2, setrlimit, chdir,
+    // prctl, setgroups, setres[ug]id, capset, execve) is allowed by the profile.
+    crate::process::reset_ignored_signals();
+    if let Err(e) = root_plan.seccomp.apply() {
+        fail(&sock, e);
+    }
     if let Err(e) = proto::send_bytes(sock.as_fd(), b"ok", &[]) {
         fail(&sock, e);
     }
@@ -198,7 +207,7 @@ fn pid1(root: &std::path::Path, root_plan: &RootPlan, sock: OwnedFd) -> ! {
         Err(e) => fail(&sock, e),
     };
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    match crate::process::exec_workload(&plan, &root_plan.seccomp, fds) {
+    match crate::process::exec_workload(&plan, fds) {
         Err(e) => fail(&sock, e),
         Ok(never) => match never {},
     }

@@ -29,8 +29,10 @@ pub mod rootfs;
 pub mod runtime;
 pub mod seccomp;
 pub mod service;
+pub mod spawn;
 pub mod spec;
 pub mod testsupport;
+pub mod tty;
 pub mod zygote;
 
 pub use error::{Error, Result};

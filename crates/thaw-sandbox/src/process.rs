@@ -1,5 +1,6 @@
 //! The last steps before the workload runs, in its own process: stdio, rlimits, working
-//! directory, user and groups, capabilities, `no_new_privs`, seccomp, exec.
+//! directory, user and groups, capabilities, `no_new_privs`, exec. The seccomp profile is
+//! already installed by then (see `helper::pid1`).
 
 use crate::error::{Error, Result};
 use crate::proto::ProcessPlan;
@@ -61,14 +62,31 @@ pub fn resolve_program(prog: &str, env: &[String]) -> Result<PathBuf> {
     Err(Error::Config(format!("executable {prog:?} not found in the sandbox's PATH ({path})")))
 }
 
+/// Puts every signal the calling process ignores back to its default action. Ignored signals
+/// stay ignored across exec, and the helper is a Rust program, which ignores `SIGPIPE`: without
+/// this a workload would get `EPIPE` where it expects to die of `SIGPIPE` (`yes | head -1`).
+pub fn reset_ignored_signals() {
+    for sig in 1..libc::SIGRTMAX() {
+        // SAFETY: an all-zero sigaction is a valid value; sigaction with a null new action only
+        // writes the current one into ours; signal() with SIG_DFL installs no handler code.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
 pub(crate) fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
     v.iter()
         .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Config(format!("{what} {s:?} contains a NUL byte"))))
         .collect()
 }
 
-/// Turns the calling process into the workload. Returns only on failure.
-pub fn exec_workload(plan: &ProcessPlan, seccomp: &crate::seccomp::CompiledSeccomp, stdio: Vec<OwnedFd>) -> Result<Infallible> {
+/// Turns the calling process into the workload. Returns only on failure. The seccomp profile is
+/// already installed (by PID 1, ahead of time): nothing done here is a call it refuses.
+pub fn exec_workload(plan: &ProcessPlan, stdio: Vec<OwnedFd>) -> Result<Infallible> {
     let p = &plan.process;
     // A session of its own: no controlling terminal of the host reaches the workload.
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
@@ -79,6 +97,16 @@ pub fn exec_workload(plan: &ProcessPlan, seccomp: &crate::seccomp::CompiledSecco
         nix::unistd::dup2(fd.as_raw_fd(), i as i32).map_err(|e| Error::sys(format!("dup2 to {i}"), e))?;
     }
     drop(stdio);
+    if p.terminal {
+        // Without stealing (argument 0): the terminal must be no other session's already.
+        // SAFETY: TIOCSCTTY takes an integer argument and touches no memory of ours.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            let e = nix::errno::Errno::last();
+            return Err(Error::Config(format!(
+                "the process asks for a terminal, but its stdin cannot become its controlling terminal ({e}); run with -t (thaw run allocates one) or set process.terminal to false"
+            )));
+        }
+    }
     for r in &p.rlimits {
         let res = rlimit_resource(&r.resource)?;
         let lim = libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard };
@@ -102,11 +130,6 @@ pub fn exec_workload(plan: &ProcessPlan, seccomp: &crate::seccomp::CompiledSecco
     let inheritable = cap_set(&p.capabilities.inheritable)?;
     let ambient = cap_set(&p.capabilities.ambient)?;
 
-    // Without no_new_privs the kernel only lets a process with CAP_SYS_ADMIN install a filter,
-    // so install it now, before capabilities go.
-    if !p.no_new_privs {
-        seccomp.apply()?;
-    }
     nix::unistd::chdir(p.cwd.as_str()).map_err(|e| Error::sys(format!("chdir {} in the sandbox", p.cwd), e))?;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
@@ -139,7 +162,6 @@ pub fn exec_workload(plan: &ProcessPlan, seccomp: &crate::seccomp::CompiledSecco
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err(Error::sys("prctl(PR_SET_NO_NEW_PRIVS)", nix::errno::Errno::last()));
         }
-        seccomp.apply()?;
     }
     // Only stdin, stdout and stderr reach the workload; the helper's sockets are close-on-exec
     // already, this catches anything else.

@@ -17,9 +17,8 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use crate::spawn::HelperChild;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -189,7 +188,7 @@ pub struct Runtime {
 struct Teardown {
     /// The helper to reap; `None` for a template instance, whose processes are not our
     /// children (removing its cgroup waits for them to exit).
-    child: Option<Child>,
+    child: Option<HelperChild>,
     cgroup: CgroupPlan,
     /// The sandbox's place on the bridge, given back once its processes are gone.
     lease: Option<Lease>,
@@ -345,7 +344,7 @@ impl Runtime {
     /// The cold path: builds every part on demand, then starts the workload.
     pub fn start(&self, spec: &SandboxSpec, io: StdioFds) -> Result<Sandbox> {
         let t0 = Instant::now();
-        let mut part = self.build_part(&spec.profile, Some(&spec.rootfs), false)?;
+        let mut part = self.build_part(&spec.profile, Some(&spec.rootfs))?;
         part.timings.pooled = false;
         self.start_on(part, &spec.rootfs, &spec.process, spec.profile.seccomp, io, t0)
     }
@@ -358,11 +357,11 @@ impl Runtime {
     /// Builds a part: a helper with its shell (and its root, if `rootfs` is given) ready.
     /// `background`: build at idle CPU priority (pool refills), so that on a busy machine the
     /// starts being served win the CPU over the parts being prepared for later.
-    pub(crate) fn build_part(&self, profile: &Profile, rootfs: Option<&RootfsConfig>, background: bool) -> Result<Part> {
+    pub(crate) fn build_part(&self, profile: &Profile, rootfs: Option<&RootfsConfig>) -> Result<Part> {
         let id = self.inner.new_id("s");
         let cgroup = CgroupPlan::new(&self.inner.layout, &self.inner.names.cgroup_parent, &id, profile.limits.clone());
         let t = Instant::now();
-        let (ctrl, child) = self.spawn_helper(background)?;
+        let (ctrl, child) = self.spawn_helper()?;
         let mut part = Part {
             ctrl: Some(Arc::new(ctrl)),
             child: Some(child),
@@ -372,6 +371,7 @@ impl Runtime {
             netns: 0,
             pid1: None,
             lease: None,
+            refill: None,
             rt: self.inner.clone(),
         };
         self.inner.counters.parts_built.fetch_add(1, Ordering::Relaxed);
@@ -449,37 +449,11 @@ impl Runtime {
         Ok(Sandbox { part, pid })
     }
 
-    pub(crate) fn spawn_helper(&self, background: bool) -> Result<(OwnedFd, Child)> {
+    /// Starts a helper process with the control socket at descriptor 3 (see [`crate::spawn`]).
+    /// It inherits the calling thread's scheduling policy: idle priority from a pool's filler.
+    pub(crate) fn spawn_helper(&self) -> Result<(OwnedFd, HelperChild)> {
         let (mine, theirs) = proto::seqpacket_pair()?;
-        let raw = theirs.as_raw_fd();
-        let mut cmd = Command::new(&self.inner.helper.program);
-        cmd.args(&self.inner.helper.args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
-        // SAFETY: the closure runs between fork and exec and only calls sigemptyset, sigprocmask,
-        // sched_setscheduler, dup2 and fcntl, which are async-signal-safe; it touches no memory of the parent beyond
-        // the copied integer and a stack-local signal set.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Signals the caller blocked to relay them must not stay blocked in the sandbox.
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                if background {
-                    let param = libc::sched_param { sched_priority: 0 };
-                    libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-                }
-                if raw == crate::helper::CONTROL_FD {
-                    if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(raw, crate::helper::CONTROL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::io("start sandbox helper", &self.inner.helper.program, e))?;
+        let child = crate::spawn::spawn(&self.inner.helper.program, &self.inner.helper.args, &theirs)?;
         drop(theirs);
         Ok((mine, child))
     }
@@ -493,12 +467,12 @@ impl Inner {
 
     /// Hands a finished sandbox to the reaper: reap its helper (if any), then remove its
     /// cgroups. Runs inline when the reaper is gone (the runtime is shutting down).
-    pub(crate) fn schedule_teardown(&self, child: Option<Child>, cgroup: CgroupPlan) {
+    pub(crate) fn schedule_teardown(&self, child: Option<HelperChild>, cgroup: CgroupPlan) {
         self.schedule_teardown_with(child, cgroup, None)
     }
 
     /// As [`Inner::schedule_teardown`], also giving back a bridge lease once the processes are gone.
-    pub(crate) fn schedule_teardown_with(&self, child: Option<Child>, cgroup: CgroupPlan, lease: Option<Lease>) {
+    pub(crate) fn schedule_teardown_with(&self, child: Option<HelperChild>, cgroup: CgroupPlan, lease: Option<Lease>) {
         self.counters.pending_teardowns.fetch_add(1, Ordering::AcqRel);
         let t = Teardown { child, cgroup, lease };
         let tx = self.reaper.lock().clone();
@@ -560,7 +534,7 @@ pub(crate) fn unexpected(r: Reply) -> Error {
 /// critical path.
 pub(crate) struct Part {
     ctrl: Option<Arc<OwnedFd>>,
-    child: Option<Child>,
+    child: Option<HelperChild>,
     cgroup: CgroupPlan,
     pub(crate) rootfs: Option<RootfsConfig>,
     pub(crate) timings: Timings,
@@ -569,6 +543,8 @@ pub(crate) struct Part {
     pid1: Option<(i32, OwnedFd)>,
     /// Its place on the bridge (bridged profiles only).
     lease: Option<Lease>,
+    /// For a part taken from a pool: holds the pool's refill back until this part is gone.
+    pub(crate) refill: Option<crate::pool::RefillHold>,
     rt: Arc<Inner>,
 }
 
@@ -674,32 +650,44 @@ impl Sandbox {
     /// Waits for the workload while relaying the given signals received by this process. The
     /// signals must already be blocked in every thread of the process (block them before
     /// starting threads, see [`block_signals`]).
-    pub fn wait_relaying(self, signals: &[i32]) -> Result<ExitStatus> {
+    pub fn wait_relaying(self, signals: &[i32], tty: Option<&mut crate::tty::Terminal>) -> Result<ExitStatus> {
         let ctrl = self.part.ctrl();
-        relay_signals_until_readable(ctrl.as_fd(), signals, |sig| self.signal(sig))?;
+        relay_signals_until_readable(ctrl.as_fd(), signals, tty, |sig| self.signal(sig))?;
         self.wait()
     }
 }
 
 /// Waits until `fd` is readable, meanwhile handing each of `signals` this process receives to
 /// `relay`. The signals must already be blocked in every thread (see [`block_signals`]); they
-/// are read from a signalfd.
-pub(crate) fn relay_signals_until_readable(fd: BorrowedFd<'_>, signals: &[i32], mut relay: impl FnMut(i32) -> Result<()>) -> Result<()> {
+/// are read from a signalfd. With a terminal, its data is copied meanwhile, `SIGWINCH` (which
+/// must be blocked too) resizes it, and what the workload wrote last is drained at the end.
+pub(crate) fn relay_signals_until_readable(
+    fd: BorrowedFd<'_>,
+    signals: &[i32],
+    mut tty: Option<&mut crate::tty::Terminal>,
+    mut relay: impl FnMut(i32) -> Result<()>,
+) -> Result<()> {
     let mut set = nix::sys::signal::SigSet::empty();
     for s in signals {
         if let Ok(sig) = nix::sys::signal::Signal::try_from(*s) {
             set.add(sig);
         }
     }
+    if tty.is_some() {
+        set.add(nix::sys::signal::Signal::SIGWINCH);
+    }
     let sfd = nix::sys::signalfd::SignalFd::with_flags(&set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
         .map_err(|e| Error::sys("signalfd", e))?;
     loop {
-        let mut pfds = [
+        let mut pfds = vec![
             libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: sfd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
+        if let Some(t) = &tty {
+            pfds.extend(t.poll_fds());
+        }
         // SAFETY: poll reads and writes only the array we pass, whose length we give.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
         if n < 0 {
             if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
                 continue;
@@ -708,10 +696,19 @@ pub(crate) fn relay_signals_until_readable(fd: BorrowedFd<'_>, signals: &[i32], 
         }
         if pfds[1].revents != 0 {
             if let Ok(Some(info)) = sfd.read_signal() {
-                relay(info.ssi_signo as i32)?;
+                match (&tty, info.ssi_signo as i32) {
+                    (Some(t), libc::SIGWINCH) => t.resize(),
+                    (_, sig) => relay(sig)?,
+                }
             }
         }
+        if let Some(t) = tty.as_deref_mut() {
+            t.pump(&pfds[2..])?;
+        }
         if pfds[0].revents != 0 {
+            if let Some(t) = tty.as_deref_mut() {
+                t.drain();
+            }
             return Ok(());
         }
     }

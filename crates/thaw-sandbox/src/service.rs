@@ -86,6 +86,9 @@ pub struct Overrides {
     /// Loopback only, or `eth0` on the daemon's bridge.
     #[serde(default)]
     pub network: Option<crate::net::NetworkMode>,
+    /// The stdio passed along is a terminal to make the workload's controlling terminal.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// Length of the CPU period a `cpu_millis` limit is expressed in.
@@ -114,6 +117,7 @@ impl Overrides {
         if let Some(n) = self.network {
             spec.profile.network = n;
         }
+        spec.process.terminal |= self.terminal;
         let l = &mut spec.profile.limits;
         if let Some(m) = self.memory_bytes {
             l.memory_bytes = Some(m);
@@ -722,8 +726,8 @@ impl Session {
 
     /// Waits while relaying the given signals received by this process, which must already be
     /// blocked in every thread ([`crate::block_signals`]).
-    pub fn wait_relaying(self, signals: &[i32]) -> Result<ExitStatus> {
-        crate::runtime::relay_signals_until_readable(self.sock.as_fd(), signals, |sig| {
+    pub fn wait_relaying(self, signals: &[i32], tty: Option<&mut crate::tty::Terminal>) -> Result<ExitStatus> {
+        crate::runtime::relay_signals_until_readable(self.sock.as_fd(), signals, tty, |sig| {
             proto::send(self.sock.as_fd(), &ClientMsg::Signal(sig), &[])
         })?;
         read_exit(self.sock.as_fd())
@@ -759,8 +763,10 @@ mod tests {
             cpu_millis: Some(500),
             profile: None,
             network: Some(crate::net::NetworkMode::Bridge),
+            terminal: true,
         };
         o.apply(&mut spec).unwrap();
+        assert!(spec.process.terminal);
         assert_eq!(spec.process.args, ["echo", "x"]);
         assert!(spec.process.env.iter().any(|e| e == "A=1"));
         assert_eq!((spec.process.uid, spec.process.gid, spec.process.cwd.as_str()), (7, 8, "/tmp"));

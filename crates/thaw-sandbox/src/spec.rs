@@ -190,6 +190,10 @@ pub struct ProcessConfig {
     pub rlimits: Vec<Rlimit>,
     /// Set `no_new_privs` before exec.
     pub no_new_privs: bool,
+    /// The workload's stdin is a terminal (see [`crate::tty`]) to become its controlling
+    /// terminal, with the workload's process group in the foreground.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// The five capability sets of a process.
@@ -252,6 +256,7 @@ impl Default for ProcessConfig {
             capabilities: CapabilitySets::runtime_spec_default(),
             rlimits: vec![Rlimit { resource: "RLIMIT_NOFILE".into(), soft: 1024, hard: 1024 }],
             no_new_privs: true,
+            terminal: false,
         }
     }
 }
@@ -394,6 +399,7 @@ impl SandboxSpec {
             process.gid = p.user().gid();
             process.additional_gids = p.user().additional_gids().clone().unwrap_or_default();
             process.no_new_privs = p.no_new_privileges().unwrap_or(false);
+            process.terminal = p.terminal().unwrap_or(false);
             process.capabilities = match p.capabilities() {
                 Some(c) => CapabilitySets {
                     bounding: cap_names(c.bounding()),

@@ -103,7 +103,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use crate::spawn::HelperChild;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -220,7 +220,7 @@ struct Shared {
 pub struct Template {
     shared: Arc<Shared>,
     filler: Option<std::thread::JoinHandle<()>>,
-    helper: Mutex<Option<(Child, OwnedFd)>>,
+    helper: Mutex<Option<(HelperChild, OwnedFd)>>,
     cgroup: CgroupPlan,
     pid: i32,
     id_base: u32,
@@ -504,7 +504,7 @@ impl Runtime {
                 }
             })
             .map_err(|e| Error::io("spawn thread", "thaw-template-log", e))?;
-        let (hctrl, child) = self.spawn_helper(false)?;
+        let (hctrl, child) = self.spawn_helper()?;
         self.inner.counters.parts_built.fetch_add(1, Ordering::Relaxed);
         let mut template = Template {
             shared: Arc::new(Shared {

@@ -156,6 +156,19 @@ fn run_through_the_daemon_relays_output_exit_code_and_timings() {
     assert!(text(&o.stderr).contains("no profile \"nope\""), "{}", text(&o.stderr));
 }
 
+#[test]
+fn tty_through_the_daemon() {
+    let Some(e) = Env::new("tty_through_the_daemon") else { return };
+    let _d = e.daemon(Some("depth = 1"));
+    common::check_tty(&e, &[]);
+    // The workload's SIGPIPE is at its default action (helpers are Rust programs, which ignore
+    // it): `yes` dies of it when `head` goes, and the pipeline ends.
+    let o = e.run().arg(&e.rootfs).args(["--", "sh", "-c", "yes | head -1; grep SigIgn /proc/self/status"]).output().unwrap();
+    let out = ok(&o);
+    let ign = u64::from_str_radix(out.lines().last().unwrap().rsplit('\t').next().unwrap().trim(), 16).unwrap();
+    assert_eq!(ign & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+}
+
 /// The `pids.max` of a process's cgroup, read on the host (v1 `pids` hierarchy, else cgroup2).
 fn pids_max_of(pid: i32) -> String {
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();

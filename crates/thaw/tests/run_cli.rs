@@ -46,6 +46,25 @@ fn flags_set_limits_user_env_and_cwd() {
 }
 
 #[test]
+fn tty_gives_the_workload_a_controlling_terminal() {
+    let Some(e) = Env::new("tty_gives_the_workload_a_controlling_terminal") else { return };
+    common::check_tty(&e, &["--cold"]);
+    // A bundle whose process asks for a terminal gets one without -t; with noNewPrivileges
+    // false the seccomp profile is still installed, and no_new_privs stays off.
+    let bundle = e.bundle();
+    let cfg = bundle.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    v["process"]["terminal"] = true.into();
+    v["process"]["noNewPrivileges"] = false.into();
+    v["process"]["args"] = serde_json::json!(["sh", "-c", "test -t 1 && echo tty; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"]);
+    std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+    let o = e.run().arg("--bundle").arg(&bundle).stdin(Stdio::null()).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = check(&o).replace('\r', "");
+    assert!(out.contains("tty\n") && out.contains("NoNewPrivs:\t0") && out.contains("Seccomp:\t2"), "{out}");
+}
+
+#[test]
 fn runs_an_oci_bundle() {
     let Some(e) = Env::new("runs_an_oci_bundle") else { return };
     let bundle = e.bundle();

@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// Print the time of each stage to stderr.
     #[arg(long)]
     pub timings: bool,
+    /// Give the workload a terminal: a new pseudo-terminal as its stdin, stdout and stderr and
+    /// its controlling terminal, copied to and from this one (put in raw mode while it runs,
+    /// so Ctrl-C goes to the workload). Implied by a bundle whose process asks for a terminal.
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// Data directory (layer store, sandbox state); the daemon's default when unset.
     #[arg(long, env = "THAW_DATA")]
     pub data: Option<PathBuf>,
@@ -111,8 +116,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let t0 = Instant::now();
     // Before any thread exists, so every thread inherits the mask and the signals reach the
-    // signalfd in `wait_relaying` instead of killing us.
+    // signalfd in `wait_relaying` instead of killing us. SIGWINCH too, for a terminal's size.
     thaw_sandbox::block_signals(RELAYED).context("blocking signals")?;
+    thaw_sandbox::block_signals(&[libc::SIGWINCH]).context("blocking signals")?;
     let data = args.data.clone().unwrap_or_else(super::serve::default_data_dir);
     let data = if data.is_absolute() { data } else { std::env::current_dir()?.join(data) };
     let overrides = overrides(&args)?;
@@ -139,9 +145,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rt = r;
     }
     let t_rt = t0.elapsed();
-    let sb = rt.start(&spec, StdioFds::inherit()?).context("starting the sandbox")?;
+    let mut term = open_terminal(args.tty || spec.process.terminal)?;
+    spec.process.terminal = term.is_some();
+    let io = match term.as_mut() {
+        Some(t) => t.stdio()?,
+        None => StdioFds::inherit()?,
+    };
+    let sb = rt.start(&spec, io).context("starting the sandbox")?;
     let timings = sb.timings().clone();
-    let status = sb.wait_relaying(RELAYED).context("waiting for the sandbox")?;
+    let status = sb.wait_relaying(RELAYED, term.as_mut()).context("waiting for the sandbox")?;
+    drop(term);
     if args.timings {
         eprintln!("thaw run timings (cold path, {}):", if args.cold { "--cold" } else { "no daemon pools" });
         stage("resolve_spec", t_spec);
@@ -153,6 +166,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stage("total_to_exit", t0.elapsed());
     }
     Ok(exit_code(status))
+}
+
+/// A pseudo-terminal for the workload when one is wanted (see `--tty`).
+fn open_terminal(wanted: bool) -> anyhow::Result<Option<thaw_sandbox::tty::Terminal>> {
+    if !wanted {
+        return Ok(None);
+    }
+    Ok(Some(thaw_sandbox::tty::Terminal::open().context("opening a pseudo-terminal for --tty")?))
 }
 
 fn stage(name: &str, d: Duration) {
@@ -191,12 +212,20 @@ fn target(args: &RunArgs) -> anyhow::Result<Target> {
 
 fn run_through_daemon(args: &RunArgs, client: Client, overrides: Overrides, t0: Instant) -> anyhow::Result<ExitCode> {
     let t_connect = t0.elapsed();
-    let req = RunRequest { target: target(args)?, overrides };
-    let session = client.start(&req, StdioFds::inherit()?).context("starting the sandbox through the daemon")?;
+    let target = target(args)?;
+    let wants_tty = args.tty || matches!(&target, Target::Spec(s) if s.process.terminal);
+    let mut term = open_terminal(wants_tty)?;
+    let req = RunRequest { target, overrides: Overrides { terminal: term.is_some(), ..overrides } };
+    let io = match term.as_mut() {
+        Some(t) => t.stdio()?,
+        None => StdioFds::inherit()?,
+    };
+    let session = client.start(&req, io).context("starting the sandbox through the daemon")?;
     let t_started = t0.elapsed();
     let info = session.info().clone();
     let round_trip = session.round_trip();
-    let status = session.wait_relaying(RELAYED).context("waiting for the sandbox")?;
+    let status = session.wait_relaying(RELAYED, term.as_mut()).context("waiting for the sandbox")?;
+    drop(term);
     if args.timings {
         let how = if info.pooled { "pooled parts" } else { "parts built on demand: the pool was empty" };
         eprintln!("thaw run timings (through the daemon, {how}):");
@@ -267,6 +296,7 @@ fn overrides(args: &RunArgs) -> anyhow::Result<Overrides> {
         cpu_millis,
         profile: args.profile.clone(),
         network: args.network,
+        terminal: false,
     })
 }
 

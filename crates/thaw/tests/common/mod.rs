@@ -66,3 +66,49 @@ impl Env {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// `thaw run -t` with `args` before the root: the workload sees a terminal on stdin, stdout and
+/// stderr sized 80x24 (stdin here is a pipe, so no size to copy), made its controlling
+/// terminal; piped input reaches it through the terminal; a Ctrl-C byte typed into it becomes
+/// SIGINT for the workload's process group; the exit code comes back.
+pub fn check_tty(e: &Env, args: &[&str]) {
+    use std::io::{BufRead, Read, Write};
+    let script = "test -t 0 && test -t 1 && test -t 2 && echo tty-ok; stty size; \
+                  echo ctty=$(cut -d' ' -f7 /proc/self/stat); read line; echo got:$line; \
+                  trap 'echo caught-int; exit 7' INT; echo ready; while :; do sleep 0.05; done";
+    let mut g = thaw_testkit::ChildGuard(e
+        .run()
+        .arg("-t")
+        .args(args)
+        .arg(&e.rootfs)
+        .args(["--", "sh", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut stdin = g.0.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    let mut out = std::io::BufReader::new(g.0.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("ready") {
+        let mut l = String::new();
+        assert!(out.read_line(&mut l).unwrap() > 0, "the terminal closed early: {seen:?}");
+        seen.push_str(&l);
+    }
+    // ETX, the terminal's interrupt character: the line discipline signals the foreground group.
+    stdin.write_all(b"\x03").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    seen.push_str(&rest);
+    let status = g.0.wait().unwrap();
+    let mut err = String::new();
+    g.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(7), "output {seen:?}, stderr {err}");
+    // The terminal turns each newline into CR LF, and echoes the input (`hello`, `^C`).
+    let lines: Vec<&str> = seen.split("\r\n").collect();
+    assert!(lines.contains(&"tty-ok") && lines.contains(&"24 80") && lines.contains(&"got:hello"), "{seen:?}");
+    assert!(lines.contains(&"^Ccaught-int"), "{seen:?}");
+    let ctty = lines.iter().find_map(|l| l.strip_prefix("ctty=")).unwrap();
+    assert_ne!(ctty, "0", "no controlling terminal: {seen:?}");
+}
