@@ -1,4 +1,4 @@
-//! Leak test: hundreds of sandboxes in a row (pooled and cold), then this instance's cgroups,
+//! Leak test: thousands of sandboxes in a row (pooled and cold), then this instance's cgroups,
 //! processes, mounts and network namespaces must be back where they started. Teardown is
 //! asynchronous (the reaper thread, and the kernel frees namespaces lazily), so the checks poll
 //! with a deadline.
@@ -57,8 +57,8 @@ fn owned(rt: &Runtime, created_netns: &HashSet<u64>) -> Owned {
 }
 
 #[test]
-fn hundreds_of_sandboxes_leave_nothing_behind() {
-    let Some(f) = common::Fixture::new("hundreds_of_sandboxes_leave_nothing_behind") else { return };
+fn thousands_of_sandboxes_leave_nothing_behind() {
+    let Some(f) = common::Fixture::new("thousands_of_sandboxes_leave_nothing_behind") else { return };
     let start = owned(&f.rt, &HashSet::new());
     assert_eq!(start, Owned { cgroups: 0, processes: 0, mounts: 0, live_netns: 0, helpers: 0 });
     let spec = f.spec(&["true"]);
@@ -67,12 +67,12 @@ fn hundreds_of_sandboxes_leave_nothing_behind() {
     {
         let pool = f.rt.pool(PoolConfig { profile: spec.profile.clone(), rootfs: Some(spec.rootfs.clone()), depth: 4 });
         // Pooled starts, then cold ones; stop early rather than run past the time budget.
-        while n < 1000 && t.elapsed() < Duration::from_secs(30) {
+        while n < 2000 && t.elapsed() < Duration::from_secs(40) {
             let out = pool.run_output(None, &spec.process).unwrap();
             assert!(out.status.success());
             n += 1;
         }
-        while n < 1200 && t.elapsed() < Duration::from_secs(45) {
+        while n < 2300 && t.elapsed() < Duration::from_secs(55) {
             let out = f.rt.run_output(&spec).unwrap();
             assert!(out.status.success());
             n += 1;

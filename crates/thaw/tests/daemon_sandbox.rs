@@ -332,8 +332,13 @@ fn functions_deploy_invoke_list_rm_and_survive_a_restart() {
     drop(d);
 }
 
+/// Thousands of starts through the daemon's sandbox socket (and some through the CLI), then
+/// everything that daemon instance owns is back where it was with a full pool: processes in its
+/// cgroups, its cgroups, its helpers, its open descriptors, sandbox mounts visible on the host
+/// (none: they live in private mount namespaces) and the network namespaces its sandboxes held.
 #[test]
 fn many_runs_through_the_daemon_leak_nothing() {
+    use thaw_sandbox::service::{Client, Overrides, RunRequest, Target};
     let Some(e) = Env::new("many_runs_through_the_daemon_leak_nothing") else { return };
     let d = e.daemon(Some("depth = 2"));
     let pid = d.child.as_ref().unwrap().id();
@@ -344,16 +349,47 @@ fn many_runs_through_the_daemon_leak_nothing() {
         metric_value(&m, "thaw_sandbox_pool_ready") >= 2.0 && metric_value(&m, "thaw_sandbox_pending_teardowns") == 0.0
     };
     wait_until("the pool is full", Duration::from_secs(30), full);
-    let (pids0, cgroups0, kids0) = (e.sandbox_pids().len(), e.sandbox_cgroups(), children_of(pid).len());
-    for i in 0..40 {
+    let prefix = e.names().mount_prefix.display().to_string();
+    let host_mounts = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&prefix)).count();
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let host_netns = std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    // Network namespaces held by processes of this instance: its sandboxes' and pooled parts'.
+    let netns = || -> BTreeSet<u64> {
+        let mut pids: Vec<i32> = e.sandbox_pids().into_iter().collect();
+        pids.extend(children_of(pid));
+        pids.iter()
+            .filter_map(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .filter(|&i| i != host_netns)
+            .collect()
+    };
+    let snapshot = || (e.sandbox_pids().len(), e.sandbox_cgroups(), children_of(pid).len(), fds(), host_mounts(), netns().len());
+    let before = snapshot();
+    assert_eq!(before.4, 0, "sandbox mounts show up in the host's mount table");
+    assert_eq!(before.5, 2, "each pooled part holds its own network namespace");
+    for i in 0..20 {
         let o = e.run().arg(&e.rootfs).args(["--", "sh", "-c", &format!("echo {i}")]).output().unwrap();
         assert_eq!(ok(&o), format!("{i}\n"));
     }
-    wait_until("processes, cgroups and helpers return to the full pool's", Duration::from_secs(30), || {
-        full() && e.sandbox_pids().len() == pids0 && e.sandbox_cgroups() == cgroups0 && children_of(pid).len() == kids0
+    let sock = e.data().join("sandbox.sock");
+    let req = RunRequest {
+        target: Target::Image(e.rootfs.display().to_string()),
+        overrides: Overrides { args: vec!["true".into()], ..Default::default() },
+    };
+    let (t, mut n) = (Instant::now(), 0);
+    while n < 2000 && t.elapsed() < Duration::from_secs(60) {
+        let s = Client::connect(&sock).unwrap().unwrap().start(&req, thaw_sandbox::StdioFds::null().unwrap()).unwrap();
+        assert!(s.wait().unwrap().success());
+        n += 1;
+    }
+    eprintln!("{n} starts through the socket in {:?}", t.elapsed());
+    assert!(n >= 1000, "too few starts in the time budget: {n}");
+    wait_until("processes, cgroups, helpers, descriptors, mounts and namespaces return to the full pool's", Duration::from_secs(30), || {
+        full() && snapshot() == before
     });
     let m = http_get(d.addr, "/metrics");
     assert_eq!(metric_value(&m, "thaw_sandbox_failed_teardowns_total"), 0.0);
+    assert!(metric_value(&m, "thaw_sandbox_pool_hits_total") + metric_value(&m, "thaw_sandbox_pool_misses_total") >= (n + 20) as f64, "{m}");
 }
 
 #[test]
