@@ -332,7 +332,10 @@ pub struct PoolSet {
     rt: Runtime,
     depth: usize,
     max_pools: usize,
-    pools: Mutex<std::collections::HashMap<String, Entry>>,
+    /// Looked up by comparing configurations: a daemon has a handful of pools (at most
+    /// `max_pools`), so a scan of exact comparisons costs less per request than hashing or
+    /// serialising a profile and root into a key, and allocates nothing.
+    pools: Mutex<Vec<Entry>>,
     tick: AtomicU64,
 }
 
@@ -354,7 +357,7 @@ impl PoolSet {
             rt: rt.clone(),
             depth,
             max_pools: max_pools.max(1),
-            pools: Mutex::new(std::collections::HashMap::new()),
+            pools: Mutex::new(Vec::new()),
             tick: AtomicU64::new(0),
         }
     }
@@ -367,24 +370,32 @@ impl PoolSet {
     /// The pool for this profile and root, created with `depth` and named `label` (for metrics)
     /// if new; an existing pool keeps its depth and label.
     pub fn pool_with(&self, profile: &Profile, rootfs: &RootfsConfig, depth: usize, label: &str) -> Arc<Pool> {
-        // The serialized triple is an exact key: equal configurations, equal strings. The depth
-        // is part of it: a profile that asks for no pool must not share a pooled one.
-        let key = serde_json::to_string(&(profile, rootfs, depth)).unwrap_or_default();
+        // The depth is part of the identity: a profile that asks for no pool must not share a
+        // pooled one.
+        let same = |e: &Entry| {
+            let c = e.pool.config();
+            c.depth == depth && c.rootfs.as_ref() == Some(rootfs) && c.profile == *profile
+        };
         let now = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut evicted = None;
         let pool = {
             let mut pools = self.pools.lock();
-            if !pools.contains_key(&key) && pools.len() >= self.max_pools {
-                let victim = pools.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone());
-                evicted = victim.and_then(|k| pools.remove(&k));
+            match pools.iter_mut().find(|e| same(e)) {
+                Some(e) => {
+                    e.last_used = now;
+                    e.pool.clone()
+                }
+                None => {
+                    if pools.len() >= self.max_pools {
+                        if let Some(i) = pools.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(i, _)| i) {
+                            evicted = Some(pools.swap_remove(i));
+                        }
+                    }
+                    let pool = Arc::new(self.rt.pool(PoolConfig { profile: profile.clone(), rootfs: Some(rootfs.clone()), depth }));
+                    pools.push(Entry { pool: pool.clone(), label: label.to_string(), last_used: now });
+                    pool
+                }
             }
-            let e = pools.entry(key).or_insert_with(|| Entry {
-                pool: Arc::new(self.rt.pool(PoolConfig { profile: profile.clone(), rootfs: Some(rootfs.clone()), depth })),
-                label: label.to_string(),
-                last_used: now,
-            });
-            e.last_used = now;
-            e.pool.clone()
         };
         // Dropping a pool joins its filler thread, which may be in the middle of a build: not
         // under the lock, and not on this request's critical path either.
@@ -405,7 +416,7 @@ impl PoolSet {
 
     /// Every pool with its label.
     pub fn pools(&self) -> Vec<(String, Arc<Pool>)> {
-        let mut v: Vec<(String, Arc<Pool>)> = self.pools.lock().values().map(|e| (e.label.clone(), e.pool.clone())).collect();
+        let mut v: Vec<(String, Arc<Pool>)> = self.pools.lock().iter().map(|e| (e.label.clone(), e.pool.clone())).collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }

@@ -66,11 +66,9 @@ impl InstanceNames {
     pub fn for_data_dir(data_dir: &Path) -> Self {
         let abs = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
         // FNV-1a: stable across builds and Rust versions, unlike the std hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in abs.as_os_str().as_encoded_bytes() {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let mut h = fnv::FnvHasher::default();
+        std::hash::Hasher::write(&mut h, abs.as_os_str().as_encoded_bytes());
+        let h = std::hash::Hasher::finish(&h);
         InstanceNames {
             cgroup_parent: format!("thaw-{:012x}", h & 0xffff_ffff_ffff),
             mount_prefix: abs.join("sandbox").join("mnt"),
@@ -730,4 +728,19 @@ pub fn block_signals(signals: &[i32]) -> Result<()> {
 pub fn capture(start: impl FnOnce(StdioFds) -> Result<Sandbox>) -> Result<Output> {
     // An empty stdin (end of file at once), everything kept, no time limit.
     crate::pool::run_with_input(start, &[], None, usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names derive from the data directory with FNV-1a, and must never change between builds:
+    /// a restarted daemon finds what a crashed one left by these names. Pinned values.
+    #[test]
+    fn instance_names_are_stable() {
+        let n = InstanceNames::for_data_dir(Path::new("/nonexistent/thaw-data"));
+        assert_eq!(n.cgroup_parent, "thaw-3082c28fa18d");
+        assert_eq!(n.bridge, "thawbrc28fa18d");
+        assert_eq!(n.mount_prefix, Path::new("/nonexistent/thaw-data/sandbox/mnt"));
+    }
 }

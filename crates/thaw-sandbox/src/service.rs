@@ -225,8 +225,9 @@ fn euid() -> u32 {
 }
 
 /// Creates the listening socket at `path` (which must not exist), mode 0600. The caller decides
-/// what to do with an existing file (a stale socket) and should hold a umask of 077 around this
-/// call, so the socket is never connectable by others, not even between bind and chmod.
+/// what to do with an existing file (a stale socket), and should bind in a directory only it can
+/// enter (then move the socket into place), so the socket is never connectable by others, not
+/// even between bind and chmod.
 pub fn listen(path: &Path) -> Result<OwnedFd> {
     let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
         .map_err(|e| Error::sys("socket(AF_UNIX, SOCK_SEQPACKET)", e))?;

@@ -115,19 +115,16 @@ pub fn namespace_of(repo: &str) -> &str {
 
 /// FNV-1a, 64 bit: a stable hash (the same in every run and build) for names that are not digests.
 pub fn stable_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             // a separator byte that cannot occur in names keeps ("a","bc") apart from ("ab","c")
-            h ^= 0xff;
-            h = h.wrapping_mul(0x0100_0000_01b3);
+            h.write(&[0xff]);
         }
-        for b in p.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(p.as_bytes());
     }
-    h
+    h.finish()
 }
 
 /// The cache key of a content reference: a valid digest's own key, otherwise a stable hash of the
@@ -444,6 +441,14 @@ pub fn parse_go_duration_us(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Hashes end up in traces and analyses: they must be the same in every build. Pinned.
+    #[test]
+    fn stable_hash_is_pinned_and_separates_parts() {
+        assert_eq!(stable_hash(&["a", "bc"]), 15182748705655151062);
+        assert_ne!(stable_hash(&["a", "bc"]), stable_hash(&["ab", "c"]));
+    }
+
     use super::*;
     use proptest::prelude::*;
 

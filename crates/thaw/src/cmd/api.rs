@@ -144,45 +144,27 @@ pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets the process umask for its lifetime and puts the old one back on drop.
-struct Umask(libc::mode_t);
-
-impl Umask {
-    fn set(mask: libc::mode_t) -> Umask {
-        // SAFETY: umask has no preconditions and cannot fail.
-        Umask(unsafe { libc::umask(mask) })
-    }
-}
-
-impl Drop for Umask {
-    fn drop(&mut self) {
-        // SAFETY: as above; restores the value `set` replaced.
-        unsafe { libc::umask(self.0) };
-    }
-}
-
 /// Binds the socket, replacing a stale socket file of this user's that nobody listens on.
 ///
 /// Only the daemon's own user may drive it (the API can fill the store and start sandboxes), and
-/// connecting to a unix socket needs write permission on it. So the socket is created under umask
-/// 077 and is never, not even between bind and chmod, connectable by anyone else. The umask is
-/// process-wide: a file another thread creates in that window gets a stricter mode, never a
-/// looser one.
+/// connecting to a unix socket needs write permission on it. So the socket is never, not even
+/// between bind and chmod, connectable by anyone else (see [`bind_with`]).
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let l = bind_with(
         path,
         |p| std::os::unix::net::UnixStream::connect(p).is_ok(),
         |p| std::os::unix::net::UnixListener::bind(p).with_context(|| format!("cannot create the API socket {}", p.display())),
     )?;
-    // umask 077 left 0700 (execute means nothing on a socket); 0600 says what is meant.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     l.set_nonblocking(true)?;
     Ok(UnixListener::from_std(l)?)
 }
 
 /// The rules of [`bind`] for any kind of socket: the directory (private when it is the runtime
 /// directory), a stale file replaced only if it is this user's socket and `alive` says nobody
-/// answers on it, and `create` called under umask 077.
+/// answers on it. `create` binds the socket in a fresh 0700 directory beside `path`; the socket
+/// is made 0600 there and then renamed into place, so at no moment can another user connect.
+/// (Binding under umask 077 would do the same, but the umask is process-wide, and pool threads
+/// that create files at that moment, unpacking a layer say, would get the stricter modes.)
 pub fn bind_with<T>(
     path: &Path,
     alive: impl Fn(&Path) -> bool,
@@ -216,8 +198,20 @@ pub fn bind_with<T>(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
-    let _mask = Umask::set(0o077);
-    create(path)
+    let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // tempfile makes the directory 0700; the short name keeps the staged path within the 107
+    // bytes a socket address holds whenever the final one is.
+    let staging = tempfile::Builder::new()
+        .prefix(".s")
+        .rand_bytes(4)
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot create a private directory in {} to bind the socket in", parent.display()))?;
+    let staged = staging.path().join("s");
+    let t = create(&staged)?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private (0600)", staged.display()))?;
+    std::fs::rename(&staged, path).with_context(|| format!("cannot move the socket into place at {}", path.display()))?;
+    Ok(t)
 }
 
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {

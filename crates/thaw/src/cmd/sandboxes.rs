@@ -172,12 +172,9 @@ fn image_path(image: &str) -> anyhow::Result<Option<PathBuf>> {
 
 /// A short stable name of a configuration (FNV-1a of its JSON), to tell pools apart in metrics.
 fn short_hash<T: Serialize>(v: &T) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in serde_json::to_vec(v).unwrap_or_default() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{:08x}", h as u32)
+    let mut h = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut h, &serde_json::to_vec(v).unwrap_or_default());
+    format!("{:08x}", std::hash::Hasher::finish(&h) as u32)
 }
 
 /// An image resolved to a base spec, with its layers pinned.

@@ -158,11 +158,9 @@ fn socket_for(data: &Path, name: &str, suffix: &str) -> PathBuf {
     }
     // FNV-1a rather than std's DefaultHasher, whose algorithm may change between Rust releases:
     // a daemon and a client built by different toolchains must agree on the name.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in std::os::unix::ffi::OsStrExt::as_bytes(data.as_os_str()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut h = fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut h, std::os::unix::ffi::OsStrExt::as_bytes(data.as_os_str()));
+    let h = std::hash::Hasher::finish(&h);
     api::runtime_dir().join(format!("{h:016x}{suffix}.sock"))
 }
 
