@@ -183,6 +183,10 @@ struct State {
     last_flush: Instant,
     /// Shard directories known to exist.
     shards: HashSet<PathBuf>,
+    /// Blobs evicted on a hit whose file and row are not deleted yet. Whoever next holds the
+    /// writer lock deletes them: the hit itself, or a commit of the same digest that got the
+    /// writer lock first (which must delete the old file before putting the new one in place).
+    pending_deletes: HashMap<Digest, u64>,
 }
 
 impl State {
@@ -608,6 +612,7 @@ impl BlobStore {
             dirty_atime: HashMap::new(),
             last_flush: Instant::now(),
             shards,
+            pending_deletes: HashMap::new(),
         };
         Ok(BlobStore {
             inner: Arc::new(Inner {
@@ -652,7 +657,7 @@ impl BlobStore {
     /// the blob until the handle is dropped.
     pub fn get(&self, d: &Digest) -> Result<Option<BlobHandle>, StoreError> {
         let now = now_us();
-        let (size, key, flush) = {
+        let (size, key, flush, victims) = {
             let mut st = self.inner.state.lock();
             let Some(&size) = st.blobs.get(d) else { return Ok(None) };
             let key = d.key64();
@@ -660,19 +665,28 @@ impl BlobStore {
             let mut fx = Vec::new();
             let State { policy, pins, .. } = &mut *st;
             policy.lookup_pinned(&Request::new(now, key, size), &|k| pins.contains_key(&k), &mut fx);
-            // Some policies (segmented LRU's demotion cascade) evict on a hit. The victims'
-            // files are deleted while the state lock is held, so no commit can re-create one of
-            // them in between; LRU, the default, never evicts here.
+            // Some policies (segmented LRU's demotion cascade) evict on a hit; LRU, the default,
+            // never does. The victims are deleted below, under the writer lock rather than this
+            // one, so readers are not held up by file deletion and fsyncs.
             let victims = st.take_victims(&fx, &self.inner.counters);
-            if !victims.is_empty() {
-                if let Err(e) = self.delete_blobs(&victims) {
+            st.pending_deletes.extend(victims.iter().cloned());
+            st.dirty_atime.insert(d.clone(), now);
+            let flush = st.dirty_atime.len() >= ATIME_BATCH || st.last_flush.elapsed() >= ATIME_INTERVAL;
+            (size, key, flush, victims)
+        };
+        if !victims.is_empty() {
+            let _w = self.inner.writer.lock();
+            // A commit of the same digest may have come first and deleted the old file itself.
+            let mine: Vec<(Digest, u64)> = {
+                let mut st = self.inner.state.lock();
+                victims.into_iter().filter(|(vd, _)| st.pending_deletes.remove(vd).is_some()).collect()
+            };
+            if !mine.is_empty() {
+                if let Err(e) = self.delete_blobs(&mine) {
                     tracing::warn!(error = %e, "could not delete blobs evicted on a hit; the next open re-verifies and adopts them");
                 }
             }
-            st.dirty_atime.insert(d.clone(), now);
-            let flush = st.dirty_atime.len() >= ATIME_BATCH || st.last_flush.elapsed() >= ATIME_INTERVAL;
-            (size, key, flush)
-        };
+        }
         let pin = Pin { inner: self.inner.clone(), key };
         if flush {
             if let Err(e) = self.flush_access_times() {
@@ -949,6 +963,11 @@ impl BlobStore {
             }
             // Pinned until it is installed, so no eviction on a hit elsewhere picks it meanwhile.
             st.pin(key);
+            let mut victims = victims;
+            // An earlier copy evicted on a hit and not deleted yet: its file and row go first.
+            if let Some(old) = st.pending_deletes.remove(d) {
+                victims.push((d.clone(), old));
+            }
             victims
         };
         let dest = inner.layout.blob(d);
@@ -973,10 +992,11 @@ impl BlobStore {
             }
             inner.meta.write(|tx| {
                 let mut t = tx.open_table(BLOBS)?;
-                t.insert(d.to_string().as_str(), (size, now))?;
+                // Removals first: a victim can be this digest's earlier copy.
                 for (vd, _) in &victims {
                     t.remove(vd.to_string().as_str())?;
                 }
+                t.insert(d.to_string().as_str(), (size, now))?;
                 Ok(())
             })
         })();
@@ -1334,5 +1354,113 @@ impl BlobWriter {
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         self.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn put(s: &BlobStore, data: &[u8]) -> Committed {
+        let mut w = s.begin(&Digest::sha256_of(data), Some(data.len() as u64)).unwrap();
+        w.write(data).unwrap();
+        w.commit().unwrap()
+    }
+
+    fn slru(dir: &Path) -> BlobStore {
+        BlobStore::open(dir, StoreConfig { capacity: Some(8000), policy: "slru".parse().unwrap() }).unwrap()
+    }
+
+    fn blobs() -> Vec<Vec<u8>> {
+        // Mixed sizes: with equal ones segmented LRU's segments stay balanced and no hit evicts.
+        (0..12u8).map(|i| vec![i; 300 + 150 * i as usize]).collect()
+    }
+
+    /// An operation of the probe: commit or hit blob `i`.
+    #[derive(Clone, Copy)]
+    enum Op {
+        Put(usize),
+        Get(usize),
+    }
+
+    fn apply(s: &BlobStore, b: &[Vec<u8>], op: Op) {
+        match op {
+            Op::Put(i) => drop(put(s, &b[i])),
+            Op::Get(i) => drop(s.get(&Digest::sha256_of(&b[i])).unwrap()),
+        }
+    }
+
+    /// Runs a fixed pseudo-random mix of commits and hits until a hit evicts. Returns the
+    /// operations before it, the blob it hit and its victim.
+    fn first_evicting_hit(s: &BlobStore, b: &[Vec<u8>]) -> Option<(Vec<Op>, usize, Digest)> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut ops = Vec::new();
+        for _ in 0..5000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let i = (x % b.len() as u64) as usize;
+            if (x >> 20) % 3 == 0 {
+                ops.push(Op::Put(i));
+                apply(s, b, Op::Put(i));
+                continue;
+            }
+            let before: HashSet<Digest> = s.list().into_iter().map(|(d, _)| d).collect();
+            if !before.contains(&Digest::sha256_of(&b[i])) {
+                continue;
+            }
+            apply(s, b, Op::Get(i));
+            let after: HashSet<Digest> = s.list().into_iter().map(|(d, _)| d).collect();
+            if let Some(v) = before.difference(&after).next() {
+                return Some((ops, i, v.clone()));
+            }
+            ops.push(Op::Get(i));
+        }
+        None
+    }
+
+    /// The interleaving the deferred deletion must survive: a hit evicts V and waits for the
+    /// writer lock to delete it, while a commit of V, queued for that lock first, stores V
+    /// again. The commit deletes the old copy itself; the hit must then leave the new one.
+    #[test]
+    fn a_commit_of_a_blob_evicted_by_a_waiting_hit_keeps_the_new_copy() {
+        let b = blobs();
+        let probe = tempfile::tempdir().unwrap();
+        let (ops, hit, victim) = first_evicting_hit(&slru(probe.path()), &b).expect("segmented LRU evicts on some hit");
+        let vdata = b.iter().find(|x| Digest::sha256_of(x) == victim).unwrap().clone();
+
+        // The same history up to just before that hit (the policy is deterministic).
+        let dir = tempfile::tempdir().unwrap();
+        let s = slru(dir.path());
+        for op in ops {
+            apply(&s, &b, op);
+        }
+        assert!(s.stat(&victim).unwrap().is_some());
+        let writer = s.inner.writer.lock();
+        std::thread::scope(|sc| {
+            // The commit of V queues for the writer lock first...
+            let c = sc.spawn(|| put(&s, &vdata));
+            std::thread::sleep(Duration::from_millis(100));
+            // ...then the hit evicts V and queues behind it.
+            let h = sc.spawn(|| drop(s.get(&Digest::sha256_of(&b[hit])).unwrap()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !s.inner.state.lock().pending_deletes.contains_key(&victim) {
+                assert!(Instant::now() < deadline, "the hit did not evict {victim}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            drop(writer);
+            assert_eq!(c.join().unwrap(), Committed::Stored);
+            h.join().unwrap();
+        });
+        let report = s.check().unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert!(s.inner.state.lock().pending_deletes.is_empty());
+        if s.stat(&victim).unwrap().is_some() {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut s.get(&victim).unwrap().unwrap().try_clone_file().unwrap(), &mut v).unwrap();
+            assert_eq!(v, vdata);
+        }
     }
 }
