@@ -10,52 +10,28 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rustc_hash::FxHashMap;
-use thaw_policy::{build, Capacity, DList, NodeId, PolicySpec, Request};
+use thaw_policy::dlist::{DList, NodeId};
+use thaw_policy::testutil::{Rng, Zipf};
+use thaw_policy::{build, Capacity, PolicySpec, Request};
 
 const OBJECTS: usize = 1_000_000;
 const REQUESTS: usize = 2_000_000;
 const GIB: u64 = 1 << 30;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 fn trace() -> Vec<Request> {
     let mut rng = Rng(42);
-    let sizes: Vec<u64> = (0..OBJECTS)
-        .map(|_| (512f64.ln() + (32768f64 / 512.0).ln() * rng.unit()).exp() as u64)
-        .collect();
-    let keys: Vec<u64> = (0..OBJECTS).map(|_| rng.next()).collect();
-    let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (0..OBJECTS)
-        .map(|i| {
-            acc += 1.0 / (i + 1) as f64;
-            acc
-        })
-        .collect();
-    cdf.iter_mut().for_each(|c| *c /= acc);
+    let sizes: Vec<u64> = (0..OBJECTS).map(|_| rng.log_uniform(512, 32768)).collect();
+    let keys: Vec<u64> = (0..OBJECTS).map(|_| rng.next_u64()).collect();
+    let zipf = Zipf::new(OBJECTS, 1.0);
     (0..REQUESTS)
         .map(|t| {
-            let u = rng.unit();
-            let r = cdf.partition_point(|&c| c < u).min(OBJECTS - 1);
+            let r = zipf.sample(&mut rng);
             Request::new(t as u64 * 1000, keys[r], sizes[r])
         })
         .collect()
 }
 
-/// The textbook LRU (hash map + doubly linked list, move-to-front on a hit), kept here only as the
+/// The textbook LRU (hash map + [`DList`], move-to-front on a hit), kept here only as the
 /// baseline that justifies `Lru`'s lazy queue: same decisions, more scattered memory traffic.
 struct LinkedLru {
     capacity: u64,

@@ -14,6 +14,7 @@
 use std::io::Write;
 use std::time::Instant;
 
+use thaw_policy::testutil::{Rng, Zipf};
 use thaw_policy::{build, parse_bytes, Capacity, PolicySpec, Request};
 
 fn usage() -> ! {
@@ -21,22 +22,6 @@ fn usage() -> ! {
         "usage: replay_oracle gen FILE REQUESTS OBJECTS ALPHA SEED | run FILE CACHE_BYTES POLICIES"
     );
     std::process::exit(2)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 fn generate(
@@ -48,20 +33,12 @@ fn generate(
 ) -> std::io::Result<()> {
     let mut rng = Rng(seed);
     let sizes: Vec<u32> = (0..objects)
-        .map(|_| (512f64.ln() + 64f64.ln() * rng.unit()).exp() as u32)
+        .map(|_| rng.log_uniform(512, 32768) as u32)
         .collect();
-    let mut acc = 0.0;
-    let mut cdf: Vec<f64> = (0..objects)
-        .map(|i| {
-            acc += 1.0 / ((i + 1) as f64).powf(alpha);
-            acc
-        })
-        .collect();
-    cdf.iter_mut().for_each(|c| *c /= acc);
+    let zipf = Zipf::new(objects, alpha);
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for t in 0..requests {
-        let u = rng.unit();
-        let r = cdf.partition_point(|&c| c < u).min(objects - 1);
+        let r = zipf.sample(&mut rng);
         // scramble the id so that neither side benefits from sequential keys
         let id = (r as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5555;
         out.write_all(&((t / 1000) as u32).to_le_bytes())?;

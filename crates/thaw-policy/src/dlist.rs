@@ -1,9 +1,14 @@
-//! A doubly linked list kept in a slab (`Vec`) with a free list.
+//! A doubly linked list kept in a slab (`Vec`) with a free list: the baseline of the policies
+//! benchmark, nothing more.
 //!
-//! Written here rather than taken from a crate because the policies need three things together that
-//! the list crates on crates.io do not offer as a set: stable `u32` handles that a hash map can
-//! store, O(1) unlink and move-to-front by handle, and no allocation per node (the simulator
-//! replays tens of millions of requests, so a node must cost a slot in a vector, not a `Box`).
+//! No policy uses it. `benches/policies.rs` builds the textbook LRU (hash map plus this list,
+//! move-to-front on every hit) from it, to show what [`crate::Lru`]'s lazy queue and the slab
+//! shared by the multi-queue policies save. It is public, and hidden from the docs, only so that
+//! the bench (a separate crate) can reach it; its unit tests keep the baseline honest.
+//!
+//! It has what a fair baseline needs: stable `u32` handles that a hash map can store, O(1)
+//! unlink and move-to-front by handle, and no allocation per node, so the comparison measures
+//! the policy's memory traffic and not the allocator.
 
 /// A handle to a node. Valid until the node is removed.
 pub type NodeId = u32;

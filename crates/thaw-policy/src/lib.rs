@@ -72,8 +72,10 @@
 //! Hits on either may move objects between tiers and, through cascades, evict; such policies
 //! override [`CachePolicy::lookup_pinned`], which the live store should call instead of `lookup`.
 
+mod bytes;
 mod clock;
-mod dlist;
+#[doc(hidden)]
+pub mod dlist;
 mod lacache;
 mod lfu;
 mod listcache;
@@ -86,9 +88,11 @@ mod size_tiered;
 mod slab;
 mod slru;
 mod spec;
+#[doc(hidden)]
+pub mod testutil;
 
+pub use bytes::{parse_bytes, ByteSizeError};
 pub use clock::{Clock, CLOCK_MAX_BITS};
-pub use dlist::{DList, NodeId};
 pub use lacache::{
     AssociationTable, LaCache, LaCacheConfig, DEFAULT_CATEGORY_SLOT,
     LACACHE_DEFAULT_FAST_MAX_OBJECT,
@@ -101,7 +105,7 @@ pub use single::{OneTier, Pinned};
 pub use size_tiered::{SizeTieredLru, SIZE_TIERED_DEFAULT_THRESHOLD};
 pub use slru::{Slru, SLRU_MAX_SEGMENTS};
 pub use spec::{
-    build, build_with_associations, parse_bytes, PolicyError, PolicySpec, POLICY_NAMES,
+    build, build_with_associations, PolicyError, PolicySpec, POLICY_NAMES,
     POLICY_SYNTAX, SLRU_DEFAULT_SEGMENTS,
 };
 

@@ -1,6 +1,6 @@
 //! Several doubly linked lists sharing one slab of nodes.
 //!
-//! [`crate::DList`] owns its nodes, so an object cannot move from one list to another without being
+//! [`crate::dlist::DList`] owns its nodes, so an object cannot move from one list to another without being
 //! copied into a new slot. Policies with several queues (segmented LRU's segments, S3-FIFO's small,
 //! main and ghost queues, LFU's frequency buckets, the two tiers of the tiered policies) move
 //! objects between queues on almost every request, so here the nodes live in one [`Slab`] and a

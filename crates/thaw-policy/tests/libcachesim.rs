@@ -16,6 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use thaw_policy::testutil::{Rng, Zipf};
 use thaw_policy::{build, Capacity, PolicySpec, Request};
 
 /// thaw policy names compared; libcachesim_run.py maps each to libCacheSim's policy and
@@ -24,54 +25,6 @@ const POLICIES: &[&str] = &[
     "fifo", "lru", "lfu", "clock", "clock:2", "clock:3", "slru", "slru:2", "slru:3", "s3fifo",
     "sieve",
 ];
-
-struct Rng(u64);
-
-impl Rng {
-    /// splitmix64: small, seedable and good enough to shape traces.
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn log_uniform(&mut self, lo: u64, hi: u64) -> u64 {
-        let (l, h) = ((lo as f64).ln(), (hi as f64).ln());
-        (l + (h - l) * self.unit()).exp() as u64
-    }
-}
-
-/// Samples ranks 0..n with probability proportional to 1 / (rank + 1)^alpha.
-struct Zipf {
-    cdf: Vec<f64>,
-}
-
-impl Zipf {
-    fn new(n: usize, alpha: f64) -> Zipf {
-        let mut acc = 0.0;
-        let mut cdf: Vec<f64> = (0..n)
-            .map(|i| {
-                acc += 1.0 / ((i + 1) as f64).powf(alpha);
-                acc
-            })
-            .collect();
-        for c in &mut cdf {
-            *c /= acc;
-        }
-        Zipf { cdf }
-    }
-
-    fn sample(&self, rng: &mut Rng) -> usize {
-        let u = rng.unit();
-        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
-    }
-}
 
 struct Trace {
     name: &'static str,
@@ -164,7 +117,7 @@ fn unit_sizes() -> Trace {
 fn tiny() -> Trace {
     let mut rng = Rng(4);
     let z = Zipf::new(200, 0.7);
-    let sizes: Vec<u32> = (0..200).map(|_| (rng.next() % 21) as u32).collect();
+    let sizes: Vec<u32> = (0..200).map(|_| (rng.next_u64() % 21) as u32).collect();
     let reqs = (0..6000)
         .map(|_| {
             let r = z.sample(&mut rng);
