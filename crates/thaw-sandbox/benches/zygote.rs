@@ -149,6 +149,7 @@ fn main() {
             },
             env: vec!["PYTHONPATH=/app".into()],
             cwd: "/".into(),
+            user: (0, 0),
             depth: 4,
         })
         .unwrap();

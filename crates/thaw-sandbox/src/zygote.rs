@@ -155,6 +155,10 @@ pub struct TemplateConfig {
     pub env: Vec<String>,
     /// Working directory inside the image.
     pub cwd: String,
+    /// User and group ids each instance runs the handler as, in the template's user namespace
+    /// (which maps ids 0-65535). A non-root user keeps the instance's capabilities (as
+    /// `thaw run` does for a non-root workload); the template itself stays root there.
+    pub user: (u32, u32),
     /// Ready forked instances kept.
     pub depth: usize,
 }
@@ -547,6 +551,8 @@ impl Runtime {
             "last_cap": caps::all().iter().map(|c| c.index()).max().unwrap_or(40),
             "rlimits": instance_rlimits()?,
             "cwd": cfg.cwd,
+            "uid": cfg.user.0,
+            "gid": cfg.user.1,
             "syscalls": {"pivot_root": libc::SYS_pivot_root, "capset": libc::SYS_capset, "seccomp": libc::SYS_seccomp},
         });
         let ctrl = &template.shared.ctrl;

@@ -72,6 +72,7 @@ fn template(f: &Fixture, spec: &SandboxSpec) -> std::sync::Arc<thaw_sandbox::Tem
             },
             env: vec!["PYTHONPATH=/".into(), "PATH=/bin:/usr/bin".into()],
             cwd: "/".into(),
+            user: (0, 0),
             depth: 1,
         })
         .unwrap();

@@ -70,6 +70,19 @@ def facts(payload):
             "capeff": status["CapEff"].strip(), "uid": status["Uid"].split(),
             "cgroup": open("/proc/self/cgroup").read(), "hash": hash("thaw")}
 
+def who(payload):
+    status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+    with open("/tmp/mine", "w") as f:
+        f.write("x")
+    try:
+        open("/etc/hostname", "a").close()
+        root_writable = True
+    except PermissionError:
+        root_writable = False
+    return {"uid": status["Uid"].split(), "gid": status["Gid"].split(), "groups": status["Groups"].split(),
+            "capeff": status["CapEff"].strip(), "tmp_owner": os.stat("/tmp/mine").st_uid,
+            "root_writable": root_writable}
+
 def boom(payload):
     raise ValueError("boom " + payload.decode())
 
@@ -129,6 +142,7 @@ impl Zfx {
             },
             env: vec!["PYTHONPATH=/app".into()],
             cwd: "/".into(),
+            user: (0, 0),
             depth,
         }
     }
@@ -158,6 +172,28 @@ fn invoke_returns_the_handlers_json() {
     assert_eq!(critical, vec!["take", "send", "run", "collect"]);
     assert!(inv.timings.stages.iter().any(|(n, _)| n == "cgroup_move"));
     assert_eq!(t.stats().hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A function's user: the handler runs as it (ids of the template's user namespace, shifted on
+/// the host), with the instance's capabilities kept, unable to write root's files.
+#[test]
+fn instances_run_the_handler_as_the_configured_user() {
+    let Some(z) = Zfx::new("instances_run_the_handler_as_the_configured_user") else { return };
+    let cfg = TemplateConfig { user: (1000, 1001), ..z.config("handlers:who", &["json"], 1) };
+    let t = z.f.rt.template(cfg).unwrap();
+    let inv = t.invoke(b"", Some(Duration::from_secs(20))).unwrap();
+    assert!(inv.status.success(), "{inv:?} {}", String::from_utf8_lossy(&inv.stderr));
+    let v = json(&inv.stdout);
+    assert_eq!(v["uid"], serde_json::json!(["1000", "1000", "1000", "1000"]), "{v}");
+    assert_eq!(v["gid"], serde_json::json!(["1001", "1001", "1001", "1001"]), "{v}");
+    assert_eq!(v["groups"], serde_json::json!([]), "{v}");
+    assert_eq!(v["tmp_owner"], 1000);
+    assert_eq!(v["root_writable"], false, "a non-root handler wrote root's /etc/hostname");
+    assert_eq!(v["capeff"], format!("{:016x}", (1u64 << 29) | (1 << 5) | (1 << 10)));
+    // The template itself stays root of its user namespace (it builds the instances).
+    let st = std::fs::read_to_string(format!("/proc/{}/status", t.pid())).unwrap();
+    let uid_line = st.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid_line.split_whitespace().nth(1).unwrap(), t.id_base().to_string());
 }
 
 fn facts(t: &Template, sleep: &str) -> serde_json::Value {

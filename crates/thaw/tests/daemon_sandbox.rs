@@ -283,6 +283,9 @@ fn functions_deploy_invoke_list_rm_and_survive_a_restart() {
     assert!(ok(&o).contains("deployed upper"));
     let o = e.func("deploy").args(["fails", "--image", root, "--", "sh", "-c", "cat >&2; exit 3"]).output().unwrap();
     ok(&o);
+    // A function's user, kept across the restart below.
+    ok(&e.func("deploy").args(["whoami", "--image", root, "-u", "1234:4321", "--", "sh", "-c", "echo $(id -u):$(id -g)"]).output().unwrap());
+    assert_eq!(ok(&e.func("invoke").args(["whoami", "--data", ""]).output().unwrap()), "1234:4321\n");
     let o = e.func("invoke").args(["upper", "--data", "hello"]).output().unwrap();
     assert_eq!(ok(&o), "HELLO");
     // Payload on stdin, and --timings.
@@ -298,7 +301,7 @@ fn functions_deploy_invoke_list_rm_and_survive_a_restart() {
     let o = e.func("list").arg("--json").output().unwrap();
     let list: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     let names: Vec<&str> = list.as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["fails", "upper"]);
+    assert_eq!(names, ["fails", "upper", "whoami"]);
     assert_eq!(list[1]["depth"], 2);
     assert_eq!(list[1]["invocations"], 2);
     let m = http_get(d.addr, "/metrics");
@@ -321,6 +324,7 @@ fn functions_deploy_invoke_list_rm_and_survive_a_restart() {
     let d = e.daemon(Some("depth = 1"));
     let o = e.func("invoke").args(["upper", "--data", "again"]).output().unwrap();
     assert_eq!(ok(&o), "AGAIN");
+    assert_eq!(ok(&e.func("invoke").args(["whoami", "--data", ""]).output().unwrap()), "1234:4321\n");
     let o = e.func("rm").arg("upper").output().unwrap();
     ok(&o);
     assert!(!e.data().join("functions/upper.json").exists());
@@ -467,6 +471,12 @@ fn python_functions_run_forked_from_their_template() {
     let o = e.func("invoke").args(["parse", "--data", "[1]"]).output().unwrap();
     assert_eq!(ok(&o), "[1]");
     assert_eq!(metric_value(&http_get(d.addr, "/metrics"), "thaw_function_template_restarts_total"), 2.0);
+    // A function's user: the handler runs as it. os.stat of /proc/self gives the process's
+    // own uid and gid (fields 4 and 5 of the stat result, returned as a JSON list).
+    let o = e.func("deploy").args(["who", "--image", image, "--runtime", "python", "--handler", "os:stat", "-u", "1000:1000"]).output().unwrap();
+    ok(&o);
+    let st: serde_json::Value = serde_json::from_str(&ok(&e.func("invoke").args(["who", "--data", "/proc/self"]).output().unwrap())).unwrap();
+    assert_eq!((st[4].as_u64(), st[5].as_u64()), (Some(1000), Some(1000)), "{st}");
 }
 
 /// An OCI layout at `<dir>/layout` with the busybox root as its only layer, tagged v1, whose

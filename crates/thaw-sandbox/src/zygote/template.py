@@ -44,6 +44,7 @@ CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x20000, 0x02000000, 0x04000000
 CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 38
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+PR_SET_KEEPCAPS = 8
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 1
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
@@ -258,6 +259,16 @@ class Template:
                     check(libc.prctl(PR_CAPBSET_DROP, c, 0, 0, 0), "drop capability %d" % c)
             mask = sum(1 << c for c in keep)
             lo, hi = mask & 0xFFFFFFFF, mask >> 32
+            uid, gid = cfg["uid"], cfg["gid"]
+            if uid != 0 or gid != 0:
+                # While CAP_SETUID and CAP_SETGID are still held; the permitted set survives
+                # the switch, and the capset below raises the effective set again, which the
+                # kernel empties when the effective uid leaves 0.
+                check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
+                os.setgroups([])
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
+                check(libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
             hdr = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0), 8)
             data = ctypes.create_string_buffer(struct.pack("=6I", lo, lo, lo, hi, hi, hi), 24)
             check(libc.syscall(self.sys["capset"], hdr, data), "capset")

@@ -79,6 +79,10 @@ pub struct DeployArgs {
     /// `none` (loopback only, the default) or `bridge` (eth0 on the daemon's bridge).
     #[arg(long, value_name = "none|bridge")]
     pub network: Option<thaw_sandbox::net::NetworkMode>,
+    /// User the function runs as, `UID[:GID]` (the image's `User` when unset). In a Python
+    /// function's template these are ids of the template's own user namespace.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
     /// The command of a command function (after `--`): run per invocation, payload on stdin.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -215,6 +219,7 @@ fn definition(a: &DeployArgs) -> anyhow::Result<FunctionDef> {
         depth: a.depth,
         timeout_ms: a.timeout.map(|t| t.as_millis() as u64),
         network: a.network,
+        user: a.user.as_deref().map(thaw_trace::files::parse_user).transpose().map_err(anyhow::Error::msg)?,
     })
 }
 

@@ -217,6 +217,9 @@ pub struct FunctionDef {
     /// Loopback only (the default) or `eth0` on the daemon's bridge.
     #[serde(default)]
     pub network: Option<thaw_sandbox::net::NetworkMode>,
+    /// User and group ids (the image's `User` when unset).
+    #[serde(default)]
+    pub user: Option<(u32, u32)>,
 }
 
 /// A Python handler.
@@ -313,6 +316,7 @@ impl FunctionDef {
             pids_max: self.pids_max,
             cpu_millis: self.cpu_millis,
             network: self.network,
+            user: self.user,
             ..Default::default()
         }
     }
@@ -612,6 +616,7 @@ impl Host {
                     },
                     env: spec.process.env,
                     cwd: spec.process.cwd,
+                    user: (spec.process.uid, spec.process.gid),
                     depth,
                 };
                 // Blocks until the template imported its modules: an import error fails the
@@ -852,6 +857,7 @@ mod tests {
             depth: None,
             timeout_ms: None,
             network: None,
+            user: None,
         }
     }
 
