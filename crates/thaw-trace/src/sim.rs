@@ -844,47 +844,16 @@ pub fn fmt_bytes(b: u64) -> String {
     "0B".into()
 }
 
-/// Parses a size like `1GiB`, `512MB`, `1.5G`, `4096` (bytes). Binary and decimal units.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad size {s:?}: expected a number with a unit like 1GiB"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1_048_576.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1_073_741_824.0,
-        "t" | "tb" => 1e12,
-        "tib" => 1_099_511_627_776.0,
-        _ => {
-            return Err(format!(
-                "bad size {s:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
-        }
-    };
-    let v = n * mult;
-    if !v.is_finite() || !(0.0..=1.8e19).contains(&v) {
-        return Err(format!("bad size {s:?}: out of range"));
-    }
-    Ok(v.round() as u64)
-}
-
-/// Parses a capacity: `1GiB` (one tier) or `1GiB+8GiB` (fast + slow).
+/// Parses a capacity: `1GiB` (one tier) or `1GiB+8GiB` (fast + slow), each size as
+/// [`thaw_policy::parse_bytes`] reads it (so `1G` is 2^30 bytes and `1GB` is 10^9).
 pub fn parse_capacity(s: &str) -> Result<Capacity, String> {
+    let size = |t: &str| thaw_policy::parse_bytes(t).map_err(|e| e.to_string());
     match s.split_once('+') {
         Some((f, sl)) => Ok(Capacity {
-            fast: parse_size(f)?,
-            slow: parse_size(sl)?,
+            fast: size(f)?,
+            slow: size(sl)?,
         }),
-        None => Ok(Capacity::single(parse_size(s)?)),
+        None => Ok(Capacity::single(size(s)?)),
     }
 }
 

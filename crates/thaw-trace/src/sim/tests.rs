@@ -569,11 +569,21 @@ fn pulls_group_layers_and_second_tags_start_new_pulls() {
 
 #[test]
 fn sizes_parse() {
-    assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
-    assert_eq!(parse_size("1.5 MB").unwrap(), 1_500_000);
-    assert_eq!(parse_size("4096").unwrap(), 4096);
-    assert!(parse_size("1 parsec").is_err());
-    assert!(parse_size("").is_err());
+    // sizes are thaw_policy::parse_bytes's: bare letters binary, two-letter units decimal
+    assert_eq!(parse_capacity("1G").unwrap(), Capacity::single(1 << 30));
+    assert_eq!(parse_capacity("1.5 MB").unwrap(), Capacity::single(1_500_000));
+    assert_eq!(parse_capacity("4096").unwrap(), Capacity::single(4096));
+    assert_eq!(
+        parse_capacity("0.5G+2GB").unwrap(),
+        Capacity {
+            fast: 1 << 29,
+            slow: 2_000_000_000
+        }
+    );
+    let e = parse_capacity("1GiB+1 parsec").unwrap_err();
+    assert!(e.contains("\"1 parsec\" is not a byte size"), "{e}");
+    assert!(parse_capacity("").is_err());
+    assert!(parse_capacity("1GiB+").is_err());
     assert_eq!(
         parse_capacity("1GiB+8GiB").unwrap(),
         Capacity {
