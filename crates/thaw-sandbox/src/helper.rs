@@ -207,9 +207,68 @@ fn pid1(root: &std::path::Path, root_plan: &RootPlan, sock: OwnedFd) -> ! {
         Err(e) => fail(&sock, e),
     };
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    if plan.process.init {
+        // SAFETY: PID 1 is single-threaded (forked from the single-threaded helper).
+        match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                // Our copy of the socket must go: its end-of-file tells the caller the
+                // workload's exec happened, and our stdio copies are the workload's alone.
+                drop(sock);
+                drop(fds);
+                mini_init(child)
+            }
+            Ok(ForkResult::Child) => {}
+            Err(e) => fail(&sock, Error::sys("fork the workload under the sandbox's init", e)),
+        }
+    }
     match crate::process::exec_workload(&plan, fds) {
         Err(e) => fail(&sock, e),
         Ok(never) => match never {},
+    }
+}
+
+/// PID 1 of a sandbox run with `init` (`thaw run --init`): forwards every signal it gets to
+/// the workload and reaps whatever is orphaned into it, until the workload ends; then exits
+/// with its code, or 128 + the signal that killed it (a PID 1 cannot die of its own signal).
+///
+/// Why: the kernel delivers a signal to a PID namespace's init only if it has a handler, so a
+/// workload that is itself PID 1 ignores SIGTERM and Ctrl-C unless it installs handlers, and
+/// nothing reaps the children its children orphan. This process has no capabilities left and
+/// runs under the sandbox's seccomp profile and no_new_privs.
+fn mini_init(child: Pid) -> ! {
+    // SAFETY: prctl with a pointer to a NUL-terminated name we own.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"thaw-init".as_ptr(), 0, 0, 0) };
+    let mut all = nix::sys::signal::SigSet::all();
+    all.remove(Signal::SIGKILL);
+    all.remove(Signal::SIGSTOP);
+    let _ = all.thread_block();
+    for c in caps::all() {
+        let _ = caps::drop(None, caps::CapSet::Bounding, c);
+    }
+    let _ = caps::clear(None, caps::CapSet::Ambient);
+    let _ = caps::clear(None, caps::CapSet::Effective);
+    let _ = caps::clear(None, caps::CapSet::Permitted);
+    let _ = caps::clear(None, caps::CapSet::Inheritable);
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    loop {
+        let sig = match all.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig != Signal::SIGCHLD {
+            let _ = nix::sys::signal::kill(child, sig);
+            continue;
+        }
+        loop {
+            match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == child => std::process::exit(code),
+                // SAFETY: _exit ends the process at once, as a PID 1 must not unwind.
+                Ok(WaitStatus::Signaled(p, s, _)) if p == child => unsafe { libc::_exit(128 + s as i32) },
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     }
 }
 

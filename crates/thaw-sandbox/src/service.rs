@@ -89,6 +89,9 @@ pub struct Overrides {
     /// The stdio passed along is a terminal to make the workload's controlling terminal.
     #[serde(default)]
     pub terminal: bool,
+    /// A minimal init as PID 1 (see [`crate::ProcessConfig::init`]).
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// Length of the CPU period a `cpu_millis` limit is expressed in.
@@ -118,6 +121,7 @@ impl Overrides {
             spec.profile.network = n;
         }
         spec.process.terminal |= self.terminal;
+        spec.process.init |= self.init;
         let l = &mut spec.profile.limits;
         if let Some(m) = self.memory_bytes {
             l.memory_bytes = Some(m);
@@ -765,9 +769,10 @@ mod tests {
             profile: None,
             network: Some(crate::net::NetworkMode::Bridge),
             terminal: true,
+            init: true,
         };
         o.apply(&mut spec).unwrap();
-        assert!(spec.process.terminal);
+        assert!(spec.process.terminal && spec.process.init);
         assert_eq!(spec.process.args, ["echo", "x"]);
         assert!(spec.process.env.iter().any(|e| e == "A=1"));
         assert_eq!((spec.process.uid, spec.process.gid, spec.process.cwd.as_str()), (7, 8, "/tmp"));

@@ -194,6 +194,10 @@ pub struct ProcessConfig {
     /// terminal, with the workload's process group in the foreground.
     #[serde(default)]
     pub terminal: bool,
+    /// Run a minimal init as PID 1 that forwards signals to the workload and reaps orphans
+    /// (`thaw run --init`); otherwise the workload itself is PID 1.
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// The five capability sets of a process.
@@ -257,6 +261,7 @@ impl Default for ProcessConfig {
             rlimits: vec![Rlimit { resource: "RLIMIT_NOFILE".into(), soft: 1024, hard: 1024 }],
             no_new_privs: true,
             terminal: false,
+            init: false,
         }
     }
 }

@@ -110,8 +110,9 @@ fn scratch() -> (tempfile::TempDir, PathBuf) {
     (base, runtime)
 }
 
+/// Review finding 8.
 #[test]
-fn finding_8_abandoned_uploads_expire() {
+fn abandoned_uploads_expire_after_their_ttl() {
     let (base, runtime) = scratch();
     let cfg = base.path().join("thaw.toml");
     std::fs::write(&cfg, "[store]\nupload_ttl = \"1s\"\n").unwrap();
@@ -151,8 +152,9 @@ fn finding_8_abandoned_uploads_expire() {
     }
 }
 
+/// Review finding 16.
 #[test]
-fn finding_16_long_data_dir_gets_a_private_fallback_socket() {
+fn long_data_dir_gets_a_private_fallback_socket() {
     let (base, runtime) = scratch();
     let data = base.path().join("d".repeat(110));
     let mut daemon = start(&runtime, &["--standalone", "--data", data.to_str().unwrap()]);
@@ -182,9 +184,10 @@ fn finding_16_long_data_dir_gets_a_private_fallback_socket() {
     assert!(!sock.exists(), "the socket is removed on exit");
 }
 
+/// Review finding 16.
 #[test]
-fn finding_16_runtime_dir_of_another_user_is_refused() {
-    if !need_root("finding_16_runtime_dir_of_another_user_is_refused") {
+fn runtime_dir_of_another_user_is_refused() {
+    if !need_root("runtime_dir_of_another_user_is_refused") {
         return;
     }
     let (base, runtime) = scratch();
@@ -199,8 +202,9 @@ fn finding_16_runtime_dir_of_another_user_is_refused() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing was created in it");
 }
 
+/// Review finding 16.
 #[test]
-fn finding_16_stale_sockets_are_replaced_only_when_ours() {
+fn stale_sockets_are_replaced_only_when_ours() {
     let (base, runtime) = scratch();
     let data = base.path().join("data");
     let sock = base.path().join("api.sock");
@@ -217,7 +221,7 @@ fn finding_16_stale_sockets_are_replaced_only_when_ours() {
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
 
-    if need_root("finding_16_stale_sockets_are_replaced_only_when_ours (another user's socket)") {
+    if need_root("stale_sockets_are_replaced_only_when_ours (another user's socket)") {
         std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).unwrap();
         let err = refused(&runtime, &args);
         assert!(err.contains("belongs to uid 65534"), "{err}");

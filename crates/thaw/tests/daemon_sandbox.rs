@@ -17,28 +17,9 @@ use std::time::{Duration, Instant};
 
 use thaw_sandbox::cgroup::{self, CgroupLayout};
 use thaw_sandbox::{testsupport, InstanceNames};
-use thaw_testkit::{http_get, metric_value, ChildGuard as Guard, ThawDaemon};
+use thaw_testkit::{http_get, metric_value, ChildGuard as Guard};
 
 impl Env {
-    /// Starts `thaw serve` on this data directory; `sandbox` is the `[sandbox]` section's body
-    /// (`None`: a mirror-only daemon).
-    fn daemon(&self, sandbox: Option<&str>) -> ThawDaemon {
-        self.daemon_with(sandbox, &["--standalone"])
-    }
-
-    fn daemon_with(&self, sandbox: Option<&str>, args: &[&str]) -> ThawDaemon {
-        let cfg = self.dir.path().join("thaw.toml");
-        let text = match sandbox {
-            Some(s) => format!("[sandbox]\n{s}\n"),
-            None => String::new(),
-        };
-        std::fs::write(&cfg, text).unwrap();
-        let data = self.data();
-        let mut all = args.to_vec();
-        all.extend(["--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()]);
-        ThawDaemon::start(Path::new(THAW), &all)
-    }
-
     fn func(&self, sub: &str) -> Command {
         let mut c = Command::new(THAW);
         c.args(["fn", sub, "--data-dir"]).arg(self.data()).env_remove("THAW_DATA").env_remove("THAW_SOCKET").env_remove("THAW_CONFIG");

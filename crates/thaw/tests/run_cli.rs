@@ -134,6 +134,32 @@ fn relays_signals_to_the_workload() {
     assert_eq!(status.code(), Some(5));
 }
 
+/// `--init`: a command without signal handlers still dies of a relayed SIGTERM (it is not PID
+/// 1; the init forwards the signal and exits 128 + 15), and orphans are reaped.
+#[test]
+fn init_forwards_signals_to_a_command_without_handlers() {
+    let Some(e) = Env::new("init_forwards_signals_to_a_command_without_handlers") else { return };
+    for daemon in [false, true] {
+        let _d = daemon.then(|| e.daemon(Some("depth = 1")));
+        let o = e.run().arg("--init").arg(&e.rootfs).args(["--", "sh", "-c", "cat /proc/1/comm; echo $$; (sleep 0.1 &); sleep 0.3; ps -o stat= | grep -c Z"]).output().unwrap();
+        let out = check(&o);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..2], ["thaw-init", "2"], "{out} {}", text(&o.stderr));
+        assert_eq!(lines[2], "0", "an orphan was left a zombie: {out}");
+        let child = e.run().arg("--init").arg(&e.rootfs).args(["--", "sh", "-c", "echo ready; exec sleep 30"]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut g = Guard(child);
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(g.0.stdout.as_mut().unwrap(), &mut buf).unwrap();
+        // `sleep` has no SIGTERM handler; as PID 1 it would ignore the signal.
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: kill with the pid of our own unreaped child and a valid signal number.
+        assert_eq!(unsafe { libc::kill(g.0.id() as i32, libc::SIGTERM) }, 0);
+        let t = Instant::now();
+        assert_eq!(g.0.wait().unwrap().code(), Some(128 + 15), "daemon: {daemon}");
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+}
+
 #[test]
 fn next_run_cleans_up_after_a_killed_run() {
     let Some(e) = Env::new("next_run_cleans_up_after_a_killed_run") else { return };

@@ -47,6 +47,11 @@ pub struct RunArgs {
     /// so Ctrl-C goes to the workload). Implied by a bundle whose process asks for a terminal.
     #[arg(long, short = 't')]
     pub tty: bool,
+    /// Run a minimal init as PID 1 that forwards signals to the command and reaps orphaned
+    /// processes. Without it the command is PID 1, and the kernel drops the signals (SIGTERM,
+    /// Ctrl-C) it has no handler for. With it, a command killed by signal N exits 128 + N.
+    #[arg(long)]
+    pub init: bool,
     /// Data directory (layer store, sandbox state); the daemon's default when unset.
     #[arg(long, env = "THAW_DATA")]
     pub data: Option<PathBuf>,
@@ -297,6 +302,7 @@ fn overrides(args: &RunArgs) -> anyhow::Result<Overrides> {
         profile: args.profile.clone(),
         network: args.network,
         terminal: false,
+        init: args.init,
     })
 }
 
@@ -347,16 +353,14 @@ pub fn spec_from_config(pins: &[thaw_store::layers::LayerPin], config: &[u8]) ->
 }
 
 
+/// `--memory`: a byte size as [`thaw_policy::parse_bytes`] reads it (`64m` is 64 MiB, as in
+/// docker; `1.5G` and `512MB` work too), as the positive `i64` the cgroup code takes.
 fn parse_bytes(s: &str) -> anyhow::Result<i64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mul) = match s.chars().last() {
-        Some('k') => (&s[..s.len() - 1], 1i64 << 10),
-        Some('m') => (&s[..s.len() - 1], 1 << 20),
-        Some('g') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s.as_str(), 1),
-    };
-    let n: i64 = num.parse().with_context(|| format!("size {s:?}: expected a number with an optional k, m or g"))?;
-    n.checked_mul(mul).filter(|v| *v > 0).with_context(|| format!("size {s:?} out of range"))
+    let n = thaw_policy::parse_bytes(s)?;
+    i64::try_from(n)
+        .ok()
+        .filter(|v| *v > 0)
+        .with_context(|| format!("memory size {s:?} is out of range: give at least 1 byte and at most {} bytes", i64::MAX))
 }
 
 #[cfg(test)]
@@ -367,9 +371,16 @@ mod tests {
     fn sizes_and_users() {
         assert_eq!(parse_bytes("64m").unwrap(), 64 << 20);
         assert_eq!(parse_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("1.5g").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("512MB").unwrap(), 512_000_000);
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes(&i64::MAX.to_string()).unwrap(), i64::MAX);
         assert!(parse_bytes("x").is_err());
         assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("0").unwrap_err().to_string().contains("out of range"));
+        assert!(parse_bytes("0.4b").is_err(), "rounds to 0 bytes");
+        assert!(parse_bytes("9223372036854775808").unwrap_err().to_string().contains("out of range"));
+        assert!(parse_bytes("8388608T").is_err(), "2^63 bytes");
         use thaw_trace::files::parse_user;
         assert_eq!(parse_user("1000:100").unwrap(), (1000, 100));
         assert_eq!(parse_user("7").unwrap(), (7, 7));

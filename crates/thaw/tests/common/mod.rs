@@ -39,6 +39,25 @@ impl Env {
 }
 
 impl Env {
+    /// Starts `thaw serve` on this data directory; `sandbox` is the `[sandbox]` section's body
+    /// (`None`: a mirror-only daemon).
+    pub fn daemon(&self, sandbox: Option<&str>) -> thaw_testkit::ThawDaemon {
+        self.daemon_with(sandbox, &["--standalone"])
+    }
+
+    pub fn daemon_with(&self, sandbox: Option<&str>, args: &[&str]) -> thaw_testkit::ThawDaemon {
+        let cfg = self.dir.path().join("thaw.toml");
+        let text = match sandbox {
+            Some(s) => format!("[sandbox]\n{s}\n"),
+            None => String::new(),
+        };
+        std::fs::write(&cfg, text).unwrap();
+        let data = self.data();
+        let mut all = args.to_vec();
+        all.extend(["--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+        thaw_testkit::ThawDaemon::start(std::path::Path::new(THAW), &all)
+    }
+
     /// An OCI runtime bundle around the busybox root: hostname `bundled`, a read-only root, a
     /// command that prints the hostname and whether `/` is writable, /proc and a /tmp tmpfs,
     /// pid, mount and network namespaces, a pids limit.
