@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use thaw_policy::{Capacity, PolicySpec, POLICY_NAMES};
+use thaw_policy::{parse_bytes, Capacity, PolicySpec, POLICY_NAMES};
 use thaw_trace::report;
-use thaw_trace::sim::{parse_capacity, parse_size, simulate, LatencyModel, SimConfig};
+use thaw_trace::sim::{parse_capacity, simulate, LatencyModel, SimConfig};
 
 use super::trace::{spinner, warn_malformed, TraceInput};
 
@@ -19,10 +19,11 @@ pub struct SimArgs {
     #[arg(long, value_delimiter = ',', required = true, value_parser = parse_policy)]
     policy: Vec<PolicySpec>,
     /// Cache sizes, comma-separated; `FAST+SLOW` gives a two-tier size (e.g. 1GiB,4GiB,1GiB+8GiB).
+    /// `1G` is 1 GiB; write `1GB` for 10^9 bytes.
     #[arg(long, value_delimiter = ',', value_parser = parse_capacity)]
     cache_size: Vec<Capacity>,
     /// One two-tier size as FAST,SLOW (same as --cache-size FAST+SLOW).
-    #[arg(long, value_delimiter = ',', num_args = 1, value_parser = parse_size)]
+    #[arg(long, value_delimiter = ',', num_args = 1, value_parser = parse_bytes)]
     tiers: Vec<u64>,
     /// Latency model as TOML (fast_bps, slow_bps, backend_rtt_us, backend_bps).
     #[arg(long)]
@@ -31,16 +32,16 @@ pub struct SimArgs {
     #[arg(long)]
     latency: bool,
     /// Fast tier read bandwidth, bytes per second (e.g. 4GB).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_bytes)]
     fast_bw: Option<u64>,
     /// Slow tier read bandwidth, bytes per second.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_bytes)]
     slow_bw: Option<u64>,
     /// Backend round trip (e.g. 50ms).
     #[arg(long)]
     backend_rtt: Option<humantime::Duration>,
     /// Backend bandwidth, bytes per second.
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_bytes)]
     backend_bw: Option<u64>,
     /// Image associations for prefetching policies (lacache): the JSON of `thaw trace analyze
     /// --json` (raise its --top to pass more pairs).

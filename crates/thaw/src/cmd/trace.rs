@@ -245,7 +245,7 @@ fn run_gen(a: GenArgs) -> anyhow::Result<ExitCode> {
         }
         GenShape::Zipf => {
             anyhow::ensure!(a.format == TraceFormat::OracleGeneral, "--shape zipf writes oracle-general traces only; add --format oracle-general");
-            let size = thaw_trace::sim::parse_size(&a.object_size).map_err(anyhow::Error::msg)?;
+            let size = thaw_policy::parse_bytes(&a.object_size).context("--object-size")?;
             let p = ZipfParams {
                 seed: a.seed,
                 requests: a.requests,
