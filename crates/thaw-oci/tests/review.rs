@@ -8,8 +8,9 @@ use std::fs;
 use support::{Scratch, Tar};
 use thaw_oci::unpack::{unpack, Limits, Ownership, UnpackError, UnpackOptions};
 
+/// Review finding 11.
 #[test]
-fn finding_11_remembered_path_bytes_are_bounded() {
+fn remembered_path_bytes_are_bounded() {
     let limits = Limits { max_path_bytes: 100, ..Limits::default() };
     let o = UnpackOptions { limits, ownership: Ownership::Ignore, ..UnpackOptions::default() };
 
@@ -111,8 +112,9 @@ fn drop_setfcap_on_this_thread() {
     assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
 }
 
+/// Review finding 14.
 #[test]
-fn finding_14_unprivileged_unpack_skips_security_xattrs() {
+fn unprivileged_unpack_skips_security_xattrs() {
     let layer = capability_layer();
     // Run on a thread of its own that cannot set file capabilities: as root that is what an
     // unprivileged unpacker sees (EPERM from setxattr), and a non-root user sees it anyway.

@@ -1,5 +1,5 @@
 //! Regression tests for the findings of the first security review of the registry, each named
-//! after its finding.
+//! after the behaviour it checks; its doc comment gives the finding's number.
 
 use reqwest::blocking::Client;
 use serde_json::json;
@@ -22,7 +22,7 @@ fn push_blob(c: &Client, base: &str, repo: &str, data: &[u8]) -> String {
 /// Finding 1: naming a digest cached for another repository, with an empty or wrong body, must not
 /// link it into the pusher's repository; nor may a pushed manifest reference it.
 #[test]
-fn finding_1_push_cannot_claim_a_cached_blob_by_digest() {
+fn push_cannot_claim_a_cached_blob_by_digest() {
     let thaw = Thaw::start(RegistryConfig::default());
     let (base, c) = (thaw.url(), Client::new());
     let secret = filler(99, 5000);
@@ -55,7 +55,7 @@ fn finding_1_push_cannot_claim_a_cached_blob_by_digest() {
 
 /// Finding 1: with accounts configured, local repositories are for accounts only.
 #[test]
-fn finding_1_local_repositories_need_an_account_when_accounts_exist() {
+fn local_repositories_need_an_account_when_accounts_exist() {
     let cfg = RegistryConfig {
         accounts: vec![Account { username: "alice".into(), password: "pw".into(), upstream: Default::default() }],
         ..Default::default()
@@ -74,7 +74,7 @@ fn finding_1_local_repositories_need_an_account_when_accounts_exist() {
 
 /// Finding 3: a layer digest asked for on the manifest endpoint is not read or served.
 #[test]
-fn finding_3_layer_digest_on_manifest_endpoint_is_unknown() {
+fn layer_digest_on_manifest_endpoint_is_unknown() {
     let thaw = Thaw::start(RegistryConfig::default());
     let (base, c) = (thaw.url(), Client::new());
     let d = push_blob(&c, &base, "lib/x", &filler(3, 100_000));
@@ -85,8 +85,8 @@ fn finding_3_layer_digest_on_manifest_endpoint_is_unknown() {
 
 /// Finding 4: a fresh tag whose manifest blob was evicted is fetched again, not answered 404.
 #[test]
-fn finding_4_evicted_manifest_of_a_fresh_tag_is_refetched() {
-    if !have("docker-registry", "finding_4_evicted_manifest_of_a_fresh_tag_is_refetched") || !have("skopeo", "finding_4") {
+fn evicted_manifest_of_a_fresh_tag_is_refetched() {
+    if !have("docker-registry", "evicted_manifest_of_a_fresh_tag_is_refetched") || !have("skopeo", "evicted_manifest_of_a_fresh_tag_is_refetched") {
         return;
     }
     let up = DockerRegistry::start();
@@ -108,7 +108,7 @@ fn finding_4_evicted_manifest_of_a_fresh_tag_is_refetched() {
 
 /// Finding 6: made-up methods do not create new metric series.
 #[test]
-fn finding_6_unknown_methods_share_one_label() {
+fn unknown_http_methods_share_one_metric_label() {
     let thaw = Thaw::start(RegistryConfig::default());
     let c = Client::new();
     for i in 0..5 {
@@ -125,7 +125,7 @@ fn finding_6_unknown_methods_share_one_label() {
 /// private stops being served to everyone; content last seen public is still served while the
 /// upstream is down.
 #[test]
-fn finding_5_visibility_is_asked_again_after_its_ttl() {
+fn upstream_visibility_is_asked_again_after_its_ttl() {
     use std::time::Duration;
     use thaw_testkit::fake_upstream::FakeUpstream;
     let fake = FakeUpstream::start();
@@ -161,7 +161,7 @@ fn finding_5_visibility_is_asked_again_after_its_ttl() {
 
 /// Finding 12: a 401 always carries a challenge.
 #[test]
-fn finding_12_every_401_has_a_challenge() {
+fn every_401_carries_a_challenge() {
     let thaw = Thaw::start(RegistryConfig::default());
     let r = Client::new().get(format!("{}/v2/x/blobs/{}", thaw.url(), sha(b"x"))).header("Authorization", "Digest nonsense").send().unwrap();
     assert_eq!(r.status(), 401);
