@@ -12,6 +12,34 @@ pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 
+/// A byte count given on the command line or in the configuration file (`20GiB`, `64m`, or a
+/// plain number), read by [`thaw_policy::parse_bytes`] so that every flag and key means the
+/// same by the same text (bare `G` is 2^30 everywhere, `GB` 10^9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl std::str::FromStr for Bytes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        thaw_policy::parse_bytes(s).map(Bytes).map_err(|e| e.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Bytes(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Sets up `tracing` to stderr. `THAW_LOG` (or `--log`) picks the filter; `info` by default.
 pub fn init_logging(filter: Option<&str>, json: bool) {
     let filter = filter

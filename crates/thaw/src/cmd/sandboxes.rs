@@ -87,7 +87,7 @@ pub struct SandboxSection {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfileSection {
-    pub memory: Option<bytesize::ByteSize>,
+    pub memory: Option<super::Bytes>,
     pub pids: Option<i64>,
     pub cpus: Option<f64>,
     pub hostname: Option<String>,
@@ -138,7 +138,7 @@ impl SandboxSection {
 /// Applies a profile's limits to a sandbox profile.
 fn apply_profile(p: &ProfileSection, to: &mut thaw_sandbox::Profile) {
     if let Some(m) = p.memory {
-        to.limits.memory_bytes = Some(m.as_u64().min(i64::MAX as u64) as i64);
+        to.limits.memory_bytes = Some(m.0.min(i64::MAX as u64) as i64);
     }
     if let Some(n) = p.pids {
         to.limits.pids_max = Some(n);
@@ -903,6 +903,13 @@ mod tests {
         apply_profile(&s.profiles["small"], &mut p);
         assert_eq!(p.limits.memory_bytes, Some(64 << 20));
         assert_eq!(p.limits.cpu_quota_us, Some(50_000));
+        // Sizes mean what they mean on the command line: bare letters binary, plain numbers bytes.
+        for (text, want) in [("\"64m\"", 64 << 20), ("\"1GB\"", 1_000_000_000), ("4096", 4096)] {
+            let s: SandboxSection = toml::from_str(&format!("[profiles.p]\nmemory = {text}\n")).unwrap();
+            assert_eq!(s.profiles["p"].memory, Some(super::super::Bytes(want)), "{text}");
+        }
+        let err = toml::from_str::<SandboxSection>("[profiles.p]\nmemory = \"64 parsecs\"\n").unwrap_err().to_string();
+        assert!(err.contains("not a byte size"), "{err}");
         let bad: SandboxSection = toml::from_str("[[images]]\nimage = \"/x\"\nprofile = \"nope\"\n").unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("nope"));
         let bad: SandboxSection = toml::from_str("[[images]]\nimage = \"rel\"\n").unwrap();

@@ -65,7 +65,7 @@ pub struct CommonArgs {
     pub socket: Option<PathBuf>,
     /// Store capacity, e.g. 20GiB (unbounded when not set).
     #[arg(long)]
-    pub capacity: Option<bytesize::ByteSize>,
+    pub capacity: Option<super::Bytes>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,7 +91,7 @@ struct ServeSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct StoreSection {
-    capacity: Option<bytesize::ByteSize>,
+    capacity: Option<super::Bytes>,
     policy: Option<String>,
     /// How long an upload may sit idle (no chunk received) before the daemon deletes
     /// it, e.g. "1h". A client that vanished mid-push otherwise leaves its partial blob on disk
@@ -215,7 +215,7 @@ impl Settings {
             Some(p) => p.parse().map_err(|e: thaw_policy::PolicyError| anyhow::anyhow!("[store] policy: {e}"))?,
             None => thaw_policy::PolicySpec::Lru,
         };
-        let store = thaw_store::StoreConfig { capacity: common.capacity.or(file.store.capacity).map(|b| b.as_u64()), policy };
+        let store = thaw_store::StoreConfig { capacity: common.capacity.or(file.store.capacity).map(|b| b.0), policy };
         let upload_ttl = file.store.upload_ttl.unwrap_or(DEFAULT_UPLOAD_TTL);
         if upload_ttl.is_zero() {
             bail!("[store] upload_ttl must be longer than 0s: every upload in progress would be deleted; write e.g. \"1h\"");
