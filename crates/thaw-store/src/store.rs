@@ -1401,7 +1401,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let i = (x % b.len() as u64) as usize;
-            if (x >> 20) % 3 == 0 {
+            if (x >> 20).is_multiple_of(3) {
                 ops.push(Op::Put(i));
                 apply(s, b, Op::Put(i));
                 continue;
