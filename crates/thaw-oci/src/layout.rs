@@ -283,27 +283,35 @@ impl Layout {
     fn finish_image(&self, manifest_digest: Digest, manifest: Manifest) -> Result<Image, LayoutError> {
         let config_desc = manifest.config.clone().expect("image manifests have a config");
         let config = self.read_json_blob("config", &config_desc.digest)?;
-        let raw: RawConfig = serde_json::from_slice(&config).map_err(|source| LayoutError::Json {
-            what: "image config",
-            path: self.blob_path(&config_desc.digest).display().to_string(),
-            source,
-        })?;
-        if raw.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(LayoutError::DiffIdCount {
-                digest: manifest_digest,
-                layers: manifest.layers.len(),
-                diff_ids: raw.rootfs.diff_ids.len(),
-            });
-        }
-        let layers = manifest
-            .layers
-            .iter()
-            .cloned()
-            .zip(raw.rootfs.diff_ids)
-            .map(|(descriptor, diff_id)| Layer { descriptor, diff_id })
-            .collect();
+        let layers = layers_of(&manifest_digest, &manifest, &config, &self.blob_path(&config_desc.digest).display().to_string())?;
         Ok(Image { manifest_digest, manifest, config_digest: config_desc.digest, config, layers })
     }
+}
+
+/// Pairs an image manifest's layers with its config's `rootfs.diff_ids`, base first, checking
+/// there is exactly one diff_id per layer and that each is a digest. Images from a layout and
+/// from a registry are read alike through this. `config_name` says where the config came from
+/// in errors (a path, or a digest and an image name).
+pub fn layers_of(manifest_digest: &Digest, manifest: &Manifest, config: &[u8], config_name: &str) -> Result<Vec<Layer>, LayoutError> {
+    let raw: RawConfig = serde_json::from_slice(config).map_err(|source| LayoutError::Json {
+        what: "image config",
+        path: config_name.to_string(),
+        source,
+    })?;
+    if raw.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(LayoutError::DiffIdCount {
+            digest: manifest_digest.clone(),
+            layers: manifest.layers.len(),
+            diff_ids: raw.rootfs.diff_ids.len(),
+        });
+    }
+    Ok(manifest
+        .layers
+        .iter()
+        .cloned()
+        .zip(raw.rootfs.diff_ids)
+        .map(|(descriptor, diff_id)| Layer { descriptor, diff_id })
+        .collect())
 }
 
 fn pick_platform(index: &Manifest, platform: &str, digest: &Digest) -> Result<Descriptor, LayoutError> {

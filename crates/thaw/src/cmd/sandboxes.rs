@@ -531,19 +531,10 @@ impl Host {
         let manifest = thaw_oci::Manifest::parse(&read_blob(store, &digest)?, None).with_context(|| format!("the manifest of {rest}"))?;
         let config_digest = manifest.config.as_ref().map(|c| c.digest.clone()).with_context(|| format!("{rest}: the manifest names no config"))?;
         let config = read_blob(store, &config_digest)?;
-        let cfg: serde_json::Value = serde_json::from_slice(&config).with_context(|| format!("the image config of {rest}"))?;
-        let diff_ids: Vec<thaw_oci::Digest> = cfg["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|d| d.as_str()?.parse().ok()).collect())
-            .unwrap_or_default();
-        if diff_ids.len() != manifest.layers.len() {
-            bail!("{rest}: the config lists {} diff_ids for {} layers", diff_ids.len(), manifest.layers.len());
-        }
-        let pins = manifest
-            .layers
+        let layers = thaw_oci::layout::layers_of(&digest, &manifest, &config, &format!("{config_digest} of {rest}"))?;
+        let pins = layers
             .iter()
-            .zip(&diff_ids)
-            .map(|(l, d)| self.layers.ensure(d, &thaw_store::layers::BlobSource { store, digest: l.digest.clone() }))
+            .map(|l| self.layers.ensure(&l.diff_id, &thaw_store::layers::BlobSource { store, digest: l.descriptor.digest.clone() }))
             .collect::<Result<Vec<_>, _>>()
             .with_context(|| format!("unpacking the layers of {rest}"))?;
         let spec = super::run::spec_from_config(&pins, &config)?;
