@@ -221,7 +221,7 @@ fn pid1(root: &std::path::Path, root_plan: &RootPlan, sock: OwnedFd) -> ! {
             Err(e) => fail(&sock, Error::sys("fork the workload under the sandbox's init", e)),
         }
     }
-    match crate::process::exec_workload(&plan, fds) {
+    match crate::process::exec_workload(&plan, fds, sock.as_fd()) {
         Err(e) => fail(&sock, e),
         Ok(never) => match never {},
     }

@@ -7,7 +7,8 @@ use crate::proto::ProcessPlan;
 use caps::{CapSet, Capability, CapsHashSet};
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -84,28 +85,69 @@ pub(crate) fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>> {
         .collect()
 }
 
+/// Opens a pseudo-terminal pair in the sandbox's own devpts (its /dev/ptmx): the controlling
+/// end, and the terminal end opened through it (`TIOCGPTPEER`, so no path lookup in /dev/pts
+/// can be raced), sized `size`.
+fn open_terminal(size: Option<(u16, u16)>) -> Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open("/dev/ptmx")
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Config(
+                "the process asks for a terminal but the sandbox has no /dev/ptmx: mount devpts at /dev/pts, with /dev a tmpfs (thaw's default mounts do; a bundle's config.json must list them)".into(),
+            ),
+            _ => Error::io("open", "/dev/ptmx in the sandbox", e),
+        })?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int we own; TIOCGPTPEER takes open flags and returns a new
+    // descriptor; TIOCSWINSZ reads one winsize we own.
+    unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(Error::sys("unlock the pseudo-terminal", nix::errno::Errno::last()));
+        }
+        let fd = libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(Error::sys("open the terminal end of the pseudo-terminal", nix::errno::Errno::last()));
+        }
+        let slave = OwnedFd::from_raw_fd(fd);
+        if let Some((rows, cols)) = size {
+            let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+            libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        }
+        Ok((master, slave))
+    }
+}
+
 /// Turns the calling process into the workload. Returns only on failure. The seccomp profile is
-/// already installed (by PID 1, ahead of time): nothing done here is a call it refuses.
-pub fn exec_workload(plan: &ProcessPlan, stdio: Vec<OwnedFd>) -> Result<Infallible> {
+/// already installed (by PID 1, ahead of time): nothing done here is a call it refuses. With a
+/// terminal, its controlling end is sent on `report` (PID 1's socket to the caller) first.
+pub fn exec_workload(plan: &ProcessPlan, stdio: Vec<OwnedFd>, report: BorrowedFd<'_>) -> Result<Infallible> {
     let p = &plan.process;
     // A session of its own: no controlling terminal of the host reaches the workload.
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
     if stdio.len() != 3 {
         return Err(Error::Protocol(format!("expected 3 stdio descriptors, got {}", stdio.len())));
     }
-    for (i, fd) in stdio.iter().enumerate() {
-        nix::unistd::dup2(fd.as_raw_fd(), i as i32).map_err(|e| Error::sys(format!("dup2 to {i}"), e))?;
+    let terminal = if p.terminal { Some(open_terminal(p.terminal_size)?) } else { None };
+    for (i, given) in stdio.iter().enumerate() {
+        let fd = match &terminal {
+            Some((_, slave)) => slave.as_raw_fd(),
+            None => given.as_raw_fd(),
+        };
+        nix::unistd::dup2(fd, i as i32).map_err(|e| Error::sys(format!("dup2 to {i}"), e))?;
     }
     drop(stdio);
-    if p.terminal {
-        // Without stealing (argument 0): the terminal must be no other session's already.
-        // SAFETY: TIOCSCTTY takes an integer argument and touches no memory of ours.
+    if let Some((master, slave)) = terminal {
+        drop(slave);
+        // SAFETY: TIOCSCTTY takes an integer argument (0: never steal) and touches no memory.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-            let e = nix::errno::Errno::last();
-            return Err(Error::Config(format!(
-                "the process asks for a terminal, but its stdin cannot become its controlling terminal ({e}); run with -t (thaw run allocates one) or set process.terminal to false"
-            )));
+            return Err(Error::sys("make the pseudo-terminal the controlling terminal", nix::errno::Errno::last()));
         }
+        crate::proto::send_bytes(report, b"tty", &[master.as_raw_fd()])?;
     }
     for r in &p.rlimits {
         let res = rlimit_resource(&r.resource)?;

@@ -437,14 +437,22 @@ impl Runtime {
         let (pid, sock) = part.pid1.take().ok_or_else(|| Error::Protocol("part has no parked PID 1".into()))?;
         proto::send(sock.as_fd(), &plan, &fds)?;
         drop(io);
-        // PID 1's end is close-on-exec: end-of-file means the workload runs; a message is the
-        // reason it could not start.
-        if let Some((b, _)) = proto::recv_bytes(sock.as_fd())? {
-            return Err(Error::Helper(String::from_utf8_lossy(&b).into_owned()));
+        // PID 1's end is close-on-exec: end-of-file means the workload runs; `tty` carries the
+        // controlling end of its terminal; any other message is the reason it could not start.
+        let mut terminal = None;
+        loop {
+            match proto::recv_bytes(sock.as_fd())? {
+                None => break,
+                Some((b, mut fds)) if b == b"tty" && fds.len() == 1 && process.terminal => terminal = fds.pop(),
+                Some((b, _)) => return Err(Error::Helper(String::from_utf8_lossy(&b).into_owned())),
+            }
+        }
+        if process.terminal && terminal.is_none() {
+            return Err(Error::Protocol("the workload started without handing back its terminal".into()));
         }
         part.timings.stages.push(("exec".into(), t.elapsed()));
         part.timings.to_exec = t0.elapsed();
-        Ok(Sandbox { part, pid })
+        Ok(Sandbox { part, pid, terminal })
     }
 
     /// Starts a helper process with the control socket at descriptor 3 (see [`crate::spawn`]).
@@ -588,6 +596,8 @@ impl Drop for Part {
 pub struct Sandbox {
     part: Part,
     pid: i32,
+    /// The controlling end of the workload's terminal, when it was given one.
+    terminal: Option<OwnedFd>,
 }
 
 /// Sends signals to a sandbox from another thread while one waits for it.
@@ -604,6 +614,12 @@ impl Signaller {
 }
 
 impl Sandbox {
+    /// The controlling end of the workload's pseudo-terminal ([`crate::ProcessConfig::terminal`]),
+    /// once: read it for the workload's output, write it for its input.
+    pub fn take_terminal(&mut self) -> Option<OwnedFd> {
+        self.terminal.take()
+    }
+
     /// The workload's pid in the host PID namespace.
     pub fn pid(&self) -> i32 {
         self.pid

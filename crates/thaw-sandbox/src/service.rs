@@ -86,9 +86,13 @@ pub struct Overrides {
     /// Loopback only, or `eth0` on the daemon's bridge.
     #[serde(default)]
     pub network: Option<crate::net::NetworkMode>,
-    /// The stdio passed along is a terminal to make the workload's controlling terminal.
+    /// Give the workload a terminal of its own (see [`crate::ProcessConfig::terminal`]); its
+    /// controlling end comes back with the answer. The stdio passed along is then unused.
     #[serde(default)]
     pub terminal: bool,
+    /// The terminal's size, (rows, columns).
+    #[serde(default)]
+    pub terminal_size: Option<(u16, u16)>,
     /// A minimal init as PID 1 (see [`crate::ProcessConfig::init`]).
     #[serde(default)]
     pub init: bool,
@@ -121,6 +125,9 @@ impl Overrides {
             spec.profile.network = n;
         }
         spec.process.terminal |= self.terminal;
+        if self.terminal_size.is_some() {
+            spec.process.terminal_size = self.terminal_size;
+        }
         spec.process.init |= self.init;
         let l = &mut spec.profile.limits;
         if let Some(m) = self.memory_bytes {
@@ -588,14 +595,20 @@ fn session(s: &Shared, id: u64, conn: Arc<OwnedFd>) {
     let stderr = fds.pop().expect("three descriptors");
     let stdout = fds.pop().expect("three descriptors");
     let stdin = fds.pop().expect("three descriptors");
-    let (sb, resolve) = match s.backend.start(req, StdioFds { stdin, stdout, stderr }) {
+    let (mut sb, resolve) = match s.backend.start(req, StdioFds { stdin, stdout, stderr }) {
         Ok(x) => x,
         Err(e) => return fail(&conn, error_chain(&*e)),
     };
     s.served.fetch_add(1, Ordering::Relaxed);
     let info = start_info(&sb, t0.elapsed(), resolve);
     let sig = sb.signaller();
-    if proto::send(conn.as_fd(), &ServerMsg::Started(info), &[]).is_err() {
+    // The workload's terminal, if it has one, goes to the client with the answer; the daemon
+    // keeps no copy.
+    let terminal = sb.take_terminal();
+    let fds: Vec<RawFd> = terminal.iter().map(|t| t.as_raw_fd()).collect();
+    let sent = proto::send(conn.as_fd(), &ServerMsg::Started(info), &fds);
+    drop(terminal);
+    if sent.is_err() {
         // The client is gone already: its sandbox goes too.
         let _ = sig.signal(libc::SIGKILL);
         let _ = sb.wait();
@@ -683,7 +696,13 @@ impl Client {
         // end-of-file from a workload that closed its side.
         drop(io);
         match proto::recv::<ServerMsg>(self.sock.as_fd())? {
-            Some((ServerMsg::Started(info), _)) => Ok(Session { sock: self.sock, info, round_trip: t.elapsed() }),
+            Some((ServerMsg::Started(info), mut fds)) => {
+                let terminal = if req.overrides.terminal { fds.pop() } else { None };
+                if req.overrides.terminal && terminal.is_none() {
+                    return Err(Error::Protocol("the daemon started the sandbox but sent no terminal".into()).into());
+                }
+                Ok(Session { sock: self.sock, info, round_trip: t.elapsed(), terminal })
+            }
             Some((ServerMsg::Failed(e), _)) => Err(ServiceError::Refused(e)),
             Some((other, _)) => Err(Error::Protocol(format!("unexpected answer {other:?} from the sandbox service")).into()),
             None => Err(ServiceError::Lost("the daemon closed the session without an answer; see its log".into())),
@@ -696,9 +715,16 @@ pub struct Session {
     sock: OwnedFd,
     info: StartInfo,
     round_trip: Duration,
+    terminal: Option<OwnedFd>,
 }
 
 impl Session {
+    /// The controlling end of the workload's terminal (requested with
+    /// [`Overrides::terminal`]), once.
+    pub fn take_terminal(&mut self) -> Option<OwnedFd> {
+        self.terminal.take()
+    }
+
     /// What the daemon reported about the start.
     pub fn info(&self) -> &StartInfo {
         &self.info
@@ -769,10 +795,12 @@ mod tests {
             profile: None,
             network: Some(crate::net::NetworkMode::Bridge),
             terminal: true,
+            terminal_size: Some((50, 132)),
             init: true,
         };
         o.apply(&mut spec).unwrap();
         assert!(spec.process.terminal && spec.process.init);
+        assert_eq!(spec.process.terminal_size, Some((50, 132)));
         assert_eq!(spec.process.args, ["echo", "x"]);
         assert!(spec.process.env.iter().any(|e| e == "A=1"));
         assert_eq!((spec.process.uid, spec.process.gid, spec.process.cwd.as_str()), (7, 8, "/tmp"));

@@ -190,10 +190,15 @@ pub struct ProcessConfig {
     pub rlimits: Vec<Rlimit>,
     /// Set `no_new_privs` before exec.
     pub no_new_privs: bool,
-    /// The workload's stdin is a terminal (see [`crate::tty`]) to become its controlling
-    /// terminal, with the workload's process group in the foreground.
+    /// Give the workload a terminal: PID 1 opens a pseudo-terminal pair in the sandbox's own
+    /// devpts, makes it the workload's stdin, stdout, stderr and controlling terminal (the
+    /// stdio passed in is not used), and hands the controlling end back to the caller (see
+    /// [`crate::tty`]).
     #[serde(default)]
     pub terminal: bool,
+    /// The terminal's size as (rows, columns), set before the workload starts.
+    #[serde(default)]
+    pub terminal_size: Option<(u16, u16)>,
     /// Run a minimal init as PID 1 that forwards signals to the workload and reaps orphans
     /// (`thaw run --init`); otherwise the workload itself is PID 1.
     #[serde(default)]
@@ -261,6 +266,7 @@ impl Default for ProcessConfig {
             rlimits: vec![Rlimit { resource: "RLIMIT_NOFILE".into(), soft: 1024, hard: 1024 }],
             no_new_privs: true,
             terminal: false,
+            terminal_size: None,
             init: false,
         }
     }

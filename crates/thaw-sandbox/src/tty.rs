@@ -1,26 +1,22 @@
-//! A pseudo-terminal for an interactive sandbox (`thaw run -t`).
+//! The caller's side of an interactive sandbox (`thaw run -t`).
 //!
-//! The caller (the `thaw run` process, not the daemon) opens the pair: the workload gets the
-//! terminal end as its stdin, stdout and stderr and makes it its controlling terminal
-//! ([`crate::ProcessConfig::terminal`]); the caller keeps the controlling end and copies bytes
-//! between it and its own stdin and stdout, with its own terminal in raw mode so that keys like
-//! Ctrl-C reach the sandbox's line discipline as bytes (which then signals the sandbox's
-//! foreground process group, as on any terminal). The window size follows the caller's terminal
-//! on `SIGWINCH`.
-//!
-//! The pair comes from the host's devpts: the sandbox holds a descriptor of it but never a path
-//! (its own /dev/pts is a separate instance), and whatever it writes to the terminal, including
-//! a `TIOCSTI` injection, arrives at the copying caller as data for the sandbox itself.
+//! The sandbox's PID 1 opens the pseudo-terminal pair in the sandbox's own devpts, so the
+//! workload's terminal has a name it can see (`tty` prints `/dev/pts/0`), and makes it the
+//! workload's stdin, stdout, stderr and controlling terminal (see
+//! [`crate::ProcessConfig::terminal`]). The controlling end comes back to the caller with the
+//! start. [`Terminal`] copies bytes between it and the caller's own stdin and stdout, with the
+//! caller's terminal in raw mode so that keys like Ctrl-C reach the sandbox's line discipline as
+//! bytes (which then signals the sandbox's foreground process group, as on any terminal), and
+//! follows the caller's window size on `SIGWINCH`.
 
 use crate::error::{Error, Result};
-use crate::runtime::StdioFds;
 use nix::sys::termios::{self, SetArg, Termios};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
-/// An open pseudo-terminal pair and, while it exists, the caller's terminal in raw mode.
+/// The controlling end of a sandbox's terminal and, while this exists, the caller's terminal
+/// in raw mode.
 pub struct Terminal {
     master: OwnedFd,
-    slave: Option<OwnedFd>,
     /// The caller's stdin settings to restore, when stdin is a terminal.
     saved: Option<Termios>,
     /// Whether the caller's stdin still has data to copy.
@@ -33,22 +29,23 @@ fn winsize_of(fd: RawFd) -> Option<libc::winsize> {
     (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0).then_some(ws)
 }
 
+/// The size to give the sandbox's terminal as (rows, columns): the caller's terminal's (stdout's,
+/// else stdin's), or 24x80 when neither is a terminal (the kernel's default would be 0x0, which
+/// programs that lay out text divide by).
+pub fn caller_size() -> (u16, u16) {
+    winsize_of(1).or_else(|| winsize_of(0)).map(|w| (w.ws_row, w.ws_col)).unwrap_or((24, 80))
+}
+
 fn is_tty(fd: RawFd) -> bool {
     // SAFETY: isatty only inspects the descriptor.
     unsafe { libc::isatty(fd) == 1 }
 }
 
 impl Terminal {
-    /// Opens a pair sized like the caller's terminal (stdout's, else stdin's; 80x24 when
-    /// neither is one) and puts the caller's stdin in raw mode when it is a terminal.
-    pub fn open() -> Result<Terminal> {
-        let ws = winsize_of(1).or_else(|| winsize_of(0)).unwrap_or(libc::winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 });
-        let pair = nix::pty::openpty(Some(&ws), None).map_err(|e| Error::sys("openpty", e))?;
-        for fd in [&pair.master, &pair.slave] {
-            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                .map_err(|e| Error::sys("close-on-exec on the terminal", e))?;
-        }
-        let mut t = Terminal { master: pair.master, slave: Some(pair.slave), saved: None, stdin_open: true };
+    /// Takes over the controlling end of a sandbox's terminal, and puts the caller's stdin in
+    /// raw mode when it is a terminal (restored on drop).
+    pub fn attach(master: OwnedFd) -> Result<Terminal> {
+        let mut t = Terminal { master, saved: None, stdin_open: true };
         // SAFETY: descriptor 0 is open for the life of the process; we only borrow it.
         let stdin = unsafe { BorrowedFd::borrow_raw(0) };
         if is_tty(0) {
@@ -61,15 +58,6 @@ impl Terminal {
         Ok(t)
     }
 
-    /// The sandbox's stdin, stdout and stderr: three copies of the terminal end. Call once; the
-    /// caller's own copy closes when they are handed over, so the controlling end sees the
-    /// workload's last close.
-    pub fn stdio(&mut self) -> Result<StdioFds> {
-        let slave = self.slave.take().ok_or_else(|| Error::Config("the terminal's stdio was already taken".into()))?;
-        let dup = |f: &OwnedFd| f.try_clone().map_err(|e| Error::io("duplicate", "the terminal", e));
-        Ok(StdioFds { stdin: dup(&slave)?, stdout: dup(&slave)?, stderr: slave })
-    }
-
     /// Follows the caller's terminal size (on `SIGWINCH`).
     pub fn resize(&self) {
         if let Some(ws) = winsize_of(1).or_else(|| winsize_of(0)) {
@@ -78,8 +66,8 @@ impl Terminal {
         }
     }
 
-    /// Descriptors to poll while the workload runs: the caller's stdin (while open) and the
-    /// controlling end.
+    /// Descriptors to poll while the workload runs: the controlling end and the caller's stdin
+    /// (while open).
     pub(crate) fn poll_fds(&self) -> Vec<libc::pollfd> {
         let mut v = vec![libc::pollfd { fd: self.master.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
         if self.stdin_open {

@@ -58,6 +58,13 @@ fn tty_gives_the_workload_a_controlling_terminal() {
     v["process"]["noNewPrivileges"] = false.into();
     v["process"]["args"] = serde_json::json!(["sh", "-c", "test -t 1 && echo tty; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status"]);
     std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
+    // Without a devpts in its mounts, the bundle cannot have a terminal: said so.
+    let o = e.run().arg("--bundle").arg(&bundle).stdin(Stdio::null()).output().unwrap();
+    assert!(!o.status.success() && text(&o.stderr).contains("mount devpts at /dev/pts"), "{}", text(&o.stderr));
+    let mounts = v["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}));
+    mounts.push(serde_json::json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}));
+    std::fs::write(&cfg, serde_json::to_vec(&v).unwrap()).unwrap();
     let o = e.run().arg("--bundle").arg(&bundle).stdin(Stdio::null()).output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = check(&o).replace('\r', "");

@@ -42,9 +42,10 @@ pub struct RunArgs {
     /// Print the time of each stage to stderr.
     #[arg(long)]
     pub timings: bool,
-    /// Give the workload a terminal: a new pseudo-terminal as its stdin, stdout and stderr and
-    /// its controlling terminal, copied to and from this one (put in raw mode while it runs,
-    /// so Ctrl-C goes to the workload). Implied by a bundle whose process asks for a terminal.
+    /// Give the workload a terminal: a pseudo-terminal of the sandbox's own as its stdin, stdout
+    /// and stderr and its controlling terminal, sized like this one and copied to and from it
+    /// (put in raw mode while it runs, so Ctrl-C goes to the workload). Implied by a bundle
+    /// whose process asks for a terminal.
     #[arg(long, short = 't')]
     pub tty: bool,
     /// Run a minimal init as PID 1 that forwards signals to the command and reaps orphaned
@@ -150,13 +151,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         rt = r;
     }
     let t_rt = t0.elapsed();
-    let mut term = open_terminal(args.tty || spec.process.terminal)?;
-    spec.process.terminal = term.is_some();
-    let io = match term.as_mut() {
-        Some(t) => t.stdio()?,
-        None => StdioFds::inherit()?,
-    };
-    let sb = rt.start(&spec, io).context("starting the sandbox")?;
+    if args.tty || spec.process.terminal {
+        spec.process.terminal = true;
+        spec.process.terminal_size = Some(spec.process.terminal_size.unwrap_or_else(thaw_sandbox::tty::caller_size));
+    }
+    let mut sb = rt.start(&spec, StdioFds::inherit()?).context("starting the sandbox")?;
+    let mut term = attach_terminal(sb.take_terminal())?;
     let timings = sb.timings().clone();
     let status = sb.wait_relaying(RELAYED, term.as_mut()).context("waiting for the sandbox")?;
     drop(term);
@@ -173,12 +173,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(status))
 }
 
-/// A pseudo-terminal for the workload when one is wanted (see `--tty`).
-fn open_terminal(wanted: bool) -> anyhow::Result<Option<thaw_sandbox::tty::Terminal>> {
-    if !wanted {
-        return Ok(None);
-    }
-    Ok(Some(thaw_sandbox::tty::Terminal::open().context("opening a pseudo-terminal for --tty")?))
+/// Takes over the workload's terminal, when it has one (see `--tty`).
+fn attach_terminal(master: Option<std::os::fd::OwnedFd>) -> anyhow::Result<Option<thaw_sandbox::tty::Terminal>> {
+    master.map(|m| thaw_sandbox::tty::Terminal::attach(m).context("putting this terminal in raw mode for --tty")).transpose()
 }
 
 fn stage(name: &str, d: Duration) {
@@ -218,14 +215,11 @@ fn target(args: &RunArgs) -> anyhow::Result<Target> {
 fn run_through_daemon(args: &RunArgs, client: Client, overrides: Overrides, t0: Instant) -> anyhow::Result<ExitCode> {
     let t_connect = t0.elapsed();
     let target = target(args)?;
-    let wants_tty = args.tty || matches!(&target, Target::Spec(s) if s.process.terminal);
-    let mut term = open_terminal(wants_tty)?;
-    let req = RunRequest { target, overrides: Overrides { terminal: term.is_some(), ..overrides } };
-    let io = match term.as_mut() {
-        Some(t) => t.stdio()?,
-        None => StdioFds::inherit()?,
-    };
-    let session = client.start(&req, io).context("starting the sandbox through the daemon")?;
+    let terminal = args.tty || matches!(&target, Target::Spec(s) if s.process.terminal);
+    let terminal_size = terminal.then(thaw_sandbox::tty::caller_size);
+    let req = RunRequest { target, overrides: Overrides { terminal, terminal_size, ..overrides } };
+    let mut session = client.start(&req, StdioFds::inherit()?).context("starting the sandbox through the daemon")?;
+    let mut term = attach_terminal(session.take_terminal())?;
     let t_started = t0.elapsed();
     let info = session.info().clone();
     let round_trip = session.round_trip();
@@ -302,6 +296,7 @@ fn overrides(args: &RunArgs) -> anyhow::Result<Overrides> {
         profile: args.profile.clone(),
         network: args.network,
         terminal: false,
+        terminal_size: None,
         init: args.init,
     })
 }

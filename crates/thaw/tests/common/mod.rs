@@ -86,13 +86,14 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// `thaw run -t` with `args` before the root: the workload sees a terminal on stdin, stdout and
-/// stderr sized 80x24 (stdin here is a pipe, so no size to copy), made its controlling
-/// terminal; piped input reaches it through the terminal; a Ctrl-C byte typed into it becomes
-/// SIGINT for the workload's process group; the exit code comes back.
+/// `thaw run -t` with `args` before the root: the workload sees a terminal of its sandbox's own
+/// devpts (`tty` names it) on stdin, stdout and stderr, sized 80x24 (stdin here is a pipe, so
+/// no size to copy), made its controlling terminal; piped input reaches it through the
+/// terminal; a Ctrl-C byte typed into it becomes SIGINT for the workload's process group; the
+/// exit code comes back.
 pub fn check_tty(e: &Env, args: &[&str]) {
     use std::io::{BufRead, Read, Write};
-    let script = "test -t 0 && test -t 1 && test -t 2 && echo tty-ok; stty size; \
+    let script = "test -t 0 && test -t 1 && test -t 2 && echo tty-ok; stty size; tty; \
                   echo ctty=$(cut -d' ' -f7 /proc/self/stat); read line; echo got:$line; \
                   trap 'echo caught-int; exit 7' INT; echo ready; while :; do sleep 0.05; done";
     let mut g = thaw_testkit::ChildGuard(e
@@ -127,6 +128,7 @@ pub fn check_tty(e: &Env, args: &[&str]) {
     // The terminal turns each newline into CR LF, and echoes the input (`hello`, `^C`).
     let lines: Vec<&str> = seen.split("\r\n").collect();
     assert!(lines.contains(&"tty-ok") && lines.contains(&"24 80") && lines.contains(&"got:hello"), "{seen:?}");
+    assert!(lines.contains(&"/dev/pts/0"), "the terminal is not the sandbox's own: {seen:?}");
     assert!(lines.contains(&"^Ccaught-int"), "{seen:?}");
     let ctty = lines.iter().find_map(|l| l.strip_prefix("ctty=")).unwrap();
     assert_ne!(ctty, "0", "no controlling terminal: {seen:?}");
