@@ -228,6 +228,12 @@ impl CgroupPlan {
     /// Creates the directories and writes the limits. Existing directories are reused (so a fake
     /// root prepared by a test, or a directory the kernel populated, both work).
     pub fn create(&self) -> Result<()> {
+        self.create_with(None)
+    }
+
+    /// [`CgroupPlan::create`], attaching `device_program` (loaded by [`crate::devices::load`]
+    /// for these limits' rules) on a real cgroup2 hierarchy instead of loading one.
+    pub fn create_with(&self, device_program: Option<std::os::fd::BorrowedFd<'_>>) -> Result<()> {
         for (kind, p) in &self.parents {
             mkdir_existing_ok(p)?;
             if *kind == HierarchyKind::V2 {
@@ -241,9 +247,10 @@ impl CgroupPlan {
                 HierarchyKind::V2 => {
                     write_v2_limits(dir, &self.limits)?;
                     if crate::devices::is_cgroup2(dir) {
-                        let rules: Vec<_> =
-                            crate::spec::default_device_rules().into_iter().chain(self.limits.devices.iter().cloned()).collect();
-                        crate::devices::attach(dir, &rules)?;
+                        match device_program {
+                            Some(p) => crate::devices::attach_program(dir, p)?,
+                            None => crate::devices::attach(dir, &self.limits.device_rules())?,
+                        }
                     }
                 }
                 HierarchyKind::Unified => {}

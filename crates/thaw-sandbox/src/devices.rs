@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::spec::DeviceRule;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 /// One eBPF instruction, as the kernel lays it out (`struct bpf_insn`).
@@ -117,6 +117,13 @@ pub fn is_cgroup2(dir: &Path) -> bool {
 
 /// Loads the program for `rules` and attaches it to the cgroup2 directory `dir`.
 pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
+    attach_program(dir, load(rules)?.as_fd())
+}
+
+/// Loads the program for `rules` into the kernel. One program can be attached to any number of
+/// cgroups, so a runtime loads it once per rule set (the kernel verifies each load, and each
+/// loaded copy holds kernel memory for as long as a cgroup uses it).
+pub fn load(rules: &[DeviceRule]) -> Result<OwnedFd> {
     let prog = compile(rules);
     let license = c"Apache-2.0";
     let mut log = vec![0u8; 4096];
@@ -141,7 +148,12 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
         return Err(Error::Cgroup(format!("loading the device program failed ({errno}): {msg}")));
     }
     // SAFETY: the kernel just returned this new descriptor.
-    let prog_fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Attaches a loaded device program (see [`load`]) to the cgroup2 directory `dir`.
+pub fn attach_program(dir: &Path, prog_fd: BorrowedFd<'_>) -> Result<()> {
+    let put32 = |a: &mut [u8; 128], off: usize, v: u32| a[off..off + 4].copy_from_slice(&v.to_ne_bytes());
     let cg = std::fs::File::open(dir).map_err(|e| Error::io("open cgroup", dir, e))?;
     let mut attr = [0u8; 128];
     put32(&mut attr, 0, cg.as_raw_fd() as u32); // target_fd
@@ -151,7 +163,7 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
     if unsafe { libc::syscall(libc::SYS_bpf, 8, attr.as_ptr(), attr.len()) } != 0 {
         return Err(Error::sys(format!("attaching the device program to {}", dir.display()), nix::errno::Errno::last()));
     }
-    // The attachment keeps the program alive; our descriptor can go.
+    // The attachment keeps the program alive, whatever happens to the descriptor.
     Ok(())
 }
 

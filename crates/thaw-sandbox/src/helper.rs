@@ -73,7 +73,7 @@ fn serve(ctrl: BorrowedFd<'_>) -> Result<()> {
         };
         match req {
             Request::Shell(plan) if !shell_done => {
-                let stages = shell(&plan)?;
+                let stages = shell(&plan, fds.first().map(|f| f.as_fd()))?;
                 shell_done = true;
                 let netns = std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0);
                 proto::send(ctrl, &Reply::ShellReady { pid: std::process::id() as i32, netns, stages }, &[])?;
@@ -102,10 +102,10 @@ fn serve(ctrl: BorrowedFd<'_>) -> Result<()> {
     }
 }
 
-fn shell(plan: &ShellPlan) -> Result<Vec<(String, u64)>> {
+fn shell(plan: &ShellPlan, device_program: Option<BorrowedFd<'_>>) -> Result<Vec<(String, u64)>> {
     let mut stages = Vec::new();
     let t = Instant::now();
-    plan.cgroup.create()?;
+    plan.cgroup.create_with(device_program)?;
     stages.push(("cgroup_create".into(), micros(t)));
     let t = Instant::now();
     plan.cgroup.join_self()?;

@@ -167,6 +167,9 @@ pub(crate) struct Inner {
     pub(crate) layout: CgroupLayout,
     helper: HelperCommand,
     seccomp: Mutex<HashMap<SeccompOptions, Arc<CompiledSeccomp>>>,
+    /// Device programs loaded on a pure cgroup-v2 host, one per rule set, shared by every
+    /// sandbox cgroup with those rules.
+    device_programs: Mutex<Vec<(Vec<crate::spec::DeviceRule>, Arc<OwnedFd>)>>,
     next_id: AtomicU64,
     reaper: Mutex<Option<mpsc::Sender<Teardown>>>,
     reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -251,6 +254,7 @@ impl Runtime {
                 layout,
                 helper: cfg.helper,
                 seccomp: Mutex::new(HashMap::new()),
+                device_programs: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
                 reaper: Mutex::new(Some(tx)),
                 reaper_thread: Mutex::new(Some(reaper)),
@@ -326,6 +330,23 @@ impl Runtime {
         Ok(c)
     }
 
+    /// The device program for `limits` when sandbox cgroups live on a real cgroup2 hierarchy
+    /// (pure v2), loaded on first use and shared; `None` on v1 devices or a fake root.
+    pub(crate) fn device_program(&self, limits: &crate::spec::Limits) -> Result<Option<Arc<OwnedFd>>> {
+        let CgroupLayout::V2 { root } = &self.inner.layout else { return Ok(None) };
+        if !crate::devices::is_cgroup2(root) {
+            return Ok(None);
+        }
+        let rules = limits.device_rules();
+        let mut cache = self.inner.device_programs.lock();
+        if let Some((_, p)) = cache.iter().find(|(r, _)| *r == rules) {
+            return Ok(Some(p.clone()));
+        }
+        let p = Arc::new(crate::devices::load(&rules)?);
+        cache.push((rules, p.clone()));
+        Ok(Some(p))
+    }
+
     /// Waits until every finished sandbox has been torn down, or the timeout passes. Returns
     /// whether everything was torn down.
     pub fn wait_teardowns(&self, timeout: Duration) -> bool {
@@ -376,7 +397,10 @@ impl Runtime {
         part.timings.stages.push(("spawn_helper".into(), t.elapsed()));
         let ctrl = part.ctrl();
         // Send both requests before reading the first reply: the helper works while we wait.
-        proto::send(ctrl.as_fd(), &Request::Shell(ShellPlan { cgroup, hostname: profile.hostname.clone() }), &[])?;
+        // On pure v2 the shared device program travels with the shell request.
+        let device_program = self.device_program(&profile.limits)?;
+        let fds: Vec<std::os::fd::RawFd> = device_program.iter().map(|p| p.as_raw_fd()).collect();
+        proto::send(ctrl.as_fd(), &Request::Shell(ShellPlan { cgroup, hostname: profile.hostname.clone() }), &fds)?;
         if let Some(r) = rootfs {
             proto::send(ctrl.as_fd(), &Request::Root(self.root_plan(r, profile.seccomp)?), &[])?;
         }

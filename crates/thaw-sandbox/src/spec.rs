@@ -76,6 +76,13 @@ pub struct Limits {
     pub devices: Vec<DeviceRule>,
 }
 
+impl Limits {
+    /// Every device rule in force: the defaults, then the profile's own (later rules win).
+    pub fn device_rules(&self) -> Vec<DeviceRule> {
+        default_device_rules().into_iter().chain(self.devices.iter().cloned()).collect()
+    }
+}
+
 /// One device cgroup rule, as in the runtime spec.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRule {

@@ -645,7 +645,8 @@ fn make_instance(s: &Shared, background: bool) -> Result<Instance> {
     let t = Instant::now();
     let cgroup = CgroupPlan::new(&rt.layout, &rt.names.cgroup_parent, &rt.new_id("z"), s.cfg.profile.limits.clone());
     inst.cgroup = Some(cgroup.clone());
-    cgroup.create()?;
+    let device_program = s.rt.device_program(&s.cfg.profile.limits)?;
+    cgroup.create_with(device_program.as_deref().map(|p| p.as_fd()))?;
     for (_, d) in &cgroup.dirs {
         crate::cgroup::write_file(&d.join("cgroup.procs"), &inst.pid.to_string())?;
     }

@@ -51,3 +51,55 @@ fn device_program_allows_null_and_denies_full() {
     assert!(!ok, "full must be refused");
     assert!(err.contains("not permitted"), "{err}");
 }
+
+/// One loaded program serves many cgroups (a runtime loads it once per rule set): attached to
+/// two cgroups, it enforces the rules in both, and keeps working after its descriptor is gone.
+#[test]
+fn one_loaded_device_program_serves_two_cgroups() {
+    if !testsupport::require_privileges("one_loaded_device_program_serves_two_cgroups") {
+        return;
+    }
+    let root = match CgroupLayout::detect().unwrap() {
+        CgroupLayout::Hybrid { unified: Some(u), .. } => u,
+        CgroupLayout::V2 { root } => root,
+        CgroupLayout::Hybrid { unified: None, .. } => {
+            if std::env::var_os("CI").is_some() {
+                panic!("no cgroup2 mount and CI is set");
+            }
+            eprintln!("skipping one_loaded_device_program_serves_two_cgroups: no cgroup2 mount");
+            return;
+        }
+    };
+    struct Rm(Vec<PathBuf>);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    let dirs: Vec<PathBuf> = (0..2).map(|i| root.join(format!("thaw-devshare-{}-{i}", std::process::id()))).collect();
+    let _rm = Rm(dirs.clone());
+    let mut rules = default_device_rules();
+    rules.retain(|r| !(r.major == Some(1) && r.minor == Some(7)));
+    {
+        let prog = devices::load(&rules).unwrap();
+        for d in &dirs {
+            std::fs::create_dir(d).unwrap();
+            devices::attach_program(d, std::os::fd::AsFd::as_fd(&prog)).unwrap();
+        }
+    }
+    for d in &dirs {
+        let run = |dev: &str| {
+            std::process::Command::new("/bin/busybox")
+                .args(["sh", "-c"])
+                .arg(format!("echo $$ > {} && exec head -c1 {dev}", d.join("cgroup.procs").display()))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(run("/dev/null"), "null is allowed in {}", d.display());
+        assert!(!run("/dev/full"), "full must be refused in {}", d.display());
+    }
+}
