@@ -241,41 +241,73 @@ where
     F: FnOnce(Handle) -> Fut + Send,
     Fut: Future<Output = std::result::Result<T, Error>>,
 {
-    let netns = match netns {
-        Some(fd) => Some(
-            fd.try_clone_to_owned()
-                .map_err(|e| Error::Net(format!("{what}: duplicate namespace descriptor: {e}")))?,
-        ),
-        None => None,
-    };
+    let netns = dup_netns(what, netns)?;
+    on_netlink_thread(what, move |rt| {
+        if let Some(fd) = netns {
+            join_netns(what, fd.as_fd())?;
+        }
+        rt.block_on(with_connection(what, f))
+    })
+}
+
+/// Runs `host` in this network namespace, then `inside` in `netns`, on one fresh thread and
+/// event loop (one thread start, not two), each on a netlink socket of its own: a socket talks
+/// to the namespace it was opened in.
+fn netlink_host_then_inside<F1, Fut1, F2, Fut2>(what: &str, netns: BorrowedFd<'_>, host: F1, inside: F2) -> Result<()>
+where
+    F1: FnOnce(Handle) -> Fut1 + Send,
+    Fut1: Future<Output = std::result::Result<(), Error>>,
+    F2: FnOnce(Handle) -> Fut2 + Send,
+    Fut2: Future<Output = std::result::Result<(), Error>>,
+{
+    let netns = dup_netns(what, Some(netns))?;
+    on_netlink_thread(what, move |rt| {
+        rt.block_on(with_connection(what, host))?;
+        if let Some(fd) = netns {
+            join_netns(what, fd.as_fd())?;
+        }
+        rt.block_on(with_connection(what, inside))
+    })
+}
+
+fn dup_netns(what: &str, netns: Option<BorrowedFd<'_>>) -> Result<Option<OwnedFd>> {
+    netns
+        .map(|fd| fd.try_clone_to_owned().map_err(|e| Error::Net(format!("{what}: duplicate namespace descriptor: {e}"))))
+        .transpose()
+}
+
+fn join_netns(what: &str, fd: BorrowedFd<'_>) -> Result<()> {
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| Error::sys(format!("{what}: setns into the sandbox's network namespace"), e))
+}
+
+/// A short-lived thread with a single-threaded event loop. A thread of its own because joining
+/// a network namespace changes the calling thread, which must not be one the caller reuses.
+fn on_netlink_thread<T: Send>(what: &str, body: impl FnOnce(&tokio::runtime::Runtime) -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(move || {
-            if let Some(fd) = netns {
-                nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |e| {
-                        Error::sys(
-                            format!("{what}: setns into the sandbox's network namespace"),
-                            e,
-                        )
-                    },
-                )?;
-            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .build()
                 .map_err(|e| Error::Net(format!("{what}: start an event loop: {e}")))?;
-            rt.block_on(async move {
-                let (conn, handle, _) = rtnetlink::new_connection()
-                    .map_err(|e| Error::Net(format!("{what}: open a netlink socket: {e}")))?;
-                let task = tokio::spawn(conn);
-                let out = f(handle).await;
-                task.abort();
-                out
-            })
+            body(&rt)
         })
         .join()
         .unwrap_or_else(|_| Err(Error::Net(format!("{what}: the netlink thread panicked"))))
     })
+}
+
+/// Opens a netlink connection in the calling thread's network namespace and runs `f` on it.
+async fn with_connection<T, F, Fut>(what: &str, f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut,
+    Fut: Future<Output = std::result::Result<T, Error>>,
+{
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Net(format!("{what}: open a netlink socket: {e}")))?;
+    let task = tokio::spawn(conn);
+    let out = f(handle).await;
+    task.abort();
+    out
 }
 
 fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> Error {
@@ -434,7 +466,8 @@ impl Bridge {
         };
         let (bridge, raw_ns) = (self.index, netns.as_raw_fd());
         let (hi, pi) = (host_if.clone(), peer_if.clone());
-        netlink("attach a sandbox to the bridge", None, |h| async move {
+        let (gateway, prefix) = (self.cfg.gateway, self.cfg.prefix);
+        let host = |h: Handle| async move {
             h.link()
                 .add(LinkVeth::new(&hi, &pi).build())
                 .execute()
@@ -464,49 +497,45 @@ impl Bridge {
                 .await
                 .map_err(nl_err(format!("add {hi} to the bridge")))?;
             Ok(())
-        })?;
-        let (gateway, prefix) = (self.cfg.gateway, self.cfg.prefix);
-        netlink(
-            "configure eth0 in the sandbox",
-            Some(netns),
-            |h| async move {
-                let idx = link_index(&h, &peer_if).await?.ok_or_else(|| {
-                    Error::Net(format!("{peer_if} is not in the sandbox's namespace"))
-                })?;
-                h.link()
-                    .set(
-                        LinkUnspec::new_with_index(idx)
-                            .name(SANDBOX_INTERFACE.to_string())
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .map_err(nl_err(format!("rename {peer_if} to {SANDBOX_INTERFACE}")))?;
-                h.address()
-                    .add(idx, IpAddr::V4(addr), prefix)
-                    .execute()
-                    .await
-                    .map_err(nl_err(format!(
-                        "give {SANDBOX_INTERFACE} the address {addr}/{prefix}"
-                    )))?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(idx).up().build())
-                    .execute()
-                    .await
-                    .map_err(nl_err(format!("bring {SANDBOX_INTERFACE} up")))?;
-                h.route()
-                    .add(
-                        RouteMessageBuilder::<Ipv4Addr>::new()
-                            .gateway(gateway)
-                            .output_interface(idx)
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .map_err(nl_err(format!("add a default route via {gateway}")))?;
-                Ok(())
-            },
-        )?;
+        };
+        let inside = |h: Handle| async move {
+            let idx = link_index(&h, &peer_if).await?.ok_or_else(|| {
+                Error::Net(format!("{peer_if} is not in the sandbox's namespace"))
+            })?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(idx)
+                        .name(SANDBOX_INTERFACE.to_string())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl_err(format!("rename {peer_if} to {SANDBOX_INTERFACE}")))?;
+            h.address()
+                .add(idx, IpAddr::V4(addr), prefix)
+                .execute()
+                .await
+                .map_err(nl_err(format!(
+                    "give {SANDBOX_INTERFACE} the address {addr}/{prefix}"
+                )))?;
+            h.link()
+                .set(LinkUnspec::new_with_index(idx).up().build())
+                .execute()
+                .await
+                .map_err(nl_err(format!("bring {SANDBOX_INTERFACE} up")))?;
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(gateway)
+                        .output_interface(idx)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl_err(format!("add a default route via {gateway}")))?;
+            Ok(())
+        };
+        netlink_host_then_inside("attach a sandbox to the bridge", netns, host, inside)?;
         Ok(lease)
     }
 
