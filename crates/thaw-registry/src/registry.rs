@@ -53,7 +53,7 @@ struct Inner {
     principals: PrincipalHasher,
     grants: Grants,
     /// When each (upstream, repository)'s public/private verdict was last heard from the upstream
-    /// (in memory: after a restart every verdict is asked again).
+    /// (also kept in the store with the verdict, which is what a restarted daemon goes by).
     visibility: Mutex<HashMap<(String, String), Instant>>,
     /// Access probes in flight, keyed by (upstream, repository, object, credential).
     probes: Coalesce<(String, String, String, Credential), Result<Probe, String>>,
@@ -363,10 +363,13 @@ impl Registry {
         let accounts = &self.inner.cfg.accounts;
         let cred = auth::credential_for(ident, up, accounts);
         let default = up.default_credential();
-        let stored = self.blocking_store(|s, (u, r)| s.is_private(&u, &r), (up.name().to_string(), t.repo.clone())).await?;
+        let verdict = self.blocking_store(|s, (u, r)| s.visibility(&u, &r), (up.name().to_string(), t.repo.clone())).await?;
+        let stored = verdict.map(|(private, _)| private);
         // A verdict older than visibility_ttl is asked again: a repository that was private before
-        // it was published, or public before it was made private, must not stay so forever.
-        let private = if self.visibility_fresh(up.name(), &t.repo) { stored } else { None };
+        // it was published, or public before it was made private, must not stay so forever. Its
+        // time is kept with it in the store, so a restart does not ask about every repository.
+        let fresh = self.visibility_fresh(up.name(), &t.repo) || verdict.is_some_and(|(_, at)| self.recorded_recently(at));
+        let private = if fresh { stored } else { None };
         if private == Some(false) {
             return Ok((cred, false));
         }
@@ -482,6 +485,14 @@ impl Registry {
     fn visibility_fresh(&self, upstream: &str, repo: &str) -> bool {
         let map = self.inner.visibility.lock();
         map.get(&(upstream.to_string(), repo.to_string())).is_some_and(|t| t.elapsed() < self.inner.cfg.visibility_ttl)
+    }
+
+    /// Whether a verdict stored at `at_us` (microseconds since the Unix epoch; 0 = unknown) is
+    /// within `visibility_ttl` of now. Wall-clock time, as it must survive restarts; a clock
+    /// that went backwards makes the verdict stale, never fresher.
+    fn recorded_recently(&self, at_us: u64) -> bool {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        at_us > 0 && at_us <= now && std::time::Duration::from_micros(now - at_us) < self.inner.cfg.visibility_ttl
     }
 
     /// Records the upstream's verdict: durably in the store, and its time in memory.

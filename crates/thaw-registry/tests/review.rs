@@ -159,6 +159,36 @@ fn upstream_visibility_is_asked_again_after_its_ttl() {
     assert_eq!(r.bytes().unwrap().as_ref(), data.as_slice());
 }
 
+/// A verdict is kept in the store with its time: a restarted mirror trusts a recent one instead
+/// of asking the upstream about the repository again, and asks once it is older than the TTL.
+#[test]
+fn a_restart_keeps_recent_visibility_verdicts() {
+    use std::time::Duration;
+    use thaw_testkit::fake_upstream::FakeUpstream;
+    let fake = FakeUpstream::start();
+    fake.enable_auth(false, Duration::from_secs(300));
+    fake.put_image("pub/app", "v1", &[filler(502, 1000)]);
+    fake.make_public("pub/app");
+    let cfg = |ttl| RegistryConfig { upstreams: vec![upstream("fake", &fake.url(), true)], visibility_ttl: ttl, ..Default::default() };
+    let c = Client::new();
+    let accept = "application/vnd.oci.image.manifest.v1+json";
+    let probes = || fake.count("HEAD", "/v2/pub/app/manifests/v1");
+    let get = |thaw: &Thaw| c.get(format!("{}/v2/pub/app/manifests/v1", thaw.url())).header("Accept", accept).send().unwrap().status();
+
+    let thaw = Thaw::start(cfg(Duration::from_secs(3600)));
+    assert_eq!(get(&thaw), 200);
+    let asked = probes();
+    assert!(asked >= 1, "the first request asks the upstream");
+    let thaw = thaw.restart(cfg(Duration::from_secs(3600)));
+    assert_eq!(get(&thaw), 200);
+    assert_eq!(probes(), asked, "a restarted mirror asked again about a verdict an hour from stale");
+    // The same verdict under a TTL it has outlived is asked again.
+    std::thread::sleep(Duration::from_millis(50));
+    let thaw = thaw.restart(cfg(Duration::from_millis(10)));
+    assert_eq!(get(&thaw), 200);
+    assert!(probes() > asked, "a stale verdict was trusted after a restart");
+}
+
 /// Finding 12: a 401 always carries a challenge.
 #[test]
 fn every_401_carries_a_challenge() {

@@ -19,13 +19,18 @@ pub(crate) const TAGS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinit
 pub(crate) const LINKS: TableDefinition<(&str, &str, &str), ()> = TableDefinition::new("links");
 /// manifest digest -> media type
 pub(crate) const MANIFEST_TYPES: TableDefinition<&str, &str> = TableDefinition::new("manifest_types");
-/// (upstream, repository) -> whether anonymous access was refused
-pub(crate) const PRIVATE: TableDefinition<(&str, &str), bool> = TableDefinition::new("private");
+/// (upstream, repository) -> whether anonymous access was refused (format 1; migrated away)
+const PRIVATE_V1: TableDefinition<(&str, &str), bool> = TableDefinition::new("private");
+/// (upstream, repository) -> (whether anonymous access was refused, when the upstream said so in
+/// microseconds since the Unix epoch; 0 when unknown, which counts as stale)
+pub(crate) const VISIBILITY: TableDefinition<(&str, &str), (bool, u64)> = TableDefinition::new("visibility");
 /// "format" -> version of this layout
 const INFO: TableDefinition<&str, u64> = TableDefinition::new("info");
 
 /// The version of the tables above. Bump it, and migrate in [`Meta::open`], when they change.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+/// 2: `visibility` (verdict and its time) replaced `private` (verdict only), so a restarted daemon
+/// trusts a recent verdict instead of asking the upstream about every repository again.
+pub(crate) const FORMAT_VERSION: u64 = 2;
 
 /// A blob row as read back at open.
 #[derive(Debug, Clone)]
@@ -85,6 +90,30 @@ impl Meta {
         };
         match found {
             Some(v) if v == FORMAT_VERSION => {}
+            Some(1) => {
+                // Verdicts keep their value; their time is unknown, so each is asked again once.
+                meta.write(|tx| {
+                    let old: Vec<((String, String), bool)> = {
+                        let t = tx.open_table(PRIVATE_V1)?;
+                        let mut v = Vec::new();
+                        for row in t.iter()? {
+                            let (k, val) = row?;
+                            let (u, r) = k.value();
+                            v.push(((u.to_string(), r.to_string()), val.value()));
+                        }
+                        v
+                    };
+                    let mut t = tx.open_table(VISIBILITY)?;
+                    for ((u, r), private) in &old {
+                        t.insert((u.as_str(), r.as_str()), (*private, 0))?;
+                    }
+                    drop(t);
+                    tx.delete_table(PRIVATE_V1)?;
+                    tx.open_table(INFO)?.insert("format", FORMAT_VERSION)?;
+                    Ok(())
+                })?;
+                tracing::info!(path = %meta.path.display(), "metadata migrated from format 1 to {FORMAT_VERSION}");
+            }
             Some(v) => {
                 return Err(StoreError::MetaVersion { path: meta.path.clone(), found: v, supported: FORMAT_VERSION })
             }
@@ -94,7 +123,7 @@ impl Meta {
                     tx.open_table(TAGS)?;
                     tx.open_table(LINKS)?;
                     tx.open_table(MANIFEST_TYPES)?;
-                    tx.open_table(PRIVATE)?;
+                    tx.open_table(VISIBILITY)?;
                     tx.open_table(INFO)?.insert("format", FORMAT_VERSION)?;
                     Ok(())
                 })?;
@@ -147,5 +176,50 @@ impl Meta {
                 Ok(BlobRow { digest, size, atime_us })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BlobStore, StoreConfig};
+
+    /// A format-1 store (verdicts without times) opens as format 2 with its verdicts kept and
+    /// their times unknown; a newer format than this build knows is refused.
+    #[test]
+    fn format_1_verdicts_migrate_without_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        {
+            let db = Database::create(dir.path().join("meta.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(BLOBS).unwrap();
+            tx.open_table(TAGS).unwrap();
+            tx.open_table(LINKS).unwrap();
+            tx.open_table(MANIFEST_TYPES).unwrap();
+            tx.open_table(PRIVATE_V1).unwrap().insert(("hub", "library/alpine"), false).unwrap();
+            tx.open_table(PRIVATE_V1).unwrap().insert(("hub", "acme/secret"), true).unwrap();
+            tx.open_table(INFO).unwrap().insert("format", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = BlobStore::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(s.visibility("hub", "library/alpine").unwrap(), Some((false, 0)));
+        assert_eq!(s.visibility("hub", "acme/secret").unwrap(), Some((true, 0)));
+        assert_eq!(s.is_private("hub", "nope").unwrap(), None);
+        s.set_private("hub", "acme/secret", false).unwrap();
+        let (private, at) = s.visibility("hub", "acme/secret").unwrap().unwrap();
+        assert!(!private && at > 0, "a new verdict carries its time");
+        drop(s);
+        // Reopening a format-2 store changes nothing; a format from the future is refused.
+        let s = BlobStore::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(s.visibility("hub", "library/alpine").unwrap(), Some((false, 0)));
+        drop(s);
+        {
+            let db = Database::create(dir.path().join("meta.redb")).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(INFO).unwrap().insert("format", FORMAT_VERSION + 1).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(matches!(BlobStore::open(dir.path(), StoreConfig::default()), Err(StoreError::MetaVersion { .. })));
     }
 }

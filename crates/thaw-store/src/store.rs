@@ -49,7 +49,7 @@ use thaw_policy::{CachePolicy, Capacity, Effect, Key, PolicySpec, Request};
 
 use crate::error::StoreError;
 use crate::fs::{RealFs, StoreFs};
-use crate::meta::{Meta, BLOBS, LINKS, MANIFEST_TYPES, PRIVATE, TAGS};
+use crate::meta::{Meta, BLOBS, LINKS, MANIFEST_TYPES, TAGS, VISIBILITY};
 use crate::upload::UploadId;
 
 /// Access times are written once this many have accumulated...
@@ -1099,13 +1099,19 @@ impl BlobStore {
     /// Records whether (upstream, repo) refused anonymous access the last time it was asked.
     pub fn set_private(&self, upstream: &str, repo: &str, private: bool) -> Result<(), StoreError> {
         self.inner.meta.write(|tx| {
-            tx.open_table(PRIVATE)?.insert((upstream, repo), private)?;
+            tx.open_table(VISIBILITY)?.insert((upstream, repo), (private, now_us()))?;
             Ok(())
         })
     }
 
     pub fn is_private(&self, upstream: &str, repo: &str) -> Result<Option<bool>, StoreError> {
-        self.inner.meta.read(|tx| Ok(tx.open_table(PRIVATE)?.get((upstream, repo))?.map(|v| v.value())))
+        Ok(self.visibility(upstream, repo)?.map(|(private, _)| private))
+    }
+
+    /// The upstream's last verdict on a repository and when it was recorded (microseconds since
+    /// the Unix epoch; 0 when not known, for verdicts kept from an older store).
+    pub fn visibility(&self, upstream: &str, repo: &str) -> Result<Option<(bool, u64)>, StoreError> {
+        self.inner.meta.read(|tx| Ok(tx.open_table(VISIBILITY)?.get((upstream, repo))?.map(|v| v.value())))
     }
 
     // --- push uploads ------------------------------------------------------------------------

@@ -111,6 +111,26 @@ impl Thaw {
 
     pub fn start_with_store(cfg: RegistryConfig, store_cfg: thaw_store::StoreConfig) -> Thaw {
         let data = tempfile::Builder::new().prefix("thaw-test").tempdir_in(shm()).unwrap();
+        Self::start_in(cfg, store_cfg, data)
+    }
+
+    /// Stops this registry and starts a new one on the same store (a daemon restart), with
+    /// `cfg`, on a new port.
+    pub fn restart(mut self, cfg: RegistryConfig) -> Thaw {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let placeholder = tempfile::Builder::new().prefix("thaw-test").tempdir_in(shm()).unwrap();
+        let data = std::mem::replace(&mut self.data, placeholder);
+        // Closes the store: its lock and database go with the last handle.
+        drop(self);
+        Self::start_in(cfg, thaw_store::StoreConfig::default(), data)
+    }
+
+    fn start_in(cfg: RegistryConfig, store_cfg: thaw_store::StoreConfig, data: tempfile::TempDir) -> Thaw {
         let store = thaw_store::BlobStore::open(&data.path().join("store"), store_cfg).unwrap();
         let principals = thaw_registry::trace::PrincipalHasher::with_secret([1; 32]);
         let registry = Registry::new(cfg, store, principals).unwrap();
