@@ -233,8 +233,8 @@ fn pid1(root: &std::path::Path, root_plan: &RootPlan, sock: OwnedFd) -> ! {
 ///
 /// Why: the kernel delivers a signal to a PID namespace's init only if it has a handler, so a
 /// workload that is itself PID 1 ignores SIGTERM and Ctrl-C unless it installs handlers, and
-/// nothing reaps the children its children orphan. This process has no capabilities left and
-/// runs under the sandbox's seccomp profile and no_new_privs.
+/// nothing reaps the children its children orphan. This process keeps only `CAP_KILL` and runs
+/// under the sandbox's seccomp profile and no_new_privs.
 fn mini_init(child: Pid) -> ! {
     // SAFETY: prctl with a pointer to a NUL-terminated name we own.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"thaw-init".as_ptr(), 0, 0, 0) };
@@ -242,13 +242,18 @@ fn mini_init(child: Pid) -> ! {
     all.remove(Signal::SIGKILL);
     all.remove(Signal::SIGSTOP);
     let _ = all.thread_block();
+    // Only CAP_KILL stays: the command may run as another user, and signalling it needs that
+    // (within this PID namespace, the only processes the init can see).
+    let kill_only: caps::CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
     for c in caps::all() {
-        let _ = caps::drop(None, caps::CapSet::Bounding, c);
+        if c != caps::Capability::CAP_KILL {
+            let _ = caps::drop(None, caps::CapSet::Bounding, c);
+        }
     }
     let _ = caps::clear(None, caps::CapSet::Ambient);
-    let _ = caps::clear(None, caps::CapSet::Effective);
-    let _ = caps::clear(None, caps::CapSet::Permitted);
     let _ = caps::clear(None, caps::CapSet::Inheritable);
+    let _ = caps::set(None, caps::CapSet::Effective, &kill_only);
+    let _ = caps::set(None, caps::CapSet::Permitted, &kill_only);
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     loop {

@@ -153,7 +153,8 @@ fn init_forwards_signals_to_a_command_without_handlers() {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[..2], ["thaw-init", "2"], "{out} {}", text(&o.stderr));
         assert_eq!(lines[2], "0", "an orphan was left a zombie: {out}");
-        let child = e.run().arg("--init").arg(&e.rootfs).args(["--", "sh", "-c", "echo ready; exec sleep 30"]).stdout(Stdio::piped()).spawn().unwrap();
+        // As another user: the init must still be allowed to signal it.
+        let child = e.run().args(["--init", "-u", "1000:1000"]).arg(&e.rootfs).args(["--", "sh", "-c", "echo ready; exec sleep 30"]).stdout(Stdio::piped()).spawn().unwrap();
         let mut g = Guard(child);
         let mut buf = [0u8; 6];
         std::io::Read::read_exact(g.0.stdout.as_mut().unwrap(), &mut buf).unwrap();
