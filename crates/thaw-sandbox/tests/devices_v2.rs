@@ -5,22 +5,28 @@
 use std::path::PathBuf;
 use thaw_sandbox::{cgroup::CgroupLayout, devices, spec::default_device_rules, testsupport};
 
-#[test]
-fn device_program_allows_null_and_denies_full() {
-    if !testsupport::require_privileges("device_program_allows_null_and_denies_full") {
-        return;
+/// The cgroup2 mount to test in: the unified mount of a hybrid layout, or the root of pure v2.
+/// `None` (after saying why) when the test cannot run here; under CI that is a failure.
+fn cgroup2_root(test: &str) -> Option<PathBuf> {
+    if !testsupport::require_privileges(test) {
+        return None;
     }
-    let root = match CgroupLayout::detect().unwrap() {
-        CgroupLayout::Hybrid { unified: Some(u), .. } => u,
-        CgroupLayout::V2 { root } => root,
+    match CgroupLayout::detect().unwrap() {
+        CgroupLayout::Hybrid { unified: Some(u), .. } => Some(u),
+        CgroupLayout::V2 { root } => Some(root),
         CgroupLayout::Hybrid { unified: None, .. } => {
             if std::env::var_os("CI").is_some() {
                 panic!("no cgroup2 mount and CI is set");
             }
-            eprintln!("skipping device_program_allows_null_and_denies_full: no cgroup2 mount");
-            return;
+            eprintln!("skipping {test}: no cgroup2 mount");
+            None
         }
-    };
+    }
+}
+
+#[test]
+fn device_program_allows_null_and_denies_full() {
+    let Some(root) = cgroup2_root("device_program_allows_null_and_denies_full") else { return };
     let dir: PathBuf = root.join(format!("thaw-devtest-{}", std::process::id()));
     std::fs::create_dir(&dir).unwrap();
     struct Rm(PathBuf);
@@ -56,20 +62,7 @@ fn device_program_allows_null_and_denies_full() {
 /// two cgroups, it enforces the rules in both, and keeps working after its descriptor is gone.
 #[test]
 fn one_loaded_device_program_serves_two_cgroups() {
-    if !testsupport::require_privileges("one_loaded_device_program_serves_two_cgroups") {
-        return;
-    }
-    let root = match CgroupLayout::detect().unwrap() {
-        CgroupLayout::Hybrid { unified: Some(u), .. } => u,
-        CgroupLayout::V2 { root } => root,
-        CgroupLayout::Hybrid { unified: None, .. } => {
-            if std::env::var_os("CI").is_some() {
-                panic!("no cgroup2 mount and CI is set");
-            }
-            eprintln!("skipping one_loaded_device_program_serves_two_cgroups: no cgroup2 mount");
-            return;
-        }
-    };
+    let Some(root) = cgroup2_root("one_loaded_device_program_serves_two_cgroups") else { return };
     struct Rm(Vec<PathBuf>);
     impl Drop for Rm {
         fn drop(&mut self) {
