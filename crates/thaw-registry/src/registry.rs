@@ -52,9 +52,6 @@ struct Inner {
     trace: Option<TraceWriter>,
     principals: PrincipalHasher,
     grants: Grants,
-    /// When each (upstream, repository)'s public/private verdict was last heard from the upstream
-    /// (also kept in the store with the verdict, which is what a restarted daemon goes by).
-    visibility: Mutex<HashMap<(String, String), Instant>>,
     /// Access probes in flight, keyed by (upstream, repository, object, credential).
     probes: Coalesce<(String, String, String, Credential), Result<Probe, String>>,
     /// Manifest fetches in flight, keyed by (upstream, repository, reference, credential).
@@ -137,7 +134,6 @@ impl Registry {
                 trace,
                 principals,
                 grants: Grants::default(),
-                visibility: Mutex::new(HashMap::new()),
                 probes: Coalesce::default(),
                 manifest_fetches: Coalesce::default(),
             }),
@@ -368,7 +364,7 @@ impl Registry {
         // A verdict older than visibility_ttl is asked again: a repository that was private before
         // it was published, or public before it was made private, must not stay so forever. Its
         // time is kept with it in the store, so a restart does not ask about every repository.
-        let fresh = self.visibility_fresh(up.name(), &t.repo) || verdict.is_some_and(|(_, at)| self.recorded_recently(at));
+        let fresh = verdict.is_some_and(|(_, at)| self.recorded_recently(at));
         let private = if fresh { stored } else { None };
         if private == Some(false) {
             return Ok((cred, false));
@@ -395,10 +391,12 @@ impl Registry {
             .run(probe_key, || async {
                 // A probe of the mirror's own credential that finished just before this one was
                 // keyed has recorded its verdict: use it rather than asking again.
-                if cred == default && self.visibility_fresh(up.name(), &t.repo) {
-                    if let Ok(Some(private)) = self.blocking_store(|s, (u, r)| s.is_private(&u, &r), (up.name().to_string(), t.repo.clone())).await {
-                        let status = if private { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-                        return Ok(Probe { status, challenge: None, retry_after: None });
+                if cred == default {
+                    if let Ok(Some((private, at))) = self.blocking_store(|s, (u, r)| s.visibility(&u, &r), (up.name().to_string(), t.repo.clone())).await {
+                        if self.recorded_recently(at) {
+                            let status = if private { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
+                            return Ok(Probe { status, challenge: None, retry_after: None });
+                        }
                     }
                 }
                 let probe = up.send(Method::HEAD, &t.repo, object, &cred, accept_headers()).await.map(|r| Probe {
@@ -481,30 +479,19 @@ impl Registry {
         e
     }
 
-    /// Whether the upstream's verdict on `repo`'s visibility is recent enough to trust.
-    fn visibility_fresh(&self, upstream: &str, repo: &str) -> bool {
-        let map = self.inner.visibility.lock();
-        map.get(&(upstream.to_string(), repo.to_string())).is_some_and(|t| t.elapsed() < self.inner.cfg.visibility_ttl)
-    }
-
     /// Whether a verdict stored at `at_us` (microseconds since the Unix epoch; 0 = unknown) is
-    /// within `visibility_ttl` of now. Wall-clock time, as it must survive restarts; a clock
-    /// that went backwards makes the verdict stale, never fresher.
+    /// within `visibility_ttl` of now: a verdict older than that is asked again. Wall-clock
+    /// time, as it must survive restarts; a clock that went backwards makes the verdict stale,
+    /// never fresher.
     fn recorded_recently(&self, at_us: u64) -> bool {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         at_us > 0 && at_us <= now && std::time::Duration::from_micros(now - at_us) < self.inner.cfg.visibility_ttl
     }
 
-    /// Records the upstream's verdict: durably in the store, and its time in memory.
+    /// Records the upstream's verdict, with its time, durably in the store: the one place
+    /// freshness is judged from, before and after a restart.
     async fn record_visibility(&self, upstream: &str, repo: &str, private: bool) -> Result<(), ApiError> {
-        self.blocking_store(move |s, (u, r)| s.set_private(&u, &r, private), (upstream.to_string(), repo.to_string())).await?;
-        let mut map = self.inner.visibility.lock();
-        if map.len() > 100_000 {
-            let ttl = self.inner.cfg.visibility_ttl;
-            map.retain(|_, t| t.elapsed() < ttl);
-        }
-        map.insert((upstream.to_string(), repo.to_string()), Instant::now());
-        Ok(())
+        self.blocking_store(move |s, (u, r)| s.set_private(&u, &r, private), (upstream.to_string(), repo.to_string())).await
     }
 
     /// The challenge an anonymous client should follow for `repo` (an anonymous HEAD of the
