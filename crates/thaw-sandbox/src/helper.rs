@@ -267,8 +267,10 @@ fn mini_init(child: Pid) -> ! {
         }
         loop {
             match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(p, code)) if p == child => std::process::exit(code),
-                // SAFETY: _exit ends the process at once, as a PID 1 must not unwind.
+                // SAFETY: _exit ends the process at once; this fork of the helper must not run
+                // the exit handlers it inherited.
+                Ok(WaitStatus::Exited(p, code)) if p == child => unsafe { libc::_exit(code) },
+                // SAFETY: as above.
                 Ok(WaitStatus::Signaled(p, s, _)) if p == child => unsafe { libc::_exit(128 + s as i32) },
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => {}

@@ -128,7 +128,10 @@ impl<T> Stock<T> {
         }
     }
 
-    /// Takes the oldest ready item (waking the filler to replace it).
+    /// Takes the oldest ready item (waking the filler to replace it at once). Template
+    /// instances use this: holding their refill back as pools do was tried and did not pay
+    /// (`cargo bench -p thaw-sandbox --bench zygote`: fork median 0.94 against 0.81 ms,
+    /// 172 against 180 invocations/s one at a time).
     pub(crate) fn take(&self) -> Option<T> {
         let mut st = self.state.lock();
         let item = st.ready.pop_front();

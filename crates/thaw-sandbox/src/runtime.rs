@@ -373,9 +373,10 @@ impl Runtime {
         capture(|io| self.start(spec, io))
     }
 
-    /// Builds a part: a helper with its shell (and its root, if `rootfs` is given) ready.
-    /// `background`: build at idle CPU priority (pool refills), so that on a busy machine the
-    /// starts being served win the CPU over the parts being prepared for later.
+    /// Builds a part: a helper with its shell (and its root, if `rootfs` is given) ready. Its
+    /// helper runs at the calling thread's priority: idle for a pool's filler (so that on a busy
+    /// machine the starts being served win the CPU over parts prepared for later), normal for a
+    /// start that builds on demand.
     pub(crate) fn build_part(&self, profile: &Profile, rootfs: Option<&RootfsConfig>) -> Result<Part> {
         let id = self.inner.new_id("s");
         let cgroup = CgroupPlan::new(&self.inner.layout, &self.inner.names.cgroup_parent, &id, profile.limits.clone());

@@ -115,14 +115,17 @@ fn pack(p: &BpfProgram) -> Vec<u64> {
         .collect()
 }
 
+/// The inverse of [`pack`] for one instruction, in the kernel's layout.
+fn unpack_one(w: u64) -> libc::sock_filter {
+    libc::sock_filter { code: (w >> 48) as u16, jt: (w >> 40) as u8, jf: (w >> 32) as u8, k: w as u32 }
+}
+
 #[cfg(test)]
 fn unpack(p: &[u64]) -> BpfProgram {
     p.iter()
-        .map(|&w| seccompiler::sock_filter {
-            code: (w >> 48) as u16,
-            jt: (w >> 40) as u8,
-            jf: (w >> 32) as u8,
-            k: w as u32,
+        .map(|&w| {
+            let i = unpack_one(w);
+            seccompiler::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }
         })
         .collect()
 }
@@ -214,10 +217,7 @@ impl CompiledSeccomp {
     /// So sandboxes install it ahead of time, in the parked PID 1 of a pooled part.
     pub fn apply(&self) -> Result<()> {
         for p in &self.programs {
-            let prog: Vec<libc::sock_filter> = p
-                .iter()
-                .map(|&w| libc::sock_filter { code: (w >> 48) as u16, jt: (w >> 40) as u8, jf: (w >> 32) as u8, k: w as u32 })
-                .collect();
+            let prog: Vec<libc::sock_filter> = p.iter().map(|&w| unpack_one(w)).collect();
             let len = u16::try_from(prog.len()).map_err(|_| Error::Seccomp(format!("a program of {} instructions is too long", prog.len())))?;
             let fprog = libc::sock_fprog { len, filter: prog.as_ptr().cast_mut() };
             // SAFETY: seccomp reads `len` instructions from the program we own for the duration

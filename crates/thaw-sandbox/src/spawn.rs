@@ -8,10 +8,12 @@
 //! sandbox at the same moment. glibc's `posix_spawn` shares the address space until the exec
 //! (`CLONE_VM | CLONE_VFORK`) and its file actions do the descriptor placement.
 //!
-//! The child gets an empty signal mask (the caller may block signals it relays), `SIGPIPE` back
-//! at its default action (Rust ignores it in every process it starts from `main`), stdin and
+//! The child gets an empty signal mask (the caller may block signals it relays), stdin and
 //! stdout on /dev/null, stderr shared with the caller, and the calling thread's scheduling
 //! policy (so helpers started by a pool's idle-priority filler run at idle priority too).
+//! Ignored signals are left alone here: a Rust helper ignores `SIGPIPE` again as it starts
+//! anyway, so the sandbox's PID 1 resets them before any workload runs
+//! ([`crate::process::reset_ignored_signals`]).
 
 use crate::error::{Error, Result};
 use std::ffi::{CString, OsStr};
@@ -90,13 +92,8 @@ pub fn spawn(program: &Path, args: &[String], control: &OwnedFd) -> Result<Helpe
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
-        let mut pipe_default: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut pipe_default);
-        libc::sigaddset(&mut pipe_default, libc::SIGPIPE);
         check(libc::posix_spawnattr_setsigmask(&mut o.attr, &empty), "posix_spawnattr_setsigmask")?;
-        check(libc::posix_spawnattr_setsigdefault(&mut o.attr, &pipe_default), "posix_spawnattr_setsigdefault")?;
-        let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
-        check(libc::posix_spawnattr_setflags(&mut o.attr, flags as libc::c_short), "posix_spawnattr_setflags")?;
+        check(libc::posix_spawnattr_setflags(&mut o.attr, libc::POSIX_SPAWN_SETSIGMASK as libc::c_short), "posix_spawnattr_setflags")?;
         // dup2 onto the same number clears close-on-exec (POSIX 2017, glibc 2.29+), so a control
         // socket that already is descriptor 3 still reaches the helper.
         check(
